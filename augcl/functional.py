@@ -1,0 +1,427 @@
+"""Pure, batched torch reference ops of augcl.
+
+Every op works on a batch ``(B, T)`` of mono clips and takes every random quantity as an argument
+(per-example tensors of shape ``(B,)`` or ``(B, n)``); nothing here draws random numbers. The modules in
+:mod:`augcl.transforms` draw the parameters and call these functions. Fused kernels (:mod:`augcl.kernels`)
+are tested against the functions of this file.
+
+Conventions
+-----------
+* Waveforms are float tensors ``(B, T)``; :func:`as_batch` also accepts ``(B, 1, T)``.
+* Computation runs in float32 (float64 stays float64; bfloat16/float16 are upcast, because FFTs need it);
+  callers cast back.
+* Sample positions are integer tensors (``torch.long``) in samples.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "as_batch",
+    "check_finite",
+    "work_dtype",
+    "pad_to_length",
+    "crop_segments",
+    "stretched_length",
+    "time_stretch",
+    "time_stretch_segment",
+    "fft_convolve",
+    "add_noise",
+    "colored_noise",
+    "gather_ring",
+    "mel_filterbank",
+    "log_mel",
+    "mask_along_axis",
+    "time_mask",
+    "freq_mask",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation and shapes
+# ----------------------------------------------------------------------------------------------------------
+def as_batch(wave: Tensor, name: str = "wave") -> Tensor:
+    """Return ``wave`` as ``(B, T)``; raise a named TypeError/ValueError for anything else.
+
+    Accepts ``(B, T)`` and ``(B, 1, T)`` floating tensors. Cost: O(1), no host sync.
+    """
+    if not isinstance(wave, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T) or (B, 1, T), got {type(wave).__name__}")
+    if wave.is_complex() or not wave.is_floating_point():
+        raise TypeError(
+            f"{name} must be a real floating tensor (float32/float64/bfloat16/float16), got {wave.dtype}; "
+            f"convert int16 PCM with {name}.float() / 32768"
+        )
+    if wave.ndim == 3:
+        if wave.shape[1] != 1:
+            raise ValueError(
+                f"{name} has {wave.shape[1]} channels (shape {tuple(wave.shape)}); augcl works on mono clips: "
+                f"downmix with {name}.mean(dim=1, keepdim=True)"
+            )
+        wave = wave[:, 0]
+    elif wave.ndim != 2:
+        hint = f"{name}.unsqueeze(0)" if wave.ndim == 1 else f"{name}.reshape(-1, {name}.shape[-1])"
+        raise ValueError(f"{name} must have shape (B, T) or (B, 1, T), got {tuple(wave.shape)}; try {hint}")
+    if wave.shape[0] == 0 or wave.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(wave.shape)}); every clip needs at least one sample")
+    return wave
+
+
+def check_finite(wave: Tensor, name: str = "wave") -> None:
+    """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators)."""
+    if not bool(torch.isfinite(wave).all()):
+        raise ValueError(f"{name} contains NaN or Inf; clean the clip (e.g. torch.nan_to_num) before augmenting")
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype computation runs in: float64 stays, everything else becomes float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pad_to_length(wave: Tensor, length: int) -> Tensor:
+    """Zero-pad ``(B, T)`` at the end to at least ``length`` samples (the policy for clips shorter than a segment)."""
+    short = length - wave.shape[-1]
+    return F.pad(wave, (0, short)) if short > 0 else wave
+
+
+def _gather_windows(wave: Tensor, start: Tensor, width: int) -> Tensor:
+    """``out[b, ..., i] = wave[b, start[b, ...] + i]`` with zeros outside ``[0, T)``.
+
+    ``start``: integer tensor ``(B, ...)``; returns ``(B, ..., width)``.
+    """
+    B, T = wave.shape
+    idx = start.unsqueeze(-1) + torch.arange(width, device=wave.device)
+    inside = (idx >= 0) & (idx < T)
+    flat = idx.clamp(0, T - 1).reshape(B, -1)
+    out = torch.gather(wave, 1, flat).reshape(idx.shape)
+    return out * inside.to(out.dtype)
+
+
+def crop_segments(wave: Tensor, start: Tensor, length: int) -> Tensor:
+    """Per-example segments ``wave[b, start[b] : start[b] + length]`` as ``(B, length)``; zeros past the end."""
+    return _gather_windows(wave, start.to(device=wave.device, dtype=torch.long), length)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# time stretch: phase vocoder with identity phase locking
+# ----------------------------------------------------------------------------------------------------------
+def stretched_length(length: Union[int, Tensor], rate: Tensor) -> Tensor:
+    """Length ``ceil(T / rate)`` of a clip of ``T`` samples stretched by ``rate`` (rate > 1 is faster/shorter)."""
+    return torch.ceil(length / rate.to(torch.float64) - 1e-9).to(torch.long)
+
+
+def _wrap(phase: Tensor) -> Tensor:
+    return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+
+
+def _nearest_peak(mag: Tensor) -> Tensor:
+    """Index of the nearest spectral peak for every bin of ``mag`` (..., F) (the peak's region of influence).
+
+    A peak is a bin not exceeded by its two neighbours on either side. Bins of a frame without peaks (silence)
+    map to themselves.
+    """
+    nbins = mag.shape[-1]
+    flat = mag.reshape(-1, 1, nbins)
+    local_max = F.max_pool1d(F.pad(flat, (2, 2), value=-1.0), kernel_size=5, stride=1).reshape(mag.shape)
+    floor = mag.amax(dim=-1, keepdim=True) * 1e-6
+    peak = (mag >= local_max) & (mag > floor)
+    bins = torch.arange(nbins, device=mag.device).expand_as(mag)
+    left = torch.where(peak, bins, torch.full_like(bins, -1)).cummax(dim=-1).values
+    right = torch.where(peak, bins, torch.full_like(bins, 2 * nbins))
+    right = right.flip(-1).cummin(dim=-1).values.flip(-1)
+    has_left, has_right = left >= 0, right < nbins
+    take_left = has_left & (~has_right | ((bins - left) <= (right - bins)))
+    nearest = torch.where(take_left, left, right)
+    return torch.where(has_left | has_right, nearest, bins)
+
+
+def time_stretch_segment(
+    wave: Tensor,
+    rate: Tensor,
+    start: Tensor,
+    length: int,
+    *,
+    n_fft: int = 512,
+    hop_length: int = 128,
+) -> Tensor:
+    """Samples ``[start, start + length)`` of each row time-stretched by ``rate``, shape ``(B, length)``.
+
+    Output sample ``t`` of row ``b`` sits at source time ``(start[b] + t) * rate[b]``: rate > 1 is faster
+    (shorter), the stretched clip has ``ceil(T / rate)`` samples. Only the source region the segment needs is
+    analysed (about ``length * rate`` samples plus one window each side), so cropping 1 s of a 10-s clip costs
+    1 s of work.
+
+    Method: a phase vocoder whose analysis frames are taken at the exact source positions of the synthesis
+    frames (no interpolation of magnitudes between frames), instantaneous frequency from a second frame
+    ``n_fft // 8`` samples later, synthesis phases of spectral peaks advanced by the instantaneous frequency
+    (a cumulative sum over frames), and *identity phase locking* (Laroche & Dolson 1999): every bin keeps
+    its analysis phase offset to the nearest peak, which keeps a partial's main lobe coherent across an onset.
+    Weighted overlap-add with a Hann window. Cost per row: ``2 * (length / hop_length + 2 * n_fft / hop_length)``
+    real FFTs of size ``n_fft``.
+
+    Args:
+        wave: ``(B, T)`` float.
+        rate: ``(B,)`` positive stretch rates.
+        start: ``(B,)`` integer start positions in the stretched timeline.
+        length: segment length in samples.
+        n_fft, hop_length: vocoder window and synthesis hop (hop <= n_fft / 4 for good overlap).
+    """
+    B, T = wave.shape
+    dev, dtype = wave.device, work_dtype(wave.dtype)
+    x = wave.to(dtype)
+    rate = rate.to(device=dev, dtype=torch.float64)
+    start = start.to(device=dev, dtype=torch.long)
+    pad_frames = n_fft // hop_length
+    n_frames = -(-length // hop_length) + 2 * pad_frames + 1
+    centres = (torch.arange(n_frames, device=dev) - pad_frames) * hop_length  # segment coordinates
+    src_centre = torch.round((start[:, None] + centres[None, :]).to(torch.float64) * rate[:, None]).to(torch.long)
+    d = max(n_fft // 8, 1)
+    half = n_fft // 2
+    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=dev)
+    spec0 = torch.fft.rfft(_gather_windows(x, src_centre - half, n_fft) * window)
+    spec1 = torch.fft.rfft(_gather_windows(x, src_centre - half + d, n_fft) * window)  # (B, K, F)
+
+    mag = spec0.abs()
+    phase_a = torch.angle(spec0)
+    omega_bin = 2 * math.pi * torch.arange(spec0.shape[-1], device=dev, dtype=dtype) / n_fft
+    omega = omega_bin + _wrap(torch.angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
+    # Synthesis phase of each bin: the analysis phase of the first frame, then advanced by the instantaneous
+    # frequency over each synthesis hop (trapezoid rule); advances are wrapped so the cumsum stays small.
+    step = _wrap(hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1]))
+    phase_s = torch.cat([phase_a[:, :1], phase_a[:, :1] + torch.cumsum(step, dim=1)], dim=1)
+    # Identity phase locking: bins follow the synthesis phase of their peak, keeping the analysis offset.
+    peak = _nearest_peak(mag)
+    phase = phase_s.gather(-1, peak) + (phase_a - phase_a.gather(-1, peak))
+    frames = torch.fft.irfft(torch.polar(mag, phase), n=n_fft) * window  # (B, K, n_fft)
+
+    ola_len = (n_frames - 1) * hop_length + n_fft
+    fold = dict(output_size=(1, ola_len), kernel_size=(1, n_fft), stride=(1, hop_length))
+    y = F.fold(frames.transpose(1, 2), **fold).reshape(B, ola_len)
+    env = F.fold((window**2).reshape(1, n_fft, 1).expand(1, n_fft, n_frames), **fold).reshape(1, ola_len)
+    offset = pad_frames * hop_length + half
+    return y[:, offset : offset + length] / env[:, offset : offset + length]
+
+
+def time_stretch(
+    wave: Tensor,
+    rate: Tensor,
+    *,
+    n_fft: int = 512,
+    hop_length: int = 128,
+    out_length: Optional[int] = None,
+) -> Tensor:
+    """Phase-locked time stretch of whole clips: ``(B, T)`` -> ``(B, max_b ceil(T / rate[b]))``.
+
+    Rate > 1 is faster (shorter). Each row is zero past its own length ``ceil(T / rate[b])``. Without
+    ``out_length`` the output length is read from ``rate`` (one host sync); pass it to avoid that.
+    See :func:`time_stretch_segment` for the method; this is that function with ``start = 0``.
+    """
+    wave = as_batch(wave)
+    B, T = wave.shape
+    rate = torch.as_tensor(rate, device=wave.device).to(torch.float64).expand(B)
+    lengths = stretched_length(T, rate)
+    if out_length is None:
+        out_length = int(lengths.max())
+    start = torch.zeros(B, dtype=torch.long, device=wave.device)
+    out = time_stretch_segment(wave, rate, start, out_length, n_fft=n_fft, hop_length=hop_length)
+    valid = torch.arange(out_length, device=wave.device) < lengths[:, None]
+    return out * valid.to(out.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# filtering and noise
+# ----------------------------------------------------------------------------------------------------------
+def _fft_size(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()
+
+
+def fft_convolve(wave: Tensor, ir: Tensor) -> Tensor:
+    """Linear convolution of each row with its own impulse response, cut to the input length.
+
+    ``wave``: ``(..., T)``; ``ir``: ``(..., N)`` broadcastable to it. Returns ``(..., T)``: ``out[t] = sum_k
+    ir[k] wave[t - k]``, i.e. ``numpy.convolve(wave, ir)[:T]``, so a unit impulse returns the input and the
+    output is aligned with it (put the direct sound at index 0 of the IR; :class:`augcl.banks.RIRBank` does).
+    Cost: three real FFTs of size ``next_pow2(T + N - 1)``.
+    """
+    dtype = work_dtype(wave.dtype)
+    T, N = wave.shape[-1], ir.shape[-1]
+    n = _fft_size(T + N - 1)
+    spec = torch.fft.rfft(wave.to(dtype), n=n) * torch.fft.rfft(ir.to(dtype), n=n)
+    return torch.fft.irfft(spec, n=n)[..., :T]
+
+
+def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
+    """``wave + g * noise`` with ``g`` per row so that ``10 log10(P_wave / P(g * noise)) = snr_db``.
+
+    ``wave``, ``noise``: ``(B, T)``; ``snr_db``: ``(B,)``. Powers are mean squares over the row. A silent row
+    stays silent (g = 0); silent noise adds nothing.
+    """
+    dtype = work_dtype(wave.dtype)
+    x, n = wave.to(dtype), noise.to(dtype)
+    p_signal = x.pow(2).mean(dim=-1, keepdim=True)
+    p_noise = n.pow(2).mean(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    snr = snr_db.to(device=x.device, dtype=dtype).reshape(-1, 1)
+    gain = torch.sqrt(p_signal / (p_noise * torch.pow(10.0, snr / 10.0)))
+    return x + gain * n
+
+
+def colored_noise(white: Tensor, exponent: Tensor) -> Tensor:
+    """Shape white noise ``(B, T)`` to a power spectrum ``∝ 1 / f**exponent`` per row; unit RMS output.
+
+    exponent 0 is white, 1 pink, 2 brown (red), -1 blue, -2 violet. DC is removed. Cost: two FFTs of size T.
+    """
+    dtype = work_dtype(white.dtype)
+    T = white.shape[-1]
+    spec = torch.fft.rfft(white.to(dtype), dim=-1)
+    freqs = torch.fft.rfftfreq(T, device=white.device, dtype=dtype)
+    freqs = freqs.clamp_min(freqs[1] if T > 1 else 1.0)
+    gain = freqs.pow(-0.5 * exponent.to(device=white.device, dtype=dtype).reshape(-1, 1))
+    gain = gain * (torch.arange(gain.shape[-1], device=white.device) > 0)
+    out = torch.fft.irfft(spec * gain, n=T, dim=-1)
+    return out / out.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(torch.finfo(dtype).tiny)
+
+
+def gather_ring(flat: Tensor, offsets: Tensor, lengths: Tensor, index: Tensor, start: Tensor, length: int) -> Tensor:
+    """Read ``length`` samples per row from a bank stored as one flat tensor, looping each entry.
+
+    Entry ``i`` of the bank is ``flat[offsets[i] : offsets[i] + lengths[i]]``. Row ``b`` reads entry
+    ``index[b]`` from ``start[b]`` on, wrapping around at the entry's end. Returns ``(B, length)``.
+    """
+    n = lengths[index].unsqueeze(-1)
+    pos = (start.unsqueeze(-1) + torch.arange(length, device=flat.device)) % n
+    return flat[offsets[index].unsqueeze(-1) + pos]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# log-mel front end
+# ----------------------------------------------------------------------------------------------------------
+def _hz_to_mel(f: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    return torch.where(f >= min_log_hz, min_log_mel + torch.log(f.clamp_min(min_log_hz) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 700.0 * (torch.pow(10.0, m / 2595.0) - 1.0)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max: Optional[float] = None,
+    *,
+    mel_scale: str = "slaney",
+    norm: Optional[str] = "slaney",
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Triangular mel filters ``(n_fft // 2 + 1, n_mels)``, the convention of ``librosa.filters.mel``.
+
+    ``mel_scale``: ``"slaney"`` (linear below 1 kHz, log above; librosa's default) or ``"htk"``.
+    ``norm="slaney"`` scales each triangle to unit area (``2 / bandwidth_hz``); ``None`` leaves peaks at 1.
+    """
+    if mel_scale not in ("slaney", "htk"):
+        raise ValueError(f"mel_scale must be 'slaney' or 'htk', got {mel_scale!r}")
+    if norm not in ("slaney", None):
+        raise ValueError(f"norm must be 'slaney' or None, got {norm!r}")
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
+    fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lo, hi = _hz_to_mel(torch.tensor([f_min, f_max], dtype=torch.float64), mel_scale)
+    edges_hz = _mel_to_hz(torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64), mel_scale)
+    width = edges_hz.diff()  # (n_mels + 1,)
+    ramps = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, F)
+    lower = -ramps[:-2] / width[:-1, None]
+    upper = ramps[2:] / width[1:, None]
+    fb = torch.clamp(torch.minimum(lower, upper), min=0.0)  # (n_mels, F)
+    if norm == "slaney":
+        fb = fb * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return fb.T.contiguous().to(dtype)
+
+
+def log_mel(
+    wave: Tensor,
+    filterbank: Tensor,
+    window: Tensor,
+    *,
+    n_fft: int,
+    hop_length: int,
+    center: bool = True,
+    power: float = 2.0,
+    log_eps: float = 1e-6,
+    log_mode: str = "offset",
+) -> Tensor:
+    """Log-mel spectrogram ``(B, n_mels, frames)`` of ``(B, T)`` clips.
+
+    ``center=True``: frames centred at ``t * hop`` after zero padding of ``n_fft // 2`` on both sides
+    (librosa >= 0.10 and torch.stft with ``pad_mode="constant"``), ``1 + T // hop`` frames; the window
+    (length ``win_length <= n_fft``) sits in the middle of the frame. ``center=False``: frames of
+    ``win_length`` samples from ``t * hop``, zero-padded at the end to ``n_fft`` (``tf.signal.stft``, COLA),
+    ``1 + (T - win_length) // hop`` frames. Value: ``log(mel + log_eps)`` (``log_mode="offset"``) or
+    ``log(max(mel, log_eps))`` (``"clamp"``) where ``mel = filterbank.T @ |STFT| ** power``.
+    """
+    dtype = work_dtype(wave.dtype)
+    x = wave.to(dtype)
+    win = window.to(device=x.device, dtype=dtype)
+    if center:
+        spec = torch.stft(x, n_fft, hop_length, win_length=win.shape[-1], window=win, center=True,
+                          pad_mode="constant", return_complex=True)  # (B, F, frames)
+    else:
+        frames = x.unfold(-1, win.shape[-1], hop_length) * win
+        spec = torch.fft.rfft(frames, n=n_fft).transpose(-1, -2)
+    mag = spec.abs()
+    if power != 1.0:
+        mag = mag.pow(power)
+    mel = torch.matmul(filterbank.to(device=x.device, dtype=dtype).T, mag)
+    if log_mode == "offset":
+        return torch.log(mel + log_eps)
+    if log_mode == "clamp":
+        return torch.log(mel.clamp_min(log_eps))
+    raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SpecAugment masks
+# ----------------------------------------------------------------------------------------------------------
+def mask_along_axis(spec: Tensor, start: Tensor, width: Tensor, axis: int, fill: Union[float, Tensor] = 0.0) -> Tensor:
+    """Set ``spec[b, ..., start[b, j] : start[b, j] + width[b, j], ...]`` (along ``axis``) to ``fill``.
+
+    ``spec``: ``(B, ...)``; ``start``, ``width``: integer ``(B,)`` or ``(B, n_masks)``; ``fill``: scalar or
+    per-example ``(B,)``. Masks are built from ``arange`` comparisons (no loop); not in place.
+    """
+    B = spec.shape[0]
+    axis = axis % spec.ndim
+    size = spec.shape[axis]
+    start = start.to(spec.device).reshape(B, -1, 1)
+    width = width.to(spec.device).reshape(B, -1, 1)
+    pos = torch.arange(size, device=spec.device)
+    hit = ((pos >= start) & (pos < start + width)).any(dim=1)  # (B, size)
+    shape = [B] + [1] * (spec.ndim - 1)
+    shape[axis] = size
+    hit = hit.reshape(shape)
+    if isinstance(fill, Tensor):
+        fill = fill.to(device=spec.device, dtype=spec.dtype).reshape([B] + [1] * (spec.ndim - 1))
+    else:
+        fill = torch.tensor(fill, device=spec.device, dtype=spec.dtype)
+    return torch.where(hit, fill, spec)
+
+
+def time_mask(spec: Tensor, start: Tensor, width: Tensor, fill: Union[float, Tensor] = 0.0) -> Tensor:
+    """Time masks on the last axis of a ``(B, ..., n_mels, frames)`` spectrogram."""
+    return mask_along_axis(spec, start, width, -1, fill)
+
+
+def freq_mask(spec: Tensor, start: Tensor, width: Tensor, fill: Union[float, Tensor] = 0.0) -> Tensor:
+    """Frequency masks on the mel axis (second to last) of a ``(B, ..., n_mels, frames)`` spectrogram."""
+    return mask_along_axis(spec, start, width, -2, fill)
