@@ -1,0 +1,225 @@
+"""PairAugmenter: the paper's augmentation module as one ``nn.Module``.
+
+For a batch of clips ``(B, T)`` it returns, per clip, an *anchor* and a *positive* log-mel ``(B, 1, 64, 96)``
+from two independently placed segments of the same clip (the positives of the other clips are the negatives
+of the loss). Each branch runs the blocks its :class:`BranchConfig` enables, in this fixed order::
+
+    segment (after time stretch) -> extra waveform transforms -> RIR -> noise -> log-mel -> time/freq masks
+
+All per-example parameters of a batch are drawn first, at once, from one ``torch.Generator`` on the batch's
+device (``sample``), then applied (``apply``); both are public, so a batch can be replayed from ``pair.params``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as AF
+from .banks import NoiseBank, RIRBank
+from .transforms import (AddNoise, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomSegment, RIRConfig, RIRFilter,
+                         SpecMask, StretchConfig)
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """The blocks of one branch (anchor or positive); ``None`` disables a block."""
+
+    stretch: Optional[StretchConfig] = None
+    rir: Optional[RIRConfig] = None
+    noise: Optional[NoiseConfig] = None
+    mask: Optional[MaskConfig] = None
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """Everything PairAugmenter does. Defaults: the paper's best preset, ``ts+mask``.
+
+    ``segment_frames``: log-mel frames per segment (96; the segment length in samples follows from ``mel``).
+    ``normalize_clip``: L2-normalize each whole clip before cropping (COLA's code). Clips shorter than a
+    segment (or than a stretched segment's source) are zero-padded at the end.
+    """
+
+    sample_rate: int = 16000
+    segment_frames: int = 96
+    mel: MelConfig = field(default_factory=MelConfig)
+    anchor: BranchConfig = field(default_factory=lambda: BranchConfig(noise=NoiseConfig()))
+    positive: BranchConfig = field(default_factory=lambda: BranchConfig(stretch=StretchConfig(), mask=MaskConfig()))
+    normalize_clip: bool = False
+
+    @property
+    def segment_samples(self) -> int:
+        return self.mel.segment_samples(self.segment_frames)
+
+
+def _paper(**positive) -> Callable[[int], PairConfig]:
+    return lambda sr: PairConfig(sample_rate=sr, anchor=BranchConfig(noise=NoiseConfig()), positive=BranchConfig(**positive))
+
+
+#: Named configurations: one per row of the paper's Tables 1 and 2, plus ``all`` and COLA's own choices.
+PRESETS: dict[str, Callable[[int], PairConfig]] = {
+    "noise": _paper(),
+    "ts": _paper(stretch=StretchConfig()),
+    "rir": _paper(rir=RIRConfig()),
+    "mask": _paper(mask=MaskConfig()),
+    "ts+mask": _paper(stretch=StretchConfig(), mask=MaskConfig()),
+    "all": _paper(stretch=StretchConfig(), rir=RIRConfig(), mask=MaskConfig()),
+    # COLA's public code: whole-clip L2 normalization, Gaussian noise (std 1e-3) on the positive, n_fft 1024
+    # with a 400-sample window, uncentred frames, log of the clipped mel magnitude, 98 frames per 1-s crop.
+    "cola": lambda sr: PairConfig(
+        sample_rate=sr,
+        segment_frames=98,
+        mel=MelConfig(n_fft=1024, win_length=400, center=False, power=1.0, log_eps=1e-5, log_mode="clamp"),
+        anchor=BranchConfig(),
+        positive=BranchConfig(noise=NoiseConfig(std=1e-3)),
+        normalize_clip=True,
+    ),
+}
+
+
+class Pair(NamedTuple):
+    """Anchor and positive log-mels ``(B, 1, n_mels, frames)`` and every per-example parameter applied."""
+
+    anchor: Tensor
+    positive: Tensor
+    params: dict
+
+
+class Branch(nn.Module):
+    """One branch of the pipeline; ``sample`` draws, ``apply`` computes ``(B, 1, n_mels, frames)``."""
+
+    def __init__(self, config: BranchConfig, pair: PairConfig, mel: LogMel, extra: Sequence[nn.Module] = (),
+                 rir_bank: Optional[RIRBank] = None, noise_bank: Optional[NoiseBank] = None):
+        super().__init__()
+        sr = pair.sample_rate
+        self.config = config
+        self.sample_rate = sr
+        self.segment = RandomSegment(pair.segment_samples, config.stretch)
+        self.extra = nn.ModuleList(extra)
+        self.rir = RIRFilter(config.rir, rir_bank, sr) if config.rir is not None else None
+        self.noise = AddNoise(config.noise, noise_bank, sr) if config.noise is not None else None
+        self.mel = mel
+        self.mask = SpecMask(config.mask) if config.mask is not None else None
+        self.frames = pair.segment_frames
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> dict:
+        params = dict(self.segment.sample(batch, length, generator, device))
+        seg = self.segment.segment_samples
+        for block in (self.rir, self.noise):
+            if block is not None:
+                params.update(block.sample(batch, seg, generator, device))
+        if self.mask is not None:
+            params.update(self.mask.sample(batch, self.mel.config.n_mels, self.frames, generator, device))
+        return params
+
+    def apply(self, x: Tensor, params: dict) -> Tensor:
+        y = self.segment.apply(x, params)
+        for t in self.extra:
+            out = t(y.unsqueeze(1), sample_rate=self.sample_rate)
+            y = (out.samples if hasattr(out, "samples") else out).reshape(y.shape).to(y.dtype)
+        if self.rir is not None:
+            y = self.rir.apply(y, params)
+        if self.noise is not None:
+            y = self.noise.apply(y, params)
+        spec = self.mel(y)
+        if self.mask is not None:
+            spec = self.mask.apply(spec, params)
+        return spec
+
+
+class PairAugmenter(nn.Module):
+    """The paper's augmentation module: ``wave (B, T) or (B, 1, T)`` -> :class:`Pair`.
+
+    Example::
+
+        aug = PairAugmenter.from_preset("ts+mask", sample_rate=16000).to(device)
+        g = torch.Generator(device=device).manual_seed(0)
+        pair = aug(wave, generator=g)           # pair.anchor, pair.positive: (B, 1, 64, 96)
+
+    Args:
+        config: a :class:`PairConfig` (see :data:`PRESETS`).
+        anchor_extra, positive_extra: extra waveform transforms applied to that branch's segment right after
+            it is cut, e.g. torch-audiomentations transforms (called as ``t(x, sample_rate=sr)`` on
+            ``(B, 1, samples)``). They draw from their own (global) RNG, so their parameters are not in
+            ``pair.params`` and a replay does not repeat them.
+        rir_bank, noise_bank: banks to use instead of the ones the config names.
+        check_finite: raise on NaN/Inf input. Default: on CPU only (on an accelerator the check is a host sync).
+    """
+
+    def __init__(self, config: PairConfig = PairConfig(), *, anchor_extra: Sequence[nn.Module] = (),
+                 positive_extra: Sequence[nn.Module] = (), rir_bank: Optional[RIRBank] = None,
+                 noise_bank: Optional[NoiseBank] = None, check_finite: Optional[bool] = None):
+        super().__init__()
+        if config.segment_frames < 1:
+            raise ValueError(f"segment_frames must be >= 1, got {config.segment_frames}")
+        self.config = config
+        self.check_finite = check_finite
+        mel = LogMel(config.mel, config.sample_rate)
+        self.anchor = Branch(config.anchor, config, mel, anchor_extra, rir_bank, noise_bank)
+        self.positive = Branch(config.positive, config, mel, positive_extra, rir_bank, noise_bank)
+
+    @classmethod
+    def from_preset(cls, name: str, sample_rate: int = 16000, **kwargs) -> "PairAugmenter":
+        """A PairAugmenter for a named preset (:data:`PRESETS`); ``kwargs`` go to the constructor."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(PRESETS[name](int(sample_rate)), **kwargs)
+
+    @property
+    def segment_samples(self) -> int:
+        return self.config.segment_samples
+
+    def _source_length(self, length: int) -> int:
+        """Pad short clips so that every segment (stretched or not) lies inside the clip."""
+        need = self.segment_samples
+        for branch in (self.anchor, self.positive):
+            if branch.config.stretch is not None:
+                need = max(need, math.ceil(self.segment_samples * branch.config.stretch.max_rate))
+        return max(length, need)
+
+    def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None) -> dict:
+        """Draw every per-example parameter for a batch of ``batch`` clips of ``length`` samples.
+
+        Keys are prefixed ``anchor.`` and ``positive.``; values are tensors with leading dimension ``batch``.
+        """
+        length = self._source_length(length)
+        out = {}
+        for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
+            out.update({f"{name}.{k}": v for k, v in branch.sample(batch, length, generator, device).items()})
+        return out
+
+    def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None) -> Pair:
+        """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before."""
+        x = AF.as_batch(wave)
+        if generator is not None and generator.device.type != x.device.type:
+            raise ValueError(f"generator is on {generator.device} but wave is on {x.device}; "
+                             f"create it with torch.Generator(device=wave.device)")
+        check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
+        if check:
+            AF.check_finite(x)
+        out_dtype = x.dtype
+        x = x.to(AF.work_dtype(x.dtype))
+        if self.config.normalize_clip:
+            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
+        x = AF.pad_to_length(x, self._source_length(x.shape[-1]))
+        if params is None:
+            params = self.sample(x.shape[0], x.shape[-1], generator, x.device)
+        elif not isinstance(params, dict):
+            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}")
+        specs = []
+        for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
+            prefix = name + "."
+            specs.append(branch.apply(x, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}))
+        return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
+
+    def extra_repr(self) -> str:
+        return f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}"
+
+
+def replace(config, **changes):
+    """``dataclasses.replace`` re-exported for convenience: ``replace(cfg.positive, mask=None)``."""
+    return dataclasses.replace(config, **changes)

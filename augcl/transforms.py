@@ -1,0 +1,332 @@
+"""One ``nn.Module`` per augmentation block, each with a frozen config holding the paper's values as defaults.
+
+Every module separates *drawing* from *applying*:
+
+* ``sample(batch_size, length, generator, device) -> dict[str, Tensor]`` draws all per-example parameters of a
+  batch at once, as tensors on the batch's device, from an explicit ``torch.Generator``;
+* ``apply(x, params) -> Tensor`` calls :mod:`augcl.functional` with them (vectorized, no host sync);
+* ``forward(x, generator=None, params=None)`` is ``apply(x, params or sample(...))``.
+
+Probabilities act per example: a block with ``p < 1`` draws an ``applied`` flag per example and selects with
+``torch.where``, so every row of the output is either transformed or untouched.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as AF
+from .banks import NoiseBank, RIRBank, RoomSimConfig
+
+Params = dict
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel front end. Defaults: the paper's 25 ms window, 10 ms hop, 64 mel bins (96 frames per segment).
+
+    Mel convention: librosa's (Slaney mel scale, Slaney area normalization), power spectrogram, natural log
+    with an offset: ``log(mel + 1e-6)``. Band 60-7800 Hz as in COLA. ``center=True`` centres frames at
+    multiples of the hop (zero padding), so a segment of ``(frames - 1) * hop`` samples gives ``frames``
+    frames (0.95 s for 96 frames, as in BYOL-A). ``center=False`` is tf.signal.stft's framing (COLA).
+    """
+
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    center: bool = True
+    power: float = 2.0
+    log_eps: float = 1e-6
+    log_mode: str = "offset"
+    mel_scale: str = "slaney"
+    norm: Optional[str] = "slaney"
+
+    def segment_samples(self, frames: int) -> int:
+        """Samples a segment needs to give ``frames`` frames."""
+        return (frames - 1) * self.hop_length + (0 if self.center else self.win_length)
+
+
+@dataclass(frozen=True)
+class StretchConfig:
+    """Time stretch of the clip before the segment is chosen (paper: p = 0.5, rate 0.9 or 1.1)."""
+
+    p: float = 0.5
+    rates: tuple = (0.9, 1.1)
+    mode: str = "choice"  # "choice": one of ``rates``; "uniform": uniform in [min(rates), max(rates)]
+    n_fft: int = 512
+    hop_length: int = 128
+
+    @property
+    def max_rate(self) -> float:
+        return float(max(self.rates))
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Additive noise at a random SNR (the anchor's block in the paper; the COLA baseline's only block).
+
+    ``kind``: ``"white"``, ``"colored"`` (power ∝ 1/f**exponent, exponent uniform in ``color_exponent``:
+    0 white, 1 pink, 2 brown, negative blue/violet) or ``"bank"`` (background recordings from
+    ``bank_folder``). SNR uniform in ``snr_db``. ``std``: if set, Gaussian noise of this fixed standard
+    deviation instead of an SNR (COLA's code: 0.001).
+    """
+
+    kind: str = "white"
+    snr_db: tuple = (5.0, 30.0)
+    color_exponent: tuple = (-1.0, 2.0)
+    bank_folder: Optional[str] = None
+    std: Optional[float] = None
+    p: float = 1.0
+
+
+@dataclass(frozen=True)
+class RIRConfig:
+    """Room-impulse-response filtering of the segment (paper: IRs of the DNS challenge).
+
+    ``folder``: audio files, one IR each; None: a bank of rooms simulated with pyroomacoustics (``sim``),
+    cached on disk. IRs are aligned on their direct sound, cut to ``max_seconds`` and set to unit energy.
+    """
+
+    p: float = 1.0
+    folder: Optional[str] = None
+    sim: RoomSimConfig = field(default_factory=RoomSimConfig)
+    max_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """SpecAugment time and frequency masks on the log-mel, per example.
+
+    Each of the ``n_time_masks`` masks has a width uniform in ``[0, max_time_frames]`` and a uniform start;
+    likewise on the mel axis. ``fill="mean"``: the example's mean log-mel value (a mask then carries no level
+    cue); a number: that value.
+    """
+
+    n_time_masks: int = 2
+    max_time_frames: int = 12
+    n_freq_masks: int = 2
+    max_freq_bins: int = 8
+    fill: Union[str, float] = "mean"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+def _uniform(shape, lo, hi, generator, device, dtype=torch.float32) -> Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _coin(p: float, batch: int, generator, device) -> Tensor:
+    return torch.rand(batch, generator=generator, device=device) < p
+
+
+def _randint_below(high: Tensor, generator, device) -> Tensor:
+    """Integers uniform in ``[0, high)`` per element (``high`` a tensor >= 1)."""
+    u = torch.rand(high.shape, generator=generator, device=device, dtype=torch.float64)
+    return torch.minimum((u * high).long(), high - 1)
+
+
+def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    return torch.where(applied.reshape([-1] + [1] * (new.ndim - 1)), new, old.to(new.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# blocks
+# ----------------------------------------------------------------------------------------------------------
+class RandomSegment(nn.Module):
+    """Random segment of ``segment_samples`` per clip, optionally from the time-stretched clip.
+
+    With a :class:`StretchConfig`, each example is stretched with probability ``p`` and its segment start is
+    drawn uniformly in the *stretched* timeline (``ceil(T / rate)`` samples); only that segment is computed
+    (:func:`augcl.functional.time_stretch_segment`). Params: ``start`` (in the stretched timeline),
+    ``stretch_rate`` (1.0 where not applied), ``stretch_applied``.
+    """
+
+    def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None):
+        super().__init__()
+        if stretch is not None:
+            if stretch.mode not in ("choice", "uniform"):
+                raise ValueError(f"stretch.mode must be 'choice' or 'uniform', got {stretch.mode!r}")
+            if min(stretch.rates) <= 0:
+                raise ValueError(f"stretch.rates must be positive, got {stretch.rates}")
+        self.segment_samples = int(segment_samples)
+        self.stretch = stretch
+        if stretch is not None:
+            self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        params = {}
+        if self.stretch is None:
+            span = torch.full((batch,), max(length - self.segment_samples + 1, 1), device=device)
+        else:
+            cfg = self.stretch
+            applied = _coin(cfg.p, batch, generator, device)
+            if cfg.mode == "choice":
+                pick = torch.randint(len(cfg.rates), (batch,), generator=generator, device=device)
+                rate = self.rates.to(device)[pick]
+            else:
+                rate = _uniform(batch, min(cfg.rates), max(cfg.rates), generator, device, torch.float64)
+            rate = torch.where(applied, rate, torch.ones_like(rate))
+            span = (AF.stretched_length(length, rate) - self.segment_samples + 1).clamp_min(1)
+            params.update(stretch_rate=rate, stretch_applied=applied)
+        params["start"] = _randint_below(span, generator, device)
+        return params
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        plain = AF.crop_segments(x, params["start"], self.segment_samples)
+        if self.stretch is None:
+            return plain
+        cfg = self.stretch
+        stretched = AF.time_stretch_segment(x, params["stretch_rate"], params["start"], self.segment_samples,
+                                            n_fft=cfg.n_fft, hop_length=cfg.hop_length)
+        return _select(params["stretch_applied"], stretched, plain)
+
+    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
+        x = AF.as_batch(x)
+        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
+
+
+class AddNoise(nn.Module):
+    """Additive white, colored or recorded noise at a per-example SNR (or COLA's fixed-std Gaussian).
+
+    Params: ``snr_db``, ``noise_applied``; ``color_exponent`` (colored); ``noise_index``, ``noise_start``
+    (bank). The white/colored noise samples themselves are drawn in ``sample`` too (``noise``), so a replay
+    with the same params is exact.
+    """
+
+    KINDS = ("white", "colored", "bank")
+
+    def __init__(self, config: NoiseConfig = NoiseConfig(), bank: Optional[NoiseBank] = None, sample_rate: int = 16000):
+        super().__init__()
+        if config.kind not in self.KINDS:
+            raise ValueError(f"noise kind must be one of {self.KINDS}, got {config.kind!r}")
+        if config.kind == "bank" and bank is None:
+            if config.bank_folder is None:
+                raise ValueError("noise kind 'bank' needs NoiseConfig.bank_folder or a NoiseBank passed as bank=")
+            bank = NoiseBank.from_folder(config.bank_folder, sample_rate)
+        if bank is not None and bank.sample_rate != sample_rate:
+            raise ValueError(f"noise bank sample_rate {bank.sample_rate} != sample_rate {sample_rate}; "
+                             "load the bank at the pipeline's rate")
+        self.config = config
+        self.bank = bank if config.kind == "bank" else None
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        cfg = self.config
+        params = {"noise_applied": _coin(cfg.p, batch, generator, device)}
+        if cfg.std is None:
+            params["snr_db"] = _uniform(batch, *cfg.snr_db, generator, device)
+        if cfg.kind == "bank":
+            params["noise_index"] = torch.randint(len(self.bank), (batch,), generator=generator, device=device)
+            params["noise_start"] = _randint_below(self.bank.lengths[params["noise_index"]], generator, device)
+        else:
+            params["noise"] = torch.randn(batch, length, generator=generator, device=device)
+            if cfg.kind == "colored":
+                params["color_exponent"] = _uniform(batch, *cfg.color_exponent, generator, device)
+        return params
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        cfg = self.config
+        if cfg.kind == "bank":
+            noise = self.bank.read(params["noise_index"], params["noise_start"], x.shape[-1])
+        elif cfg.kind == "colored":
+            noise = AF.colored_noise(params["noise"], params["color_exponent"])
+        else:
+            noise = params["noise"]
+        if cfg.std is not None:
+            noisy = x.to(AF.work_dtype(x.dtype)) + cfg.std * noise.to(AF.work_dtype(x.dtype))
+        else:
+            noisy = AF.add_noise(x, noise, params["snr_db"])
+        return _select(params["noise_applied"], noisy, x)
+
+    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
+        x = AF.as_batch(x)
+        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
+
+
+class RIRFilter(nn.Module):
+    """Convolution of each example with an IR gathered from a :class:`RIRBank`. Params: ``rir_index``, ``rir_applied``."""
+
+    def __init__(self, config: RIRConfig = RIRConfig(), bank: Optional[RIRBank] = None, sample_rate: int = 16000):
+        super().__init__()
+        if bank is None:
+            bank = (RIRBank.from_folder(config.folder, sample_rate, config.max_seconds) if config.folder
+                    else RIRBank.simulated(config.sim, sample_rate))
+        if bank.sample_rate != sample_rate:
+            raise ValueError(f"RIR bank sample_rate {bank.sample_rate} != sample_rate {sample_rate}; "
+                             "load the bank at the pipeline's rate")
+        self.config = config
+        self.bank = bank
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        return {
+            "rir_applied": _coin(self.config.p, batch, generator, device),
+            "rir_index": torch.randint(len(self.bank), (batch,), generator=generator, device=device),
+        }
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        wet = AF.fft_convolve(x, self.bank.gather(params["rir_index"]))
+        return _select(params["rir_applied"], wet, x)
+
+    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
+        x = AF.as_batch(x)
+        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
+
+
+class LogMel(nn.Module):
+    """``(B, T)`` -> ``(B, 1, n_mels, frames)`` log-mel (see :class:`MelConfig` for the convention)."""
+
+    def __init__(self, config: MelConfig = MelConfig(), sample_rate: int = 16000):
+        super().__init__()
+        if not config.win_length <= config.n_fft:
+            raise ValueError(f"mel win_length ({config.win_length}) must be <= n_fft ({config.n_fft})")
+        self.config = config
+        fb = AF.mel_filterbank(sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max,
+                               mel_scale=config.mel_scale, norm=config.norm, dtype=torch.float32)
+        self.register_buffer("filterbank", fb, persistent=False)
+        self.register_buffer("window", torch.hann_window(config.win_length, periodic=True), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.config
+        return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length,
+                          center=c.center, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
+
+
+class SpecMask(nn.Module):
+    """SpecAugment masks on ``(B, 1, n_mels, frames)``. Params: ``time_mask_start/width``, ``freq_mask_start/width`` ``(B, n)``."""
+
+    def __init__(self, config: MaskConfig = MaskConfig()):
+        super().__init__()
+        if not (config.fill == "mean" or isinstance(config.fill, (int, float))):
+            raise ValueError(f"mask fill must be 'mean' or a number, got {config.fill!r}")
+        self.config = config
+
+    def sample(self, batch: int, n_mels: int, frames: int, generator=None, device=None) -> Params:
+        c = self.config
+        params = {}
+        for axis, n, max_width, size in (("time", c.n_time_masks, c.max_time_frames, frames),
+                                          ("freq", c.n_freq_masks, c.max_freq_bins, n_mels)):
+            max_width = min(max_width, size)
+            width = torch.randint(max_width + 1, (batch, n), generator=generator, device=device)
+            params[f"{axis}_mask_width"] = width
+            params[f"{axis}_mask_start"] = _randint_below(size - width + 1, generator, device)
+        return params
+
+    def apply(self, spec: Tensor, params: Params) -> Tensor:
+        fill = spec.mean(dim=(-2, -1)).flatten() if self.config.fill == "mean" else float(self.config.fill)
+        spec = AF.time_mask(spec, params["time_mask_start"], params["time_mask_width"], fill)
+        return AF.freq_mask(spec, params["freq_mask_start"], params["freq_mask_width"], fill)
+
+    def forward(self, spec: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
+        if params is None:
+            params = self.sample(spec.shape[0], spec.shape[-2], spec.shape[-1], generator, spec.device)
+        return self.apply(spec, params)

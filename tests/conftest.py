@@ -1,0 +1,59 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=15, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+SR = 16000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """Real recordings shipped beside the repository (../shared/data); tests using them skip without it."""
+    return Path(os.environ.get("AUGCL_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory):
+    """Simulated banks are cached in a per-session folder, never in the user's home."""
+    old = os.environ.get("AUGCL_CACHE")
+    os.environ["AUGCL_CACHE"] = str(tmp_path_factory.mktemp("augcl-cache"))
+    yield
+    if old is None:
+        os.environ.pop("AUGCL_CACHE", None)
+    else:
+        os.environ["AUGCL_CACHE"] = old
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def tone(freq_hz: float, seconds: float, amp: float = 0.5, sr: int = SR, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq_hz * t + phase)).astype(np.float32)
+
+
+def peak_freq(x: np.ndarray, sr: int = SR) -> float:
+    """Frequency of the strongest partial (zero-padded FFT + parabolic interpolation): an independent estimate."""
+    n = 1 << (len(x) * 4 - 1).bit_length()
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), n))
+    k = int(np.argmax(spec[1:-1])) + 1
+    a, b, c = np.log(spec[k - 1 : k + 2] + 1e-30)
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * sr / n
+
+
+def rms_db(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return 10 * np.log10(np.mean(x**2) + 1e-30)
+
+
+def cpu_generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
