@@ -40,6 +40,7 @@ class PairConfig:
     """Everything PairAugmenter does. Defaults: the paper's best preset, ``ts+mask``.
 
     ``segment_frames``: log-mel frames per segment (96; the segment length in samples follows from ``mel``).
+    ``segment_length``: samples per segment, if not the least that gives ``segment_frames`` frames.
     ``normalize_clip``: L2-normalize each whole clip before cropping (COLA's code). Clips shorter than a
     segment (or than a stretched segment's source) are zero-padded at the end.
     """
@@ -50,10 +51,12 @@ class PairConfig:
     anchor: BranchConfig = field(default_factory=lambda: BranchConfig(noise=NoiseConfig()))
     positive: BranchConfig = field(default_factory=lambda: BranchConfig(stretch=StretchConfig(), mask=MaskConfig()))
     normalize_clip: bool = False
+    segment_length: Optional[int] = None
 
     @property
     def segment_samples(self) -> int:
-        return self.mel.segment_samples(self.segment_frames)
+        """Samples per segment: ``segment_length`` if set (COLA crops 1 s), else the least that gives the frames."""
+        return self.segment_length if self.segment_length is not None else self.mel.segment_samples(self.segment_frames)
 
 
 def _paper(**positive) -> Callable[[int], PairConfig]:
@@ -73,6 +76,7 @@ PRESETS: dict[str, Callable[[int], PairConfig]] = {
     "cola": lambda sr: PairConfig(
         sample_rate=sr,
         segment_frames=98,
+        segment_length=sr,
         mel=MelConfig(n_fft=1024, win_length=400, center=False, power=1.0, log_eps=1e-5, log_mode="clamp"),
         anchor=BranchConfig(),
         positive=BranchConfig(noise=NoiseConfig(std=1e-3)),
@@ -98,7 +102,7 @@ class Branch(nn.Module):
         sr = pair.sample_rate
         self.config = config
         self.sample_rate = sr
-        self.segment = RandomSegment(pair.segment_samples, config.stretch)
+        self.segment = RandomSegment(pair.segment_samples, config.stretch, context=mel.context)
         self.extra = nn.ModuleList(extra)
         self.rir = RIRFilter(config.rir, rir_bank, sr) if config.rir is not None else None
         self.noise = AddNoise(config.noise, noise_bank, sr) if config.noise is not None else None
@@ -108,7 +112,7 @@ class Branch(nn.Module):
 
     def sample(self, batch: int, length: int, generator=None, device=None) -> dict:
         params = dict(self.segment.sample(batch, length, generator, device))
-        seg = self.segment.segment_samples
+        seg = self.segment.segment_samples + 2 * self.segment.context  # what the blocks after it see
         for block in (self.rir, self.noise):
             if block is not None:
                 params.update(block.sample(batch, seg, generator, device))
@@ -156,6 +160,9 @@ class PairAugmenter(nn.Module):
         super().__init__()
         if config.segment_frames < 1:
             raise ValueError(f"segment_frames must be >= 1, got {config.segment_frames}")
+        if config.segment_samples < config.mel.segment_samples(config.segment_frames):
+            raise ValueError(f"segment_length {config.segment_samples} gives fewer than segment_frames="
+                             f"{config.segment_frames} frames; use at least {config.mel.segment_samples(config.segment_frames)}")
         self.config = config
         self.check_finite = check_finite
         mel = LogMel(config.mel, config.sample_rate)

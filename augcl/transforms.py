@@ -149,10 +149,11 @@ class RandomSegment(nn.Module):
     With a :class:`StretchConfig`, each example is stretched with probability ``p`` and its segment start is
     drawn uniformly in the *stretched* timeline (``ceil(T / rate)`` samples); only that segment is computed
     (:func:`augcl.functional.time_stretch_segment`). Params: ``start`` (in the stretched timeline),
-    ``stretch_rate`` (1.0 where not applied), ``stretch_applied``.
+    ``stretch_rate`` (1.0 where not applied), ``stretch_applied``. The output carries ``context`` extra
+    samples of the (stretched) clip on each side of the segment (zeros beyond the clip's ends).
     """
 
-    def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None):
+    def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None, context: int = 0):
         super().__init__()
         if stretch is not None:
             if stretch.mode not in ("choice", "uniform"):
@@ -160,6 +161,7 @@ class RandomSegment(nn.Module):
             if min(stretch.rates) <= 0:
                 raise ValueError(f"stretch.rates must be positive, got {stretch.rates}")
         self.segment_samples = int(segment_samples)
+        self.context = int(context)
         self.stretch = stretch
         if stretch is not None:
             self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
@@ -183,11 +185,12 @@ class RandomSegment(nn.Module):
         return params
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
-        plain = AF.crop_segments(x, params["start"], self.segment_samples)
+        start, length = params["start"] - self.context, self.segment_samples + 2 * self.context
+        plain = AF.crop_segments(x, start, length)
         if self.stretch is None:
             return plain
         cfg = self.stretch
-        stretched = AF.time_stretch_segment(x, params["stretch_rate"], params["start"], self.segment_samples,
+        stretched = AF.time_stretch_segment(x, params["stretch_rate"], start, length,
                                             n_fft=cfg.n_fft, hop_length=cfg.hop_length)
         return _select(params["stretch_applied"], stretched, plain)
 
@@ -283,22 +286,33 @@ class RIRFilter(nn.Module):
 
 
 class LogMel(nn.Module):
-    """``(B, T)`` -> ``(B, 1, n_mels, frames)`` log-mel (see :class:`MelConfig` for the convention)."""
+    """``(B, T + 2 * context)`` -> ``(B, 1, n_mels, frames)`` log-mel (see :class:`MelConfig` for the convention).
+
+    With ``center=True`` the input carries ``context = n_fft // 2`` real samples on each side of the segment,
+    so the edge frames see the audio around the segment instead of zero padding (a cut segment would
+    otherwise begin and end with a broadband click); frames are taken without padding. The frame count is
+    the centred one, ``1 + segment // hop``.
+    """
 
     def __init__(self, config: MelConfig = MelConfig(), sample_rate: int = 16000):
         super().__init__()
         if not config.win_length <= config.n_fft:
             raise ValueError(f"mel win_length ({config.win_length}) must be <= n_fft ({config.n_fft})")
         self.config = config
+        self.context = config.n_fft // 2 if config.center else 0
         fb = AF.mel_filterbank(sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max,
                                mel_scale=config.mel_scale, norm=config.norm, dtype=torch.float32)
+        window = torch.hann_window(config.win_length, periodic=True)
+        if config.center:  # centred in an n_fft frame, as torch.stft/librosa place a shorter window
+            left = (config.n_fft - config.win_length) // 2
+            window = torch.nn.functional.pad(window, (left, config.n_fft - config.win_length - left))
         self.register_buffer("filterbank", fb, persistent=False)
-        self.register_buffer("window", torch.hann_window(config.win_length, periodic=True), persistent=False)
+        self.register_buffer("window", window, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
         return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length,
-                          center=c.center, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
+                          center=False, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
 
 
 class SpecMask(nn.Module):

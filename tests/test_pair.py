@@ -1,0 +1,281 @@
+"""PairAugmenter and the transforms: shapes, determinism, replay, per-example independence, bounds, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from augcl import PRESETS, BranchConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank, StretchConfig
+from augcl import functional as AF
+from augcl.transforms import AddNoise, RandomSegment, SpecMask
+
+from .conftest import SR, cpu_generator, tone
+
+FAST_PRESETS = ["noise", "ts", "mask", "ts+mask", "cola"]
+
+
+@pytest.fixture(scope="module")
+def impulse_bank():
+    """A tiny RIR bank: a unit impulse and a decaying one, so RIR presets need no simulation here."""
+    irs = torch.zeros(2, 800)
+    irs[0, 0] = 1.0
+    irs[1] = torch.exp(-torch.arange(800) / 200.0) * torch.randn(800, generator=cpu_generator(1))
+    irs[1] /= irs[1].norm()
+    return RIRBank(irs, torch.tensor([1, 800]), SR)
+
+
+def make(preset, impulse_bank=None, **kw):
+    if preset in ("rir", "all"):
+        kw.setdefault("rir_bank", impulse_bank)
+    return PairAugmenter.from_preset(preset, sample_rate=SR, **kw)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("shape", [(3, 160000), (2, 1, 40000)])
+def test_every_preset_gives_finite_pairs_of_the_paper_shape(preset, shape, impulse_bank):
+    aug = make(preset, impulse_bank)
+    pair = aug(torch.randn(shape) * 0.1, generator=cpu_generator())
+    frames = 98 if preset == "cola" else 96
+    assert pair.anchor.shape == pair.positive.shape == (shape[0], 1, 64, frames)
+    assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
+    for k, v in pair.params.items():
+        assert k.startswith(("anchor.", "positive.")) and v.shape[0] == shape[0], k
+
+
+def test_default_segment_is_96_frames_of_0_95_seconds():
+    aug = PairAugmenter.from_preset("ts+mask")
+    assert aug.segment_samples == 15200
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_output_dtype_and_device_follow_input(dtype):
+    pair = make("ts+mask")(torch.randn(2, 20000).to(dtype), generator=cpu_generator())
+    assert pair.anchor.dtype == pair.positive.dtype == dtype
+    assert pair.anchor.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("preset", FAST_PRESETS + ["all"])
+def test_same_seed_same_output_and_other_seed_differs(preset, impulse_bank):
+    aug = make(preset, impulse_bank)
+    x = torch.randn(4, 32000)
+    a, b, c = (aug(x, generator=cpu_generator(s)) for s in (5, 5, 6))
+    assert torch.equal(a.anchor, b.anchor) and torch.equal(a.positive, b.positive)
+    assert not torch.equal(a.positive, c.positive)
+
+
+def test_replay_from_params_is_exact(impulse_bank):
+    aug = make("all", impulse_bank)
+    x = torch.randn(4, 32000)
+    first = aug(x, generator=cpu_generator(3))
+    again = aug(x, params=first.params)
+    assert torch.equal(first.anchor, again.anchor) and torch.equal(first.positive, again.positive)
+
+
+def test_each_example_depends_only_on_its_own_row_and_params(impulse_bank):
+    """Batch consistency: permuting the batch and its params permutes the output."""
+    aug = make("all", impulse_bank)
+    x = torch.randn(5, 30000)
+    pair = aug(x, generator=cpu_generator(0))
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    permuted = aug(x[perm], params={k: v[perm] for k, v in pair.params.items()})
+    torch.testing.assert_close(permuted.anchor, pair.anchor[perm], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(permuted.positive, pair.positive[perm], atol=1e-4, rtol=1e-4)
+
+
+def test_batch_of_one_equals_its_row_in_a_batch():
+    aug = make("ts+mask")
+    x = torch.randn(3, 30000)
+    pair = aug(x, generator=cpu_generator(0))
+    one = aug(x[1:2], params={k: v[1:2] for k, v in pair.params.items()})
+    torch.testing.assert_close(one.positive, pair.positive[1:2], atol=1e-4, rtol=1e-4)
+
+
+def test_anchor_and_positive_segments_come_from_the_same_clip():
+    """Clips are tones of different frequencies: both views of clip b peak in clip b's mel band."""
+    freqs = [300.0, 700.0, 1500.0, 3000.0]
+    x = torch.from_numpy(np.stack([tone(f, 10.0) for f in freqs]))
+    pair = make("ts")(x, generator=cpu_generator(0))
+    bands_a = pair.anchor[:, 0].mean(-1).argmax(-1)
+    bands_p = pair.positive[:, 0].mean(-1).argmax(-1)
+    assert torch.equal(bands_a, bands_p) and len(set(bands_a.tolist())) == 4
+
+
+def test_segment_positions_are_independent_and_cover_the_clip():
+    aug = make("noise")
+    params = aug.sample(4000, 160000, cpu_generator(0))
+    a, p = params["anchor.start"].double(), params["positive.start"].double()
+    hi = 160000 - aug.segment_samples
+    assert a.min() >= 0 and a.max() <= hi and p.min() >= 0 and p.max() <= hi
+    assert abs(float(np.corrcoef(a.numpy(), p.numpy())[0, 1])) < 0.06  # 4000 pairs: 3.8 sigma
+    assert a.mean() / hi == pytest.approx(0.5, abs=0.03)
+
+
+@given(seed=st.integers(0, 2**20), p=st.sampled_from([0.0, 0.5, 1.0]))
+def test_stretch_probability_is_per_example_and_rates_are_the_papers(seed, p):
+    seg = RandomSegment(15200, StretchConfig(p=p))
+    params = seg.sample(2000, 160000, cpu_generator(seed))
+    applied, rate = params["stretch_applied"], params["stretch_rate"]
+    frac = applied.double().mean().item()
+    assert abs(frac - p) < 4 * math.sqrt(0.25 / 2000) + 1e-9
+    assert set(rate[applied].tolist()) <= {0.9, 1.1} and torch.all(rate[~applied] == 1.0)
+    limit = torch.ceil(160000 / rate) - 15200
+    assert torch.all(params["start"] >= 0) and torch.all(params["start"] <= limit)
+
+
+def test_uniform_stretch_mode_draws_in_range():
+    params = RandomSegment(15200, StretchConfig(p=1.0, rates=(0.8, 1.25), mode="uniform")).sample(
+        1000, 160000, cpu_generator(0))
+    r = params["stretch_rate"]
+    assert r.min() >= 0.8 and r.max() <= 1.25 and r.std() > 0.1
+
+
+def test_stretched_positive_is_the_stretched_segment():
+    x = torch.randn(2, 50000)
+    seg = RandomSegment(15200, StretchConfig(p=1.0))
+    params = seg.sample(2, 50000, cpu_generator(0))
+    ref = AF.time_stretch_segment(x, params["stretch_rate"], params["start"], 15200)
+    torch.testing.assert_close(seg(x, params=params), ref)
+
+
+@given(seed=st.integers(0, 2**20))
+def test_spec_masks_stay_in_bounds(seed):
+    cfg = MaskConfig(n_time_masks=2, max_time_frames=12, n_freq_masks=2, max_freq_bins=8)
+    m = SpecMask(cfg)
+    params = m.sample(64, 64, 96, cpu_generator(seed))
+    for axis, size, w in (("time", 96, 12), ("freq", 64, 8)):
+        start, width = params[f"{axis}_mask_start"], params[f"{axis}_mask_width"]
+        assert width.min() >= 0 and width.max() <= w and start.min() >= 0
+        assert torch.all(start + width <= size)
+    spec = torch.randn(64, 1, 64, 96)
+    out = m(spec, params=params)
+    changed_t = (out != spec).all(dim=-2).sum(-1).squeeze(1)  # fully masked frames per example
+    assert torch.all(changed_t <= 2 * 12)
+    fill = spec.mean(dim=(-2, -1)).reshape(64, 1, 1, 1)
+    assert torch.all((out == spec) | (out == fill))
+
+
+def test_anchor_noise_snr_follows_params():
+    noise = AddNoise(NoiseConfig(snr_db=(10.0, 10.0)))
+    x = torch.randn(8, 15200) * 0.2
+    y = noise(x, generator=cpu_generator(0))
+    snr = 10 * torch.log10(x.pow(2).mean(-1) / (y - x).pow(2).mean(-1))
+    assert torch.all((snr - 10).abs() < 0.2)
+
+
+def test_noise_probability_leaves_rows_untouched():
+    noise = AddNoise(NoiseConfig(p=0.5))
+    x = torch.randn(200, 1000)
+    params = noise.sample(200, 1000, cpu_generator(0))
+    y = noise(x, params=params)
+    untouched = (y == x).all(-1)
+    assert torch.equal(untouched, ~params["noise_applied"])
+
+
+def test_cola_preset_normalizes_clip_and_adds_fixed_std_noise():
+    aug = make("cola")
+    assert aug.config.normalize_clip and aug.segment_samples == 16000
+    x = torch.randn(2, 48000)
+    scaled = aug(x * 37.0, generator=cpu_generator(0))
+    plain = aug(x, generator=cpu_generator(0))
+    torch.testing.assert_close(scaled.anchor, plain.anchor, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_audiomentations_transform_in_a_branch():
+    """A +6 dB Gain from torch-audiomentations on the positive raises its log-mel power by 2 ln(10^(6/20))."""
+    from torch_audiomentations import Gain
+
+    gain = Gain(min_gain_in_db=5.999, max_gain_in_db=6.0, p=1.0, output_type="dict")  # it refuses min == max
+    base = make("noise")
+    boosted = make("noise", positive_extra=[gain])
+    x = torch.from_numpy(np.stack([tone(500.0, 3.0), tone(2000.0, 3.0)]))
+    ref = base(x, generator=cpu_generator(0))
+    out = boosted(x, generator=cpu_generator(0))
+    torch.testing.assert_close(out.anchor, ref.anchor)
+    loud = ref.positive > math.log(1e-2)
+    shift = (out.positive - ref.positive)[loud]
+    torch.testing.assert_close(shift, torch.full_like(shift, 2 * math.log(10 ** 0.3)), atol=1e-3, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("preset", FAST_PRESETS + ["all"])
+def test_silent_short_single_and_loud_clips_give_finite_output(preset, impulse_bank):
+    aug = make(preset, impulse_bank)
+    g = cpu_generator(0)
+    for x in (torch.zeros(2, 160000), torch.randn(1, 1000), torch.randn(1, 160000), 1e4 * torch.randn(2, 20000)):
+        pair = aug(x, generator=g)
+        assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
+        assert pair.anchor.shape[0] == x.shape[0]
+
+
+def test_short_clip_is_zero_padded_at_the_end():
+    aug = make("noise")
+    x = torch.from_numpy(tone(1000.0, 0.2))[None]  # 3200 samples, shorter than a segment
+    pair = aug(x, generator=cpu_generator(0))
+    assert pair.params["positive.start"].item() == 0
+    frames = pair.positive[0, 0].exp().sum(0)
+    assert frames[:15].min() > 100 * frames[25:].max()  # tone over the first 0.2 s, silence after
+
+
+@pytest.mark.parametrize(
+    "bad, exc, words",
+    [
+        (torch.zeros(2, 2, 16000), ValueError, "downmix"),
+        (torch.zeros(16000), ValueError, "unsqueeze"),
+        (torch.zeros(2, 16000, dtype=torch.int16), TypeError, "32768"),
+        (torch.zeros(2, 0), ValueError, "empty"),
+        (torch.full((2, 16000), float("nan")), ValueError, "NaN"),
+    ],
+)
+def test_bad_input_gets_a_named_error(bad, exc, words):
+    with pytest.raises(exc, match="wave") as info:
+        make("ts+mask")(bad)
+    assert words in str(info.value)
+
+
+def test_bad_configuration_gets_a_named_error():
+    with pytest.raises(ValueError, match="unknown preset"):
+        PairAugmenter.from_preset("nope")
+    with pytest.raises(ValueError, match="stretch.mode"):
+        PairAugmenter(PairConfig(positive=BranchConfig(stretch=StretchConfig(mode="linear"))))
+    with pytest.raises(ValueError, match="noise kind"):
+        PairAugmenter(PairConfig(anchor=BranchConfig(noise=NoiseConfig(kind="pink"))))
+    with pytest.raises(ValueError, match="bank_folder"):
+        PairAugmenter(PairConfig(anchor=BranchConfig(noise=NoiseConfig(kind="bank"))))
+    with pytest.raises(TypeError, match="params"):
+        make("noise")(torch.randn(1, 16000), params=[1, 2])
+
+
+def test_rir_bank_sample_rate_mismatch_is_refused(impulse_bank):
+    bank = RIRBank(impulse_bank.irs, impulse_bank.lengths, 8000)
+    with pytest.raises(ValueError, match="sample_rate"):
+        PairAugmenter.from_preset("rir", sample_rate=SR, rir_bank=bank)
+
+
+def test_generator_on_another_device_type_is_refused():
+    class FakeGen:
+        device = torch.device("meta")
+
+    with pytest.raises(ValueError, match="generator"):
+        make("noise")(torch.randn(1, 16000), generator=FakeGen())
+
+
+def test_default_rir_preset_works_without_files():
+    """No bank given: a simulated shoebox bank is built (and cached in the test's cache folder)."""
+    aug = PairAugmenter.from_preset("rir")
+    assert len(aug.positive.rir.bank) == 64
+    pair = aug(torch.randn(2, 32000), generator=cpu_generator(0))
+    assert torch.isfinite(pair.positive).all()
+
+
+@pytest.mark.parametrize("preset", ["noise", "ts"])
+def test_segment_edges_see_real_context_not_a_click(preset):
+    """A segment cut from inside a steady tone has edge frames like its middle frames (no broadband click)."""
+    x = torch.from_numpy(np.stack([tone(1000.0, 10.0, phase=0.3), tone(440.0, 10.0)]))
+    aug = make(preset)
+    params = aug.sample(2, x.shape[1], cpu_generator(0))
+    params["positive.start"] = torch.tensor([50000, 80001])
+    spec = aug(x, params=params).positive[:, 0]  # (2, 64, 96)
+    high = spec[:, 48:].exp().sum(1)  # energy far above both tones, per frame
+    assert torch.all(high[:, [0, -1]] < 3 * high[:, 40:56].mean(-1, keepdim=True))
