@@ -11,7 +11,6 @@ device (``sample``), then applied (``apply``); both are public, so a batch can b
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -226,7 +225,3 @@ class PairAugmenter(nn.Module):
     def extra_repr(self) -> str:
         return f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}"
 
-
-def replace(config, **changes):
-    """``dataclasses.replace`` re-exported for convenience: ``replace(cfg.positive, mask=None)``."""
-    return dataclasses.replace(config, **changes)

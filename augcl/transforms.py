@@ -12,9 +12,8 @@ Probabilities act per example: a block with ``p < 1`` draws an ``applied`` flag 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +142,21 @@ def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # blocks
 # ----------------------------------------------------------------------------------------------------------
-class RandomSegment(nn.Module):
+class WaveBlock(nn.Module):
+    """Base of the waveform blocks: ``forward`` draws parameters for ``x`` unless given, then applies them."""
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
+        x = AF.as_batch(x)
+        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
+
+
+class RandomSegment(WaveBlock):
     """Random segment of ``segment_samples`` per clip, optionally from the time-stretched clip.
 
     With a :class:`StretchConfig`, each example is stretched with probability ``p`` and its segment start is
@@ -194,12 +207,8 @@ class RandomSegment(nn.Module):
                                             n_fft=cfg.n_fft, hop_length=cfg.hop_length)
         return _select(params["stretch_applied"], stretched, plain)
 
-    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
-        x = AF.as_batch(x)
-        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
 
-
-class AddNoise(nn.Module):
+class AddNoise(WaveBlock):
     """Additive white, colored or recorded noise at a per-example SNR (or COLA's fixed-std Gaussian).
 
     Params: ``snr_db``, ``noise_applied``; ``color_exponent`` (colored); ``noise_index``, ``noise_start``
@@ -251,12 +260,8 @@ class AddNoise(nn.Module):
             noisy = AF.add_noise(x, noise, params["snr_db"])
         return _select(params["noise_applied"], noisy, x)
 
-    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
-        x = AF.as_batch(x)
-        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
 
-
-class RIRFilter(nn.Module):
+class RIRFilter(WaveBlock):
     """Convolution of each example with an IR gathered from a :class:`RIRBank`. Params: ``rir_index``, ``rir_applied``."""
 
     def __init__(self, config: RIRConfig = RIRConfig(), bank: Optional[RIRBank] = None, sample_rate: int = 16000):
@@ -279,10 +284,6 @@ class RIRFilter(nn.Module):
     def apply(self, x: Tensor, params: Params) -> Tensor:
         wet = AF.fft_convolve(x, self.bank.gather(params["rir_index"]))
         return _select(params["rir_applied"], wet, x)
-
-    def forward(self, x: Tensor, generator=None, params: Optional[Params] = None) -> Tensor:
-        x = AF.as_batch(x)
-        return self.apply(x, params if params is not None else self.sample(*x.shape, generator, x.device))
 
 
 class LogMel(nn.Module):

@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

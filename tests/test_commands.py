@@ -1,7 +1,6 @@
 """The commands the README names run end to end (tiny sizes), so they cannot rot."""
 import json
 
-import pytest
 
 from augcl import demo
 from benchmarks import stretch_fidelity, throughput

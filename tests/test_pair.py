@@ -279,3 +279,20 @@ def test_segment_edges_see_real_context_not_a_click(preset):
     spec = aug(x, params=params).positive[:, 0]  # (2, 64, 96)
     high = spec[:, 48:].exp().sum(1)  # energy far above both tones, per frame
     assert torch.all(high[:, [0, -1]] < 3 * high[:, 40:56].mean(-1, keepdim=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["ts+mask", "all"])
+def test_cuda_equals_cpu_for_the_same_params(preset, impulse_bank):
+    aug = make(preset, impulse_bank)
+    x = torch.randn(4, 48000, generator=cpu_generator(0)) * 0.1
+    ref = aug(x, generator=cpu_generator(1))
+    dev = torch.device("cuda")
+    out = aug.to(dev)(x.to(dev), params={k: v.to(dev) for k, v in ref.params.items()})
+    assert out.positive.device.type == "cuda"
+    torch.testing.assert_close(out.anchor.cpu(), ref.anchor, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(out.positive.cpu(), ref.positive, atol=2e-3, rtol=1e-3)
+    g = torch.Generator(device=dev).manual_seed(0)
+    a, b = aug(x.to(dev), generator=g), aug(x.to(dev), generator=torch.Generator(device=dev).manual_seed(0))
+    assert torch.equal(a.positive, b.positive)
