@@ -74,6 +74,14 @@ def _load_many(files: Sequence[Path], sample_rate: int) -> tuple[list[np.ndarray
     return clips, names
 
 
+def _load_folder(folder: Union[str, Path], sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
+    """Every readable audio file under ``folder``; a ValueError naming the folder if there is none."""
+    clips, names = _load_many(list_audio_files(folder), sample_rate)
+    if not clips:
+        raise ValueError(f"folder {str(folder)!r} holds no readable audio files ({AUDIO_EXTENSIONS})")
+    return clips, names
+
+
 def _pad_stack(clips: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
     n_max = max(len(c) for c in clips)
     out = np.zeros((len(clips), n_max), dtype=np.float32)
@@ -124,15 +132,12 @@ class RIRBank(nn.Module):
     def from_folder(cls, folder: Union[str, Path], sample_rate: int = 16000, max_seconds: float = 1.0,
                     align: bool = True) -> "RIRBank":
         """Every audio file under ``folder`` is one IR (multi-channel files are downmixed)."""
-        files = list_audio_files(folder)
-        clips, names = _load_many(files, sample_rate)
-        if not clips:
-            raise ValueError(f"folder {str(folder)!r} holds no readable audio files ({AUDIO_EXTENSIONS})")
+        clips, names = _load_folder(folder, sample_rate)
         irs, lengths = _pad_stack([prepare_ir(c, sample_rate, max_seconds, align) for c in clips])
         return cls(irs, lengths, sample_rate, names)
 
     @classmethod
-    def simulated(cls, config: "RoomSimConfig" = None, sample_rate: int = 16000,
+    def simulated(cls, config: Optional["RoomSimConfig"] = None, sample_rate: int = 16000,
                   cache: Union[bool, str, Path] = True) -> "RIRBank":
         """Shoebox rooms simulated with pyroomacoustics (image source method); cached on disk by config."""
         config = config or RoomSimConfig()
@@ -233,8 +238,5 @@ class NoiseBank(nn.Module):
 
     @classmethod
     def from_folder(cls, folder: Union[str, Path], sample_rate: int = 16000) -> "NoiseBank":
-        files = list_audio_files(folder)
-        clips, names = _load_many(files, sample_rate)
-        if not clips:
-            raise ValueError(f"folder {str(folder)!r} holds no readable audio files ({AUDIO_EXTENSIONS})")
+        clips, names = _load_folder(folder, sample_rate)
         return cls([torch.from_numpy(c) for c in clips], sample_rate, names)

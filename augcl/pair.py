@@ -11,7 +11,6 @@ device (``sample``), then applied (``apply``); both are public, so a batch can b
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -111,10 +110,9 @@ class Branch(nn.Module):
 
     def sample(self, batch: int, length: int, generator=None, device=None) -> dict:
         params = dict(self.segment.sample(batch, length, generator, device))
-        seg = self.segment.segment_samples + 2 * self.segment.context  # what the blocks after it see
         for block in (self.rir, self.noise):
             if block is not None:
-                params.update(block.sample(batch, seg, generator, device))
+                params.update(block.sample(batch, self.segment.output_samples, generator, device))
         if self.mask is not None:
             params.update(self.mask.sample(batch, self.mel.config.n_mels, self.frames, generator, device))
         return params
@@ -181,11 +179,7 @@ class PairAugmenter(nn.Module):
 
     def _source_length(self, length: int) -> int:
         """Pad short clips so that every segment (stretched or not) lies inside the clip."""
-        need = self.segment_samples
-        for branch in (self.anchor, self.positive):
-            if branch.config.stretch is not None:
-                need = max(need, math.ceil(self.segment_samples * branch.config.stretch.max_rate))
-        return max(length, need)
+        return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
     def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None) -> dict:
         """Draw every per-example parameter for a batch of ``batch`` clips of ``length`` samples.

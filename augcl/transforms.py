@@ -12,6 +12,7 @@ Probabilities act per example: a block with ``p < 1`` draws an ``applied`` flag 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -179,6 +180,16 @@ class RandomSegment(WaveBlock):
         if stretch is not None:
             self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
 
+    @property
+    def output_samples(self) -> int:
+        """Samples per output row: the segment plus its context on both sides."""
+        return self.segment_samples + 2 * self.context
+
+    @property
+    def min_clip_length(self) -> int:
+        """Shortest clip in which every segment lies inside the (stretched) clip; shorter clips get zero-padded."""
+        return math.ceil(self.segment_samples * (self.stretch.max_rate if self.stretch is not None else 1.0))
+
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         params = {}
         if self.stretch is None:
@@ -198,7 +209,7 @@ class RandomSegment(WaveBlock):
         return params
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
-        start, length = params["start"] - self.context, self.segment_samples + 2 * self.context
+        start, length = params["start"] - self.context, self.output_samples
         plain = AF.crop_segments(x, start, length)
         if self.stretch is None:
             return plain

@@ -180,6 +180,9 @@ def test_cola_preset_normalizes_clip_and_adds_fixed_std_noise():
     scaled = aug(x * 37.0, generator=cpu_generator(0))
     plain = aug(x, generator=cpu_generator(0))
     torch.testing.assert_close(scaled.anchor, plain.anchor, atol=1e-4, rtol=1e-4)
+    seg = torch.randn(8, 16000)
+    added = aug.positive.noise(seg, generator=cpu_generator(1)) - seg
+    assert added.std(dim=-1).sub(1e-3).abs().max() < 5e-5  # fixed std 0.001, not an SNR (16000 samples: ±3%)
 
 
 def test_torch_audiomentations_transform_in_a_branch():
