@@ -23,3 +23,18 @@ def test_stretch_fidelity_writes_its_tables(tmp_path):
     res = json.loads((tmp_path / "stretch_fidelity.json").read_text())
     assert res["results"]["augcl"]["level_loss_db_max"] < 1.5
     assert "| augcl |" in (tmp_path / "stretch_fidelity.md").read_text()
+
+
+def test_data_benchmark_quick_measures_pack_and_read():
+    from benchmarks import data
+
+    res = data.main(["--quick"])
+    assert all(r["files_per_s"] > 0 and r["files"] == 8 for r in res["pack"].values())
+    assert all(r["clips_per_s"] > 0 and r["clips"] == 32 for r in res["read"].values())
+
+
+def test_builtin_gallery_png(tmp_path):
+    from trainer import builtin
+
+    out = builtin.plot_classes(tmp_path / "g.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000

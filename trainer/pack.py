@@ -1,0 +1,275 @@
+"""``python -m trainer.pack SRC OUT``: decode audio once into int16 memory-mapped shards plus an index.
+
+Layout of a packed store ``OUT/``::
+
+    plan.json            the source's files cut into shards; written first, so a rerun knows the work
+    shards/00000.npy     int16 samples of the shard's clips, end to end (np.load(..., mmap_mode="r"))
+    shards/00000.json    the shard's entries [path, offset, length, labels] and its failures [path, reason]
+    index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR)  -- written last
+    paths.txt            the source path of each entry, in index order
+    report.tsv           every file skipped, with the reason
+    store.json           format, sample rate, classes, counts; its presence marks the store complete
+
+Decoding runs in worker processes, one shard per task. Each shard's ``.npy`` and then its ``.json`` are written
+to a temporary name and renamed, so a finished shard is complete and an interrupted one is invisible; a second
+run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
+in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
+int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from .sources import LAYOUTS, Source, open_source
+
+log = logging.getLogger(__name__)
+
+FORMAT = "augcl-packed-v1"
+INT16_SCALE = 32768.0
+
+
+@dataclass
+class PackResult:
+    out: Path
+    complete: bool
+    n_files: int          # files in the source (and missing entries)
+    n_packed: int
+    n_skipped: int
+    n_shards_done: int
+    n_shards: int
+    seconds: float
+    files_this_run: int = 0  # files decoded by this call (a resumed run skips finished shards)
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files_this_run / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        state = "complete" if self.complete else f"partial ({self.n_shards_done}/{self.n_shards} shards)"
+        return (f"{self.out}: {state}; {self.n_packed} clips packed, {self.n_skipped} skipped "
+                f"(listed in {self.out / 'report.tsv'}), {self.seconds:.1f} s")
+
+
+def decode(path: str, sample_rate: int) -> np.ndarray:
+    """A file (or built-in clip URI) as mono float32 at ``sample_rate``; ValueError if empty or non-finite."""
+    if path.startswith("builtin:"):
+        from .builtin import render_uri
+
+        x = render_uri(path, sample_rate)
+    else:
+        from augcl.banks import load_audio
+
+        x = load_audio(path, sample_rate)
+    if x.size == 0:
+        raise ValueError("no samples")
+    if not np.isfinite(x).all():
+        raise ValueError("NaN or Inf samples")
+    return x
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    peak = float(np.max(np.abs(x)))
+    if peak > 1.0:
+        x = x / peak
+    return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _pack_shard(shard_dir: str, shard: int, items: Sequence[tuple[str, list]], sample_rate: int) -> tuple[int, int, int]:
+    """Decode one shard's files and write it (runs in a worker). Returns (shard, packed, skipped)."""
+    clips, entries, failed, offset = [], [], [], 0
+    for path, labels in items:
+        try:
+            x = to_int16(decode(path, sample_rate))
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is reported
+            failed.append([path, f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")])
+            continue
+        clips.append(x)
+        entries.append([path, offset, int(x.size), list(labels)])
+        offset += x.size
+    data = np.concatenate(clips) if clips else np.zeros(0, np.int16)
+    base = Path(shard_dir) / f"{shard:05d}"
+    _atomic_write(base.with_suffix(".npy"), lambda f: np.save(f, data))
+    _write_json(base.with_suffix(".json"), {"entries": entries, "failed": failed})
+    return shard, len(entries), len(failed)
+
+
+def _plan(source: Source, sample_rate: int, files_per_shard: int) -> dict:
+    items = [[it.path, list(it.labels)] for it in source.items]
+    return {
+        "format": FORMAT,
+        "sample_rate": sample_rate,
+        "classes": list(source.classes),
+        "multi_label": source.multi_label,
+        "missing": [list(m) for m in source.missing],
+        "shards": [items[i:i + files_per_shard] for i in range(0, len(items), files_per_shard)],
+    }
+
+
+def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_per_shard: int = 256,
+         jobs: Optional[int] = None, progress: bool = True, max_shards: Optional[int] = None,
+         desc: str = "packing") -> PackResult:
+    """Decode ``source`` into a packed store at ``out``; resumes a previous run on the same source.
+
+    ``jobs``: decoding processes (default: all cores; 1 decodes in this process). ``max_shards`` stops after
+    that many new shards (an interrupt on purpose, for tests and for packing in slices).
+    """
+    if files_per_shard < 1:
+        raise ValueError(f"files_per_shard must be >= 1, got {files_per_shard}")
+    out = Path(out)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plan = _plan(source, sample_rate, files_per_shard)
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if old != plan:
+            raise ValueError(f"out {str(out)!r} already holds a pack of a different source or settings; "
+                             "pass a new OUT, or delete it to start over")
+    else:
+        _write_json(plan_path, plan)
+    for stale in shard_dir.glob("*.tmp"):  # left by a run that was killed mid-write
+        stale.unlink()
+
+    t0 = time.perf_counter()
+    n_shards = len(plan["shards"])
+    finished = {i for i in range(n_shards) if (shard_dir / f"{i:05d}.json").is_file()}
+    todo = [i for i in range(n_shards) if i not in finished][:max_shards]
+    new_files = sum(len(plan["shards"][i]) for i in todo)
+    done_files = sum(len(plan["shards"][i]) for i in finished)
+    bar = tqdm(total=len(source.items), initial=done_files, desc=desc, unit="file", disable=not progress,
+               dynamic_ncols=True)
+    jobs = min(jobs or os.cpu_count() or 1, max(len(todo), 1))
+    try:
+        if jobs == 1:
+            for i in todo:
+                _pack_shard(str(shard_dir), i, plan["shards"][i], sample_rate)
+                bar.update(len(plan["shards"][i]))
+        else:
+            _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar)
+    finally:
+        bar.close()
+    result = finalize(out, time.perf_counter() - t0)
+    result.files_this_run = new_files
+    return result
+
+
+def _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar) -> None:
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pending = {pool.submit(_pack_shard, str(shard_dir), i, plan["shards"][i], sample_rate): i for i in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = pending.pop(fut)
+                    fut.result()  # a worker crash (not a bad file: those are caught) is an error
+                    bar.update(len(plan["shards"][i]))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
+    """Write the index, report and ``store.json`` if every shard is finished; report progress otherwise."""
+    out = Path(out)
+    plan = json.loads((out / "plan.json").read_text())
+    shard_dir = out / "shards"
+    n_shards = len(plan["shards"])
+    done = [i for i in range(n_shards) if (shard_dir / f"{i:05d}.json").is_file()]
+    n_files = sum(len(s) for s in plan["shards"]) + len(plan["missing"])
+    shards = [json.loads((shard_dir / f"{i:05d}.json").read_text()) for i in done]
+    n_packed = sum(len(s["entries"]) for s in shards)
+    failed = [tuple(m) for m in plan["missing"]] + [tuple(f) for s in shards for f in s["failed"]]
+    complete = len(done) == n_shards
+    if complete:
+        shard_of, offset, length, label_ptr, label_ids, paths = [], [], [], [0], [], []
+        for i, s in zip(done, shards, strict=True):
+            for path, off, n, labels in s["entries"]:
+                shard_of.append(i)
+                offset.append(off)
+                length.append(n)
+                label_ids.extend(labels)
+                label_ptr.append(len(label_ids))
+                paths.append(path)
+        index = dict(shard=np.asarray(shard_of, np.int32), offset=np.asarray(offset, np.int64),
+                     length=np.asarray(length, np.int64), label_ptr=np.asarray(label_ptr, np.int64),
+                     label_ids=np.asarray(label_ids, np.int32))
+        _atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
+        _atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+        _atomic_write(out / "report.tsv", lambda f: f.write(
+            ("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in failed)).encode()))
+        _write_json(out / "store.json", {
+            "format": FORMAT, "sample_rate": plan["sample_rate"], "classes": plan["classes"],
+            "multi_label": plan["multi_label"], "n_clips": n_packed, "n_skipped": len(failed),
+            "n_samples": int(np.sum(index["length"])), "n_shards": n_shards,
+        })
+    return PackResult(out, complete, n_files, n_packed, len(failed), len(done), n_shards, seconds)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.pack", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="a folder of audio files (recursive), a CSV manifest, a DESED TSV or an AudioSet CSV")
+    p.add_argument("out", help="the packed store to write (a folder); rerun the same command to resume")
+    p.add_argument("--labels", choices=LAYOUTS, default="auto",
+                   help="layout of SRC: none (unlabeled folder), folders (one folder per class), csv (path,labels), "
+                        "desed, audioset; auto guesses from SRC (default)")
+    p.add_argument("--audio-dir", help="folder holding the clips named by a DESED TSV / AudioSet CSV "
+                                       "(manifests: root for relative paths)")
+    p.add_argument("--class-index", help="AudioSet class_labels_indices.csv (class names and order)")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--files-per-shard", type=int, default=256)
+    p.add_argument("--jobs", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        source = open_source(args.src, args.labels, args.audio_dir, args.class_index)
+        if not source.items:
+            raise ValueError(f"src {args.src!r} names no audio files that exist")
+        res = pack(source, args.out, sample_rate=args.sample_rate, files_per_shard=args.files_per_shard,
+                   jobs=args.jobs, progress=not args.quiet)
+    except ValueError as e:
+        p.error(str(e))
+    except KeyboardInterrupt:
+        print("interrupted; finished shards are kept. Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    print(res.summary())
+    if res.complete:
+        print(f"{res.files_this_run} files decoded in this run: {res.files_per_s:.1f} files/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
