@@ -5,7 +5,7 @@
 
 Pack: the same 10-s clips as FLAC at 44.1 kHz (decode + resample to 16 kHz, the usual case for downloaded
 audio) and as 16-bit WAV at 16 kHz (decode only), ``python -m trainer.pack``'s code path with all cores.
-Read: a store of ``4 x n`` clips (the WAV files packed four times over, 1.3 GB at n=256), page cache warmed by
+Read: a store of ``4 x n`` clips (the WAV files packed four times over, 328 MB at n=256), page cache warmed by
 one pass, then random batches of 128 through :func:`trainer.data.make_loader` and
 :class:`trainer.data.DistributedBatchSampler`, as the trainer reads them; median clips/s over the repetitions.
 """
