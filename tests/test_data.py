@@ -223,6 +223,11 @@ def test_audioset_segments_csv_with_ontology_names_and_file_naming_variants(tmp_
     assert [(Path(it.path).name, it.labels) for it in src.items] == [
         ("--PJHxphWEs.wav", (0, 2)), ("Y-0RWZT-miFs_30.000_40.000.flac", (1,)), ("ab_cd-ef_gh_10_20.wav", (0,))]
     assert [m[0] for m in src.missing] == ["zzzzzzzzzzz"]
+    (tmp_path / "two.csv").write_text('index,mid,display_name\n0,/m/03fwl,"Goat"\n1,/t/dd00088,"Gush"\n')
+    subset = sources.audioset(tmp_path / "seg.csv", tmp_path / "audio", tmp_path / "two.csv")
+    assert subset.classes == ("Goat", "Gush")
+    assert [(Path(it.path).name, it.labels) for it in subset.items] == [
+        ("--PJHxphWEs.wav", (1,)), ("Y-0RWZT-miFs_30.000_40.000.flac", (0,))]
     plain = sources.audioset(tmp_path / "seg.csv", tmp_path / "audio")
     assert plain.classes == ("/m/03fwl", "/m/09x0r", "/t/dd00088")
     assert sources.open_source(tmp_path / "seg.csv", audio_dir=tmp_path / "audio").classes == plain.classes

@@ -192,10 +192,11 @@ class DistributedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"{n} clips cannot fill one batch of {batch_size} on each of {self.world_size} ranks; "
                              "lower batch_size or pass drop_last=False")
         self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's permutation; ``start_batch`` skips the batches a resumed run already trained on."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def _mine(self) -> Tensor:
         if self.shuffle:
@@ -209,15 +210,18 @@ class DistributedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         mine = self._mine().tolist()
-        for i in range(0, len(mine), self.batch_size):
+        for i in range(self.start_batch * self.batch_size, len(mine), self.batch_size):
             batch = mine[i:i + self.batch_size]
             if len(batch) == self.batch_size or not self.drop_last:
                 yield batch
 
-    def __len__(self) -> int:
+    def batches_per_epoch(self) -> int:
         if self.drop_last:
             return self.n // (self.batch_size * self.world_size)
         return math.ceil(len(range(self.rank, self.n, self.world_size)) / self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch() - self.start_batch, 0)
 
 
 def _as_is(batch):
@@ -227,5 +231,8 @@ def _as_is(batch):
 def make_loader(dataset: PackedClips, batch_sampler: DistributedBatchSampler, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader that reads each batch with one ``__getitems__`` call and hands it over without collating."""
+    # its own generator: a DataLoader draws a base seed for its workers whenever an iterator starts, and drawing it
+    # from the global RNG would shift the training's random stream (stochastic depth) on resume
     return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=_as_is, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(0))

@@ -180,7 +180,9 @@ def audioset(csv_path: PathLike, audio_dir: PathLike, class_index_csv: Optional[
     """AudioSet segments: ``YTID, start_seconds, end_seconds, "mid,mid,..."`` (``#`` lines are comments).
 
     With ``class_index_csv`` (``index,mid,display_name``, AudioSet's ``class_labels_indices.csv``) the classes
-    are its display names in its order; without it, the sorted mids seen. Multi-label.
+    are its display names in its order; labels not in it are dropped, and so are segments left without a label
+    (a class index with 10 rows selects a 10-class subset). Without it, the classes are the sorted mids seen.
+    Multi-label.
     """
     csv_path = _require_file(csv_path, "csv_path")
     audio_dir = _require_dir(audio_dir, "audio_dir")
@@ -208,6 +210,9 @@ def audioset(csv_path: PathLike, audio_dir: PathLike, class_index_csv: Optional[
         names = {r["mid"]: r["display_name"] for r in table}
     else:
         mids = None
+    if mids is not None:  # a class index selects the classes: other labels are dropped, clips without any too
+        rows = [(ytid, [m for m in ms if m in names]) for ytid, ms in rows]
+        rows = [(ytid, ms) for ytid, ms in rows if ms]
     classes, index = _class_index((m for _, ms in rows for m in ms), mids, f"csv_path {str(csv_path)!r}")
     items, missing = [], []
     for ytid, ms in rows:

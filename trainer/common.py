@@ -1,0 +1,126 @@
+"""What the trainer's commands share: devices, torch.distributed setup, atomic checkpoints, data resolution."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import PackedStore, dist_rank_world
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; pass --device cpu")
+    return device
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE in the environment); (0, 1) without it."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    return dist_rank_world()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on one (so all ranks stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def atomic_save(obj, path: Union[str, Path]) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a checkpoint is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj, path: Union[str, Path]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_store(data: str, split: str, work_dir: Path, builtin_config=None, jobs: Optional[int] = None) -> Path:
+    """``data`` as a packed store: "builtin" (the split of the built-in dataset, packed into the cache on first
+    use), a packed store, or a folder of audio files (packed into ``work_dir/packed`` first, resumably).
+    Rank 0 packs; the other ranks wait for it."""
+    from .builtin import builtin_store
+    from .pack import pack
+    from .sources import audio_folder
+
+    rank, _ = dist_rank_world()
+    if data == "builtin":
+        if rank == 0:
+            builtin_store(split, builtin_config, jobs=jobs)
+        barrier()
+        return builtin_store(split, builtin_config, progress=False)
+    path = Path(data)
+    if (path / "store.json").is_file():
+        return path
+    if not path.is_dir():
+        raise ValueError(f"data {data!r} is neither 'builtin', a packed store, nor a folder of audio files")
+    if (path / "plan.json").is_file():
+        raise ValueError(f"data {data!r} is an unfinished packed store; rerun its `python -m trainer.pack` to finish")
+    out = work_dir / "packed"
+    if rank == 0 and not (out / "store.json").is_file():
+        print(f"packing the audio files under {path} into {out} (once; later runs reuse it)")
+        res = pack(audio_folder(path), out, jobs=jobs)
+        print(res.summary())
+    barrier()
+    PackedStore(out)  # a clear error if packing found nothing
+    return out

@@ -1,0 +1,107 @@
+"""The paper's network: EfficientNet-B0 encoder f, projection g, bilinear similarity.
+
+h = f(x): torchvision EfficientNet-B0 (random init), stem taking 1 channel (a log-mel), global pooling: (B, 1280).
+z = g(h): Linear(1280 -> 512), LayerNorm, tanh. That is COLA's code (``cola/network.py``: Dense, then
+LayerNormalization and tanh when the similarity is bilinear). The LayerNorm matters: without it a linear layer
+followed by tanh saturates early in training and the bilinear logits stop moving.
+s(z, z') = z^T W z' / sqrt(d) with W learned (d x d, d = 512), W initialised to the identity.
+
+The bilinear similarity's parametrisation is ours, not the paper's; the set of functions is the same (W/sqrt(d) is
+just another W). COLA's code starts from W ~ N(0, 0.05^2) with no scale (``bilinear_init="cola"``). Then the
+initial logits have a std of about 10, and one Adam step at lr 1e-3 moves all 262,144 entries of W coherently,
+so the logits jump by tens. Measured on one fixed batch of 32 pairs over 15 Adam steps: with COLA's start the
+loss went 15.9 -> 120 -> 11.9 and retrieval stayed at chance; with the identity start and the 1/sqrt(d) scale it
+went 3.9 -> 1.0 and retrieval reached 69 %, as fast as a cosine similarity. The scale slows W's updates in logit
+space by sqrt(d), and the identity start makes s a scaled dot product until W has learned something better.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+
+class Encoder(nn.Module):
+    """f: log-mel ``(B, 1, n_mels, frames)`` -> h ``(B, 1280)``; ``pooling`` "avg" (paper) or "max" (COLA)."""
+
+    out_dim = 1280
+
+    def __init__(self, pooling: str = "avg"):
+        super().__init__()
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        features = torchvision.models.efficientnet_b0(weights=None).features
+        stem = features[0][0]
+        features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+        nn.init.kaiming_normal_(features[0][0].weight, mode="fan_out")  # torchvision's init for its convs
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"x must be (B, 1, n_mels, frames) log-mels, got shape {tuple(x.shape)}")
+        return self.pool(self.features(x)).flatten(1)
+
+
+class Projection(nn.Module):
+    """g: h ``(B, 1280)`` -> z ``(B, 512)`` in (-1, 1)."""
+
+    def __init__(self, in_dim: int = 1280, dim: int = 512):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.tanh(self.norm(self.linear(h)))
+
+
+class Bilinear(nn.Module):
+    """s(a, p) = scale * a W p^T for every pair: anchors ``(B, d)``, positives ``(N, d)`` -> logits ``(B, N)``.
+
+    ``init="identity"``: W = I, scale 1/sqrt(d) (default, see the module docstring); ``init="cola"``: W ~ N(0, 0.05^2),
+    scale 1, as COLA's code.
+    """
+
+    def __init__(self, dim: int = 512, init: str = "identity"):
+        super().__init__()
+        if init == "identity":
+            self.weight, self.scale = nn.Parameter(torch.eye(dim)), 1.0 / math.sqrt(dim)
+        elif init == "cola":
+            self.weight, self.scale = nn.Parameter(torch.randn(dim, dim) * 0.05), 1.0
+        else:
+            raise ValueError(f"init must be 'identity' or 'cola', got {init!r}")
+
+    def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
+        return (anchor @ self.weight @ positive.T) * self.scale
+
+
+class ContrastiveModel(nn.Module):
+    """f, g and s together. ``embed(x)`` is z; the trainer computes logits from the two branches' z."""
+
+    def __init__(self, dim: int = 512, pooling: str = "avg", bilinear_init: str = "identity"):
+        super().__init__()
+        self.encoder = Encoder(pooling)
+        self.projection = Projection(Encoder.out_dim, dim)
+        self.similarity = Bilinear(dim, bilinear_init)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.projection(self.encoder(x))
+
+    def forward(self, anchor: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+        """Both branches through f and g in one batch (one set of BatchNorm statistics, as COLA does)."""
+        z = self.embed(torch.cat([anchor, positive]))
+        return z[: anchor.shape[0]], z[anchor.shape[0]:]
+
+
+class Classifier(nn.Module):
+    """Downstream: the encoder f and a linear layer on h (linear probe, fine-tuning, supervised baseline)."""
+
+    def __init__(self, encoder: Encoder, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(Encoder.out_dim, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
