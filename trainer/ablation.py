@@ -86,7 +86,7 @@ def run(args) -> dict:
                                             epochs=budget["linear_epochs"])}
     result = {"budget": args.budget, "steps": steps, "batch_size": batch, "data": args.data,
               "train_data": args.train_data, "test_data": args.test_data, "seed": args.seed, "rows": rows}
-    common.write_json(result, out / "ablation.json")
+    common.write_json(out / "ablation.json", result)
     text = table(result)
     (out / "ablation.md").write_text(text)
     series = {p: rows[p]["linear"]["per_class_f1"] for p in args.presets}

@@ -1,10 +1,8 @@
 """What the trainer's commands share: devices, torch.distributed setup, atomic checkpoints, data resolution."""
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .data import PackedStore, dist_rank_world
+from .pack import atomic_write, write_json  # noqa: F401 - write_json is used through common
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -54,24 +53,7 @@ def atomic_save(obj, path: Union[str, Path]) -> None:
     """torch.save to a temporary file in the same folder, then rename: a checkpoint is whole or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(obj, path: Union[str, Path]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:

@@ -88,7 +88,8 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -101,8 +102,10 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON at ``path`` (folders made), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def _pack_shard(shard_dir: str, shard: int, items: Sequence[tuple[str, list]], sample_rate: int) -> tuple[int, int, int]:
@@ -119,8 +122,8 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[tuple[str, list]], s
         offset += x.size
     data = np.concatenate(clips) if clips else np.zeros(0, np.int16)
     base = Path(shard_dir) / f"{shard:05d}"
-    _atomic_write(base.with_suffix(".npy"), lambda f: np.save(f, data))
-    _write_json(base.with_suffix(".json"), {"entries": entries, "failed": failed})
+    atomic_write(base.with_suffix(".npy"), lambda f: np.save(f, data))
+    write_json(base.with_suffix(".json"), {"entries": entries, "failed": failed})
     return shard, len(entries), len(failed)
 
 
@@ -157,7 +160,7 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
             raise ValueError(f"out {str(out)!r} already holds a pack of a different source or settings; "
                              "pass a new OUT, or delete it to start over")
     else:
-        _write_json(plan_path, plan)
+        write_json(plan_path, plan)
     for stale in shard_dir.glob("*.tmp"):  # left by a run that was killed mid-write
         stale.unlink()
 
@@ -225,11 +228,11 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
         index = dict(shard=np.asarray(shard_of, np.int32), offset=np.asarray(offset, np.int64),
                      length=np.asarray(length, np.int64), label_ptr=np.asarray(label_ptr, np.int64),
                      label_ids=np.asarray(label_ids, np.int32))
-        _atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
-        _atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
-        _atomic_write(out / "report.tsv", lambda f: f.write(
+        atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
+        atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+        atomic_write(out / "report.tsv", lambda f: f.write(
             ("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in failed)).encode()))
-        _write_json(out / "store.json", {
+        write_json(out / "store.json", {
             "format": FORMAT, "sample_rate": plan["sample_rate"], "classes": plan["classes"],
             "multi_label": plan["multi_label"], "n_clips": n_packed, "n_skipped": len(failed),
             "n_samples": int(np.sum(index["length"])), "n_shards": n_shards,

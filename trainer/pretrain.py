@@ -147,7 +147,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
-        common.write_json(asdict(cfg) | {"world_size": world, "device": str(device)}, out / "config.json")
+        common.write_json(out / "config.json", asdict(cfg) | {"world_size": world, "device": str(device)})
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     stop = _StopFlag()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.preset}", disable=not progress or rank != 0,

@@ -201,7 +201,7 @@ def probe(cfg: ProbeConfig) -> dict:
     result = clip_metrics(y_true, scores.numpy(), train.classes)
     result |= {"mode": cfg.mode, "preset": preset if cfg.mode != "supervised" else None, "epochs": epochs,
                "config": asdict(cfg), "seconds": time.perf_counter() - t0}
-    common.write_json(result, out / "metrics.json")
+    common.write_json(out / "metrics.json", result)
     label = f"{cfg.mode}" + (f" ({preset})" if cfg.mode != "supervised" else "")
     plots.per_class_f1({label: result["per_class_f1"]}, out / "per_class_f1.png", f"per-class F1, {label}")
     plots.confusion(result["confusion_normalized"], result["classes"], out / "confusion.png",
