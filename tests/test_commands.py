@@ -38,3 +38,14 @@ def test_builtin_gallery_png(tmp_path):
 
     out = builtin.plot_classes(tmp_path / "g.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
+
+
+def test_augment_benchmark_quick_runs_every_chain():
+    from benchmarks import augment
+
+    res = augment.main(["--quick"])
+    for preset in ("ts+mask", "all"):
+        chains = res["results"][preset]
+        assert set(chains) == {"augcl", "torchaudio", "torch-audiomentations", "audiomentations"}
+        assert all(r["clips_per_s"] > 0 and r["ratio_to_augcl"] > 0 for r in chains.values())
+        assert chains["augcl"]["ratio_to_augcl"] == 1.0

@@ -1,0 +1,332 @@
+"""augcl against the libraries people use today, on the paper's workload, in one process.
+
+    python -m benchmarks.augment                     # B=128 clips x 10 s at 16 kHz, CPU; writes docs/benchmarks/augment.*
+    python -m benchmarks.augment --device cuda       # the same on a GPU (audiomentations stays on the CPU)
+    python -m benchmarks.augment --quick             # tiny, checks the benchmark runs (writes nothing)
+
+Workloads (DESIGN.md section 1): anchor = a 96-frame segment + white noise at 5-30 dB SNR -> 64-bin log-mel;
+positive = time stretch (p = 0.5, rate 0.9 or 1.1) before the segment is chosen -> [RIR for ``all``] ->
+log-mel -> 2 time masks (<= 12 frames) + 2 frequency masks (<= 8 bins). Output: two (B, 1, 64, 96) log-mels.
+
+Chains, each written as a user of that library would write it:
+
+* ``augcl``: ``PairAugmenter.from_preset`` (the torch reference backend).
+* ``torchaudio``: crop by index, ``functional.add_noise``; ``Spectrogram(power=None)`` of the clip,
+  ``TimeStretch`` (one fixed rate per call, so the batch is grouped by rate), a 96-frame window of the stretched
+  spectrogram, ``MelScale``, log; for ``all``: inverse STFT, crop, ``functional.fftconvolve``; then
+  ``TimeMasking``/``FrequencyMasking`` with ``iid_masks``.
+* ``torch-audiomentations``: its ``AddColoredNoise`` (white) and ``ApplyImpulseResponse`` (IRs written to a
+  temporary folder), torchaudio for the rest (it has no time stretch, no mel, no masks).
+* ``audiomentations``: clip by clip, ``AddGaussianSNR``, ``TimeStretch`` (librosa phase vocoder, on only the
+  source region the segment needs), ``ApplyImpulseResponse``, librosa's mel; its spectrogram masks are gone in
+  0.43, so the masks are two lines of numpy.
+
+Every chain gets the same input. Warm-up excluded, repetitions interleaved, medians; the ratio is each
+anchor's time over augcl's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from augcl import PRESETS, PairAugmenter
+from augcl.banks import RIRBank, RoomSimConfig
+from augcl.transforms import RIRConfig
+from benchmarks.throughput import machine_info
+
+SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
+SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
+RATES = (0.9, 1.1)
+
+
+def write_irs(folder: Path, n: int = 16) -> Path:
+    """``n`` simulated room IRs as wav files, so every chain reads the same rooms."""
+    bank = RIRBank.simulated(RoomSimConfig(n_rooms=n), SR)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(len(bank)):
+        sf.write(str(folder / f"ir{k:02d}.wav"), bank.irs[k, : int(bank.lengths[k])].numpy(), SR, subtype="FLOAT")
+    return folder
+
+
+def draw(batch: int, length: int, g: torch.Generator) -> dict:
+    """The per-example parameters the hand-written chains use (augcl draws its own, the same distributions)."""
+    stretch = torch.rand(batch, generator=g) < 0.5
+    rate = torch.where(torch.rand(batch, generator=g) < 0.5, RATES[0], RATES[1])
+    return {"anchor_start": torch.randint(0, length - SEGMENT, (batch,), generator=g),
+            "snr_db": torch.rand(batch, generator=g) * 25 + 5,
+            "rate": torch.where(stretch, rate, torch.ones(batch)),
+            "u": torch.rand(batch, generator=g), "ir": torch.randint(0, 1 << 30, (batch,), generator=g)}
+
+
+def _torchaudio_file_io_shim() -> None:
+    """torch-audiomentations reads IR files with ``torchaudio.info``/``torchaudio.load``, which torchaudio 2.9+
+    removed; give it soundfile-backed stand-ins (outside the timed region: IRs are read once and cached)."""
+    import types
+
+    import torchaudio
+
+    if hasattr(torchaudio, "info"):
+        return
+
+    def info(path):
+        i = sf.info(str(path))
+        return types.SimpleNamespace(num_frames=i.frames, sample_rate=i.samplerate, num_channels=i.channels)
+
+    def load(path, frame_offset=0, num_frames=-1, **_):
+        data, sr = sf.read(str(path), start=frame_offset, frames=num_frames, dtype="float32", always_2d=True)
+        return torch.from_numpy(np.ascontiguousarray(data.T)), sr
+
+    torchaudio.info, torchaudio.load = info, load
+
+
+class TorchaudioChain:
+    """The workload in torchaudio (optionally torch-audiomentations for noise and IRs)."""
+
+    def __init__(self, device, ir_folder: Path, rir: bool, use_tam: bool):
+        import torchaudio.transforms as T
+
+        self.device, self.rir, self.use_tam = device, rir, use_tam
+        self.spec = T.Spectrogram(n_fft=N_FFT, hop_length=HOP, power=None).to(device)
+        self.mel_spec = T.MelSpectrogram(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, f_min=60, f_max=7800).to(device)
+        self.mel_scale = T.MelScale(N_MELS, SR, 60, 7800, N_FFT // 2 + 1).to(device)
+        self.stretch = {r: T.TimeStretch(hop_length=HOP, n_freq=N_FFT // 2 + 1, fixed_rate=r).to(device) for r in RATES}
+        self.istft = T.InverseSpectrogram(n_fft=N_FFT, hop_length=HOP).to(device)
+        self.tmask, self.fmask = T.TimeMasking(12, iid_masks=True), T.FrequencyMasking(8, iid_masks=True)
+        irs = [sf.read(str(p), dtype="float32")[0] for p in sorted(ir_folder.glob("*.wav"))]
+        self.irs = [torch.from_numpy(h).to(device) for h in irs]
+        if use_tam:
+            import torch_audiomentations as tam
+
+            _torchaudio_file_io_shim()
+            self.tam_noise = tam.AddColoredNoise(5, 30, min_f_decay=0, max_f_decay=0, p=1.0, sample_rate=SR,
+                                                 output_type="tensor")
+            self.tam_ir = tam.ApplyImpulseResponse(str(ir_folder), p=1.0, sample_rate=SR, output_type="tensor",
+                                                   compensate_for_propagation_delay=True)
+
+    def __call__(self, wave: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        b = wave.shape[0]
+        offs = torch.arange(SEGMENT, device=wave.device)
+        seg = wave.gather(1, p["anchor_start"].to(wave.device)[:, None] + offs)
+        if self.use_tam:
+            seg = self.tam_noise(seg[:, None])[:, 0]
+        else:
+            import torchaudio.functional as F
+
+            seg = F.add_noise(seg, torch.randn_like(seg), p["snr_db"].to(wave.device))
+        anchor = torch.log(self.mel_spec(seg) + 1e-6)[:, None]
+        positive = torch.empty(b, 1, N_MELS, FRAMES, device=wave.device)
+        for r in (1.0,) + RATES:  # one rate per call: group the batch by rate
+            idx = (p["rate"] == r).nonzero().flatten()
+            if len(idx) == 0:
+                continue
+            spec = self.spec(wave[idx.to(wave.device)])
+            if r != 1.0:
+                spec = self.stretch[r](spec)
+            n = spec.shape[-1]
+            first = (p["u"][idx] * (n - FRAMES)).long()
+            if not self.rir:  # stay in the spectral domain: a window of the stretched STFT -> mel
+                frames = spec.gather(-1, (first[:, None] + torch.arange(FRAMES))[:, None, :].to(wave.device)
+                                     .expand(-1, spec.shape[1], -1))
+                positive[idx.to(wave.device), 0] = torch.log(self.mel_scale(frames.abs() ** 2) + 1e-6)
+                continue
+            y = self.istft(spec)
+            start = (first * HOP).to(wave.device)
+            seg = y.gather(1, start[:, None] + offs)
+            if self.use_tam:
+                seg = self.tam_ir(seg[:, None])[:, 0]
+            else:
+                import torchaudio.functional as F
+
+                h = torch.stack([torch.nn.functional.pad(self.irs[int(k) % len(self.irs)],
+                                                         (0, SR - len(self.irs[int(k) % len(self.irs)])))
+                                 for k in p["ir"][idx]])
+                seg = F.fftconvolve(seg, h)[:, :SEGMENT]
+            positive[idx.to(wave.device), 0] = torch.log(self.mel_spec(seg) + 1e-6)
+        positive = self.fmask(self.fmask(self.tmask(self.tmask(positive))))
+        return anchor, positive
+
+
+class AudiomentationsChain:
+    """Clip by clip in numpy, as audiomentations is used."""
+
+    def __init__(self, ir_folder: Path, rir: bool):
+        import audiomentations as am
+
+        self.rir = rir
+        self.noise = am.AddGaussianSNR(min_snr_db=5, max_snr_db=30, p=1.0)
+        self.stretch = {r: am.TimeStretch(min_rate=r, max_rate=r, leave_length_unchanged=False, p=1.0,
+                                          method="librosa_phase_vocoder") for r in RATES}
+        self.ir = am.ApplyImpulseResponse(str(ir_folder), p=1.0, leave_length_unchanged=True)
+
+    @staticmethod
+    def _logmel(x: np.ndarray) -> np.ndarray:
+        import librosa
+
+        m = librosa.feature.melspectrogram(y=x, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, fmin=60,
+                                           fmax=7800, htk=True, norm=None)
+        return np.log(m + 1e-6)
+
+    def __call__(self, wave: np.ndarray, p: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        anchors, positives = [], []
+        for i, x in enumerate(wave):
+            s = int(p["anchor_start"][i])
+            anchors.append(self._logmel(self.noise(x[s:s + SEGMENT], SR)))
+            r = round(float(p["rate"][i]), 4)
+            src = int(np.ceil(SEGMENT * r)) + N_FFT  # only the source region the stretched segment needs
+            s = int(p["u"][i] * (len(x) - src))
+            seg = x[s:s + src]
+            if r != 1.0:
+                seg = self.stretch[r](seg, SR)
+            seg = seg[:SEGMENT]
+            if self.rir:
+                seg = self.ir(seg, SR)
+            spec = self._logmel(seg)
+            for _ in range(2):
+                t, f = rng.integers(0, 13), rng.integers(0, 9)
+                t0, f0 = rng.integers(0, FRAMES - t + 1), rng.integers(0, N_MELS - f + 1)
+                spec[:, t0:t0 + t] = spec.mean()
+                spec[f0:f0 + f, :] = spec.mean()
+            positives.append(spec)
+        return np.stack(anchors)[:, None], np.stack(positives)[:, None]
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path) -> dict:
+    ir_folder = write_irs(workdir / "irs")
+    g = torch.Generator().manual_seed(0)
+    wave = (torch.randn(batch, int(seconds * SR), generator=g) * 0.1).clamp(-1, 1)
+    wave_dev, wave_np = wave.to(device), wave.numpy()
+    rng = np.random.default_rng(0)
+    results = {}
+    for preset in presets:
+        rir = preset == "all"
+        config = PRESETS[preset](SR)
+        if rir:
+            config = replace(config, positive=replace(config.positive, rir=RIRConfig(folder=str(ir_folder))))
+        aug = PairAugmenter(config).to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        chains = {
+            "augcl": lambda a=aug, gg=gen: a(wave_dev, generator=gg),
+            "torchaudio": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
+                TorchaudioChain(device, ir_folder, rir, use_tam=False)),
+            "torch-audiomentations": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
+                TorchaudioChain(device, ir_folder, rir, use_tam=True)),
+            "audiomentations": (lambda c: lambda: c(wave_np, draw(batch, wave.shape[1], g), rng))(
+                AudiomentationsChain(ir_folder, rir)),
+        }
+        for name, fn in chains.items():  # warm-up (allocator, FFT plans, IR caches), and every chain's output checked
+            fn()  # two calls: in a first trial the first preset measured after one warm-up call ran 2x slow
+            out = fn()
+            anchor, positive = (out.anchor, out.positive) if hasattr(out, "anchor") else out
+            for x in (anchor, positive):
+                if tuple(x.shape) != (batch, 1, N_MELS, FRAMES) or not np.isfinite(np.asarray(x.cpu() if
+                                                                                               torch.is_tensor(x) else x)).all():
+                    raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
+                                       f"expected {(batch, 1, N_MELS, FRAMES)}")
+        times = {name: [] for name in chains}
+        for _ in range(repeats):
+            for name, fn in chains.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        results[preset] = {name: {"median_s": med[name], "clips_per_s": batch / med[name],
+                                  "ratio_to_augcl": med[name] / med["augcl"], "times_s": ts}
+                           for name, ts in times.items()}
+    info = machine_info(device) | {"python": platform.python_version(), "versions": {
+        k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa")}}
+    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results}
+
+
+def write(res: dict, out: Path, device: str) -> str:
+    m = res["machine"]
+    lines = ["# augcl against torchaudio, torch-audiomentations and audiomentations", "",
+             f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
+             f"; torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+             f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
+             "(B, 1, 64, 96). Median of the repetitions, interleaved, warm-up excluded. Ratio: the chain's time "
+             "over augcl's (how many times slower than augcl).", ""]
+    for preset, chains in res["results"].items():
+        lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | ratio to augcl |", "| --- | --- | --- | --- |"]
+        for name, r in chains.items():
+            lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} | {r['ratio_to_augcl']:.2f}x |")
+        lines.append("")
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device == "cpu" else f"_{device.split(':')[0]}"
+    (out / f"augment{suffix}.json").write_text(json.dumps(res, indent=2))
+    (out / f"augment{suffix}.md").write_text(text + f"\n![clips/s](augment{suffix}.png)\n")
+    _plot(res, out / f"augment{suffix}.png")
+    return text
+
+
+def _plot(res: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = list(res["results"])
+    chains = list(res["results"][presets[0]])
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(chains)
+    for k, name in enumerate(chains):
+        vals = [res["results"][p][name]["clips_per_s"] for p in presets]
+        bars = ax.bar(np.arange(len(presets)) + (k - (len(chains) - 1) / 2) * width, vals, width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(presets)), presets)
+    ax.set_yscale("log")
+    ax.set_ylabel("clips/s (log)")
+    ax.set_title(f"contrastive pairs per second, B={res['batch']}, {res['machine']['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["ts+mask", "all"], choices=["ts+mask", "all"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="B=4, 2-s clips, 1 repetition; writes nothing")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.seconds, args.repeats = 4, 2.0, 1
+    workdir = Path(tempfile.mkdtemp(prefix="augcl-bench-augment-"))
+    try:
+        res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not args.quick:
+        print(write(res, args.out, args.device))
+    else:
+        for preset, chains in res["results"].items():
+            print(preset, {k: round(v["clips_per_s"], 1) for k, v in chains.items()})
+    return res
+
+
+if __name__ == "__main__":
+    main()
