@@ -105,7 +105,8 @@ class TorchaudioChain:
         self.istft = T.InverseSpectrogram(n_fft=N_FFT, hop_length=HOP).to(device)
         self.tmask, self.fmask = T.TimeMasking(12, iid_masks=True), T.FrequencyMasking(8, iid_masks=True)
         irs = [sf.read(str(p), dtype="float32")[0] for p in sorted(ir_folder.glob("*.wav"))]
-        self.irs = [torch.from_numpy(h).to(device) for h in irs]
+        # one zero-padded (N, 1 s) tensor, so picking each example's IR is an index, not a loop
+        self.irs = torch.stack([torch.from_numpy(np.pad(h[:SR], (0, SR - len(h[:SR])))) for h in irs]).to(device)
         if use_tam:
             import torch_audiomentations as tam
 
@@ -149,9 +150,7 @@ class TorchaudioChain:
             else:
                 import torchaudio.functional as F
 
-                h = torch.stack([torch.nn.functional.pad(self.irs[int(k) % len(self.irs)],
-                                                         (0, SR - len(self.irs[int(k) % len(self.irs)])))
-                                 for k in p["ir"][idx]])
+                h = self.irs[(p["ir"][idx] % len(self.irs)).to(wave.device)]
                 seg = F.fftconvolve(seg, h)[:, :SEGMENT]
             positive[idx.to(wave.device), 0] = torch.log(self.mel_spec(seg) + 1e-6)
         positive = self.fmask(self.fmask(self.tmask(self.tmask(positive))))

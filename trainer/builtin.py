@@ -64,12 +64,13 @@ def clip_uri(seed: int, split: str, index: int, seconds: float) -> str:
 
 
 def parse_uri(uri: str) -> tuple[int, str, int, float]:
+    parts = uri.split(":")
     try:
-        tag, seed, split, index, seconds = uri.split(":")
-        assert tag == "builtin" and split in SPLITS
-        return int(seed), split, int(index), float(seconds)
-    except (ValueError, AssertionError):
-        raise ValueError(f"not a built-in clip URI: {uri!r} (expected builtin:<seed>:<split>:<index>:<seconds>)") from None
+        if len(parts) == 5 and parts[0] == "builtin" and parts[2] in SPLITS:
+            return int(parts[1]), parts[2], int(parts[3]), float(parts[4])
+    except ValueError:
+        pass
+    raise ValueError(f"not a built-in clip URI: {uri!r} (expected builtin:<seed>:<split>:<index>:<seconds>)")
 
 
 def label_of(split: str, index: int) -> int:

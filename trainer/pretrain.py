@@ -127,7 +127,7 @@ def load_checkpoint(path: Path, model, optimizer, generator, rank: int, device) 
     module.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     common.set_rng_state(rng["rng"])
-    generator.set_state(rng["augment"].to(generator.device) if generator.device.type != "cpu" else rng["augment"])
+    generator.set_state(rng["augment"])  # a CPU ByteTensor for CPU and CUDA generators alike
     return ckpt["step"], ckpt["epoch"], ckpt["batch"]
 
 

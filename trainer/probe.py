@@ -71,7 +71,7 @@ class Windows(nn.Module):
         return spec.permute(0, 3, 1, 2, 4)
 
 
-def load_encoder(checkpoint: Optional[str], device) -> tuple[Encoder, str]:
+def load_encoder(checkpoint: Optional[str]) -> tuple[Encoder, str]:
     """The pretrained encoder f and the preset it was trained with (its mel front end)."""
     if checkpoint is None:
         return Encoder(), "ts+mask"
@@ -180,7 +180,7 @@ def probe(cfg: ProbeConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = _stores(cfg)
-    encoder, preset = load_encoder(cfg.checkpoint if cfg.mode != "supervised" else None, device)
+    encoder, preset = load_encoder(cfg.checkpoint if cfg.mode != "supervised" else None)
     encoder = encoder.to(device)
     windows = Windows(preset, train.sample_rate).to(device)
     multi, n_classes = train.multi_label, len(train.classes)
