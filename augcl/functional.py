@@ -30,12 +30,14 @@ __all__ = [
     "stretched_length",
     "time_stretch",
     "time_stretch_segment",
+    "stretched_frames",
     "fft_convolve",
     "add_noise",
     "colored_noise",
     "gather_ring",
     "mel_filterbank",
     "log_mel",
+    "log_mel_frames",
     "mask_along_axis",
     "time_mask",
     "freq_mask",
@@ -140,6 +142,94 @@ def _nearest_peak(mag: Tensor) -> Tensor:
     return torch.where(has_left | has_right, nearest, bins)
 
 
+def _frames_at(wave: Tensor, first: Tensor, width: int, span: int) -> Tensor:
+    """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)``.
+
+    Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. The region is cut once per row, then
+    the windows are indexed out of a zero-copy ``unfold`` view of it (4x faster than an index per sample).
+    """
+    lo = first[:, :1]
+    region = _gather_windows(wave, lo[:, 0], span)
+    rows = torch.arange(wave.shape[0], device=wave.device)[:, None]
+    return region.unfold(-1, width, 1)[rows, (first - lo).clamp(0, span - width)]
+
+
+def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, hop_length: int, width: int,
+                     max_rate: Optional[float] = None, centre: Optional[int] = None) -> Tensor:
+    """Analysis frames of the *stretched* timeline read straight from the source clip: ``(B, n_frames, width)``.
+
+    Frame ``k`` of row ``b`` covers stretched samples ``[first[b] + k * hop, ... + width)``; its centre ``c``
+    (sample ``centre`` of the frame, default ``width // 2``) maps to the source position ``round(c * rate[b])``
+    and the frame is the ``width`` source samples placed the same way around it.
+    The short-time spectrum of an ideally time-stretched signal at ``c`` is the source's spectrum at
+    ``c * rate``, so a log-mel of these frames is the log-mel of the stretched clip without resynthesis (no
+    vocoder, no phase): ``rate == 1`` gives exactly the frames of the plain clip. ``max_rate`` bounds
+    ``rate`` (read from ``rate`` when omitted: one host sync on an accelerator).
+    """
+    B, T = wave.shape
+    dev = wave.device
+    rate = rate.to(device=dev, dtype=torch.float64)
+    first = first.to(device=dev, dtype=torch.long)
+    half = width // 2 if centre is None else int(centre)
+    centres = first[:, None] + torch.arange(n_frames, device=dev) * hop_length + half
+    src_first = torch.round(centres.to(torch.float64) * rate[:, None]).to(torch.long) - half
+    if max_rate is None:
+        max_rate = float(rate.max())
+    span = math.ceil((n_frames - 1) * hop_length * max_rate) + width + 2
+    return _frames_at(wave, src_first, width, span)
+
+
+def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop_length: int,
+                      max_rate: Optional[float]) -> tuple[Tensor, Tensor, int]:
+    """Spectra of the analysis frames and of the frames ``n_fft // 8`` later: two ``(B, K, n_fft // 2 + 1)``."""
+    dev, dtype = wave.device, work_dtype(wave.dtype)
+    pad_frames = n_fft // hop_length
+    n_frames = -(-length // hop_length) + 2 * pad_frames + 1
+    d = max(n_fft // 8, 1)
+    # frames of width n_fft + d whose sample n_fft // 2 sits at round(c * rate), c the synthesis frame's centre:
+    # the first n_fft samples are the analysis frame, the last n_fft the frame d samples later
+    first = start.to(device=dev, dtype=torch.long) - pad_frames * hop_length - n_fft // 2
+    frames = stretched_frames(wave.to(dtype), rate, first, n_frames, hop_length, n_fft + d, max_rate, n_fft // 2)
+    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=dev)
+    spec0 = torch.fft.rfft(frames[..., :n_fft] * window)
+    spec1 = torch.fft.rfft(frames[..., d:] * window)
+    return spec0, spec1, n_frames
+
+
+def _vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """The phase-locked vocoder's synthesis spectra ``(B, K, F)`` from the two analysis spectra (reference).
+
+    Kernels (:mod:`augcl.kernels`) replace exactly this step.
+    """
+    d = max(n_fft // 8, 1)
+    dtype = spec0.real.dtype
+    mag = spec0.abs()
+    phase_a = torch.angle(spec0)
+    omega_bin = 2 * math.pi * torch.arange(spec0.shape[-1], device=spec0.device, dtype=dtype) / n_fft
+    omega = omega_bin + _wrap(torch.angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
+    # Synthesis phase of each bin: the analysis phase of the first frame, then advanced by the instantaneous
+    # frequency over each synthesis hop (trapezoid rule); advances are wrapped so the cumsum stays small.
+    step = _wrap(hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1]))
+    phase_s = torch.cat([phase_a[:, :1], phase_a[:, :1] + torch.cumsum(step, dim=1)], dim=1)
+    # Identity phase locking: bins follow the synthesis phase of their peak, keeping the analysis offset.
+    peak = _nearest_peak(mag)
+    phase = phase_s.gather(-1, peak) + (phase_a - phase_a.gather(-1, peak))
+    return torch.polar(mag, phase)
+
+
+def _vocoder_synthesis(spec: Tensor, length: int, n_fft: int, hop_length: int) -> Tensor:
+    """Weighted overlap-add of the synthesis spectra ``(B, K, F)`` -> the ``length`` segment samples."""
+    B, n_frames = spec.shape[:2]
+    window = torch.hann_window(n_fft, periodic=True, dtype=spec.real.dtype, device=spec.device)
+    frames = torch.fft.irfft(spec, n=n_fft) * window  # (B, K, n_fft)
+    ola_len = (n_frames - 1) * hop_length + n_fft
+    fold = dict(output_size=(1, ola_len), kernel_size=(1, n_fft), stride=(1, hop_length))
+    y = F.fold(frames.transpose(1, 2), **fold).reshape(B, ola_len)
+    env = F.fold((window**2).reshape(1, n_fft, 1).expand(1, n_fft, n_frames), **fold).reshape(1, ola_len)
+    offset = (n_fft // hop_length) * hop_length + n_fft // 2
+    return y[:, offset : offset + length] / env[:, offset : offset + length]
+
+
 def time_stretch_segment(
     wave: Tensor,
     rate: Tensor,
@@ -148,6 +238,7 @@ def time_stretch_segment(
     *,
     n_fft: int = 512,
     hop_length: int = 128,
+    max_rate: Optional[float] = None,
 ) -> Tensor:
     """Samples ``[start, start + length)`` of each row time-stretched by ``rate``, shape ``(B, length)``.
 
@@ -170,41 +261,10 @@ def time_stretch_segment(
         start: ``(B,)`` integer start positions in the stretched timeline.
         length: segment length in samples.
         n_fft, hop_length: vocoder window and synthesis hop (hop <= n_fft / 4 for good overlap).
+        max_rate: an upper bound of ``rate`` (read from ``rate`` when omitted: a host sync on an accelerator).
     """
-    B, T = wave.shape
-    dev, dtype = wave.device, work_dtype(wave.dtype)
-    x = wave.to(dtype)
-    rate = rate.to(device=dev, dtype=torch.float64)
-    start = start.to(device=dev, dtype=torch.long)
-    pad_frames = n_fft // hop_length
-    n_frames = -(-length // hop_length) + 2 * pad_frames + 1
-    centres = (torch.arange(n_frames, device=dev) - pad_frames) * hop_length  # segment coordinates
-    src_centre = torch.round((start[:, None] + centres[None, :]).to(torch.float64) * rate[:, None]).to(torch.long)
-    d = max(n_fft // 8, 1)
-    half = n_fft // 2
-    window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=dev)
-    spec0 = torch.fft.rfft(_gather_windows(x, src_centre - half, n_fft) * window)
-    spec1 = torch.fft.rfft(_gather_windows(x, src_centre - half + d, n_fft) * window)  # (B, K, F)
-
-    mag = spec0.abs()
-    phase_a = torch.angle(spec0)
-    omega_bin = 2 * math.pi * torch.arange(spec0.shape[-1], device=dev, dtype=dtype) / n_fft
-    omega = omega_bin + _wrap(torch.angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
-    # Synthesis phase of each bin: the analysis phase of the first frame, then advanced by the instantaneous
-    # frequency over each synthesis hop (trapezoid rule); advances are wrapped so the cumsum stays small.
-    step = _wrap(hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1]))
-    phase_s = torch.cat([phase_a[:, :1], phase_a[:, :1] + torch.cumsum(step, dim=1)], dim=1)
-    # Identity phase locking: bins follow the synthesis phase of their peak, keeping the analysis offset.
-    peak = _nearest_peak(mag)
-    phase = phase_s.gather(-1, peak) + (phase_a - phase_a.gather(-1, peak))
-    frames = torch.fft.irfft(torch.polar(mag, phase), n=n_fft) * window  # (B, K, n_fft)
-
-    ola_len = (n_frames - 1) * hop_length + n_fft
-    fold = dict(output_size=(1, ola_len), kernel_size=(1, n_fft), stride=(1, hop_length))
-    y = F.fold(frames.transpose(1, 2), **fold).reshape(B, ola_len)
-    env = F.fold((window**2).reshape(1, n_fft, 1).expand(1, n_fft, n_frames), **fold).reshape(1, ola_len)
-    offset = pad_frames * hop_length + half
-    return y[:, offset : offset + length] / env[:, offset : offset + length]
+    spec0, spec1, _ = _vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate)
+    return _vocoder_synthesis(_vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)
 
 
 def time_stretch(
@@ -378,17 +438,39 @@ def log_mel(
         spec = torch.stft(x, n_fft, hop_length, win_length=win.shape[-1], window=win, center=True,
                           pad_mode="constant", return_complex=True)  # (B, F, frames)
     else:
-        frames = x.unfold(-1, win.shape[-1], hop_length) * win
-        spec = torch.fft.rfft(frames, n=n_fft).transpose(-1, -2)
-    mag = spec.abs()
+        return log_mel_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power,
+                              log_eps=log_eps, log_mode=log_mode)
+    return _mel_log(spec.abs(), filterbank, power, log_eps, log_mode)
+
+
+def _mel_log(mag: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str) -> Tensor:
+    if log_mode not in ("offset", "clamp"):
+        raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
     if power != 1.0:
         mag = mag.pow(power)
-    mel = torch.matmul(filterbank.to(device=x.device, dtype=dtype).T, mag)
-    if log_mode == "offset":
-        return torch.log(mel + log_eps)
-    if log_mode == "clamp":
-        return torch.log(mel.clamp_min(log_eps))
-    raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
+    mel = torch.matmul(filterbank.to(device=mag.device, dtype=mag.dtype).T, mag)
+    return torch.log(mel + log_eps) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+
+
+def log_mel_frames(
+    frames: Tensor,
+    filterbank: Tensor,
+    window: Tensor,
+    *,
+    n_fft: int,
+    power: float = 2.0,
+    log_eps: float = 1e-6,
+    log_mode: str = "offset",
+) -> Tensor:
+    """Log-mel ``(B, n_mels, K)`` of analysis frames ``(B, K, win_length)`` (e.g. :func:`stretched_frames`).
+
+    Each frame is multiplied by ``window`` and zero-padded at the end to ``n_fft``; otherwise as :func:`log_mel`
+    with ``center=False``, which calls this on the frames ``unfold`` cuts.
+    """
+    dtype = work_dtype(frames.dtype)
+    win = window.to(device=frames.device, dtype=dtype)
+    spec = torch.fft.rfft(frames.to(dtype) * win, n=n_fft).transpose(-1, -2)
+    return _mel_log(spec.abs(), filterbank, power, log_eps, log_mode)
 
 
 # ----------------------------------------------------------------------------------------------------------

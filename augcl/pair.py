@@ -95,13 +95,20 @@ class Branch(nn.Module):
     """One branch of the pipeline; ``sample`` draws, ``apply`` computes ``(B, 1, n_mels, frames)``."""
 
     def __init__(self, config: BranchConfig, pair: PairConfig, mel: LogMel, extra: Sequence[nn.Module] = (),
-                 rir_bank: Optional[RIRBank] = None, noise_bank: Optional[NoiseBank] = None):
+                 rir_bank: Optional[RIRBank] = None, noise_bank: Optional[NoiseBank] = None, backend: str = "auto"):
         super().__init__()
         sr = pair.sample_rate
         self.config = config
         self.sample_rate = sr
-        self.segment = RandomSegment(pair.segment_samples, config.stretch, context=mel.context)
+        self.segment = RandomSegment(pair.segment_samples, config.stretch, context=mel.context, backend=backend)
         self.extra = nn.ModuleList(extra)
+        waveform_blocks = [n for n, on in (("extra transforms", len(extra)), ("rir", config.rir), ("noise", config.noise)) if on]
+        method = config.stretch.method if config.stretch is not None else "vocoder"
+        if method == "spectral" and waveform_blocks:
+            raise ValueError(f"stretch.method='spectral' makes no waveform, but this branch applies "
+                             f"{', '.join(waveform_blocks)} after the stretch; use method='vocoder' or 'auto'")
+        #: the stretched segment goes straight to the log-mel: read its frames at the stretched positions
+        self.spectral = method in ("auto", "spectral") and not waveform_blocks
         self.rir = RIRFilter(config.rir, rir_bank, sr) if config.rir is not None else None
         self.noise = AddNoise(config.noise, noise_bank, sr) if config.noise is not None else None
         self.mel = mel
@@ -118,6 +125,9 @@ class Branch(nn.Module):
         return params
 
     def apply(self, x: Tensor, params: dict) -> Tensor:
+        if self.spectral:
+            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames)
+            return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params)
         for t in self.extra:
             out = t(y.unsqueeze(1), sample_rate=self.sample_rate)
@@ -149,11 +159,15 @@ class PairAugmenter(nn.Module):
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
         check_finite: raise on NaN/Inf input. Default: on CPU only (on an accelerator the check is a host sync).
+        backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
+            :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
+            are installed and measured faster on that device, else torch). Only the vocoder time stretch has
+            kernels; every other block is the reference on every backend.
     """
 
     def __init__(self, config: PairConfig = PairConfig(), *, anchor_extra: Sequence[nn.Module] = (),
                  positive_extra: Sequence[nn.Module] = (), rir_bank: Optional[RIRBank] = None,
-                 noise_bank: Optional[NoiseBank] = None, check_finite: Optional[bool] = None):
+                 noise_bank: Optional[NoiseBank] = None, check_finite: Optional[bool] = None, backend: str = "auto"):
         super().__init__()
         if config.segment_frames < 1:
             raise ValueError(f"segment_frames must be >= 1, got {config.segment_frames}")
@@ -163,8 +177,9 @@ class PairAugmenter(nn.Module):
         self.config = config
         self.check_finite = check_finite
         mel = LogMel(config.mel, config.sample_rate)
-        self.anchor = Branch(config.anchor, config, mel, anchor_extra, rir_bank, noise_bank)
-        self.positive = Branch(config.positive, config, mel, positive_extra, rir_bank, noise_bank)
+        self.backend = backend
+        self.anchor = Branch(config.anchor, config, mel, anchor_extra, rir_bank, noise_bank, backend)
+        self.positive = Branch(config.positive, config, mel, positive_extra, rir_bank, noise_bank, backend)
 
     @classmethod
     def from_preset(cls, name: str, sample_rate: int = 16000, **kwargs) -> "PairAugmenter":
@@ -217,5 +232,5 @@ class PairAugmenter(nn.Module):
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 
     def extra_repr(self) -> str:
-        return f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}"
+        return f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}, backend={self.backend!r}"
 

@@ -65,6 +65,11 @@ class StretchConfig:
     mode: str = "choice"  # "choice": one of ``rates``; "uniform": uniform in [min(rates), max(rates)]
     n_fft: int = 512
     hop_length: int = 128
+    #: ``"auto"``: ``"spectral"`` when the stretched segment goes straight to the log-mel (no waveform block
+    #: after it in its branch), else ``"vocoder"``. ``"spectral"``: the log-mel frames are read from the source
+    #: at the stretched positions (:func:`augcl.functional.stretched_frames`; no resynthesis, the cost of a
+    #: plain log-mel). ``"vocoder"``: the phase-locked vocoder resynthesises the segment's waveform.
+    method: str = "auto"
 
     @property
     def max_rate(self) -> float:
@@ -167,16 +172,23 @@ class RandomSegment(WaveBlock):
     samples of the (stretched) clip on each side of the segment (zeros beyond the clip's ends).
     """
 
-    def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None, context: int = 0):
+    def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None, context: int = 0,
+                 backend: str = "auto"):
         super().__init__()
         if stretch is not None:
             if stretch.mode not in ("choice", "uniform"):
                 raise ValueError(f"stretch.mode must be 'choice' or 'uniform', got {stretch.mode!r}")
             if min(stretch.rates) <= 0:
                 raise ValueError(f"stretch.rates must be positive, got {stretch.rates}")
+            if stretch.method not in ("auto", "spectral", "vocoder"):
+                raise ValueError(f"stretch.method must be 'auto', 'spectral' or 'vocoder', got {stretch.method!r}")
+        from . import kernels
+
+        kernels.check_backend(backend)
         self.segment_samples = int(segment_samples)
         self.context = int(context)
         self.stretch = stretch
+        self.backend = backend
         if stretch is not None:
             self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
 
@@ -213,10 +225,25 @@ class RandomSegment(WaveBlock):
         plain = AF.crop_segments(x, start, length)
         if self.stretch is None:
             return plain
+        from . import kernels
+
         cfg = self.stretch
-        stretched = AF.time_stretch_segment(x, params["stretch_rate"], start, length,
-                                            n_fft=cfg.n_fft, hop_length=cfg.hop_length)
-        return _select(params["stretch_applied"], stretched, plain)
+        applied, rate = params["stretch_applied"], params["stretch_rate"]
+        stretch = kernels.time_stretch_segment if kernels.use_kernels(self.backend, x.device) else AF.time_stretch_segment
+        kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, max_rate=cfg.max_rate)
+        if x.device.type == "cpu":  # host-side row selection costs no sync here: stretch only the rows that need it
+            rows = applied.nonzero().flatten()
+            out = plain.clone()
+            if len(rows):
+                out[rows] = stretch(x[rows], rate[rows], start[rows], length, **kw).to(out.dtype)
+            return out
+        return _select(applied, stretch(x, rate, start, length, **kw), plain)
+
+    def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int) -> Tensor:
+        """The log-mel of the (optionally) stretched segment, without resynthesis (``method="spectral"``)."""
+        rate = params["stretch_rate"] if self.stretch is not None else torch.ones(x.shape[0], device=x.device)
+        max_rate = self.stretch.max_rate if self.stretch is not None else 1.0
+        return mel.at_rate(x, rate, params["start"] - self.context, frames, max(max_rate, 1.0))
 
 
 class AddNoise(WaveBlock):
@@ -325,6 +352,15 @@ class LogMel(nn.Module):
         c = self.config
         return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length,
                           center=False, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
+
+    def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float) -> Tensor:
+        """``(B, 1, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at
+        stretched position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
+        ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``."""
+        c = self.config
+        f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate)
+        return AF.log_mel_frames(f, self.filterbank, self.window, n_fft=c.n_fft, power=c.power,
+                                 log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
 
 
 class SpecMask(nn.Module):

@@ -10,7 +10,9 @@ log-mel -> 2 time masks (<= 12 frames) + 2 frequency masks (<= 8 bins). Output: 
 
 Chains, each written as a user of that library would write it:
 
-* ``augcl``: ``PairAugmenter.from_preset`` (the torch reference backend).
+* ``augcl[auto|torch|kernels]``: ``PairAugmenter`` of the preset with that backend (``auto``, the default, is
+  what users get; ``kernels`` only where a kernel runs on the device). Every preset; the other chains run the
+  paper's two workloads, ``ts+mask`` and ``all``.
 * ``torchaudio``: crop by index, ``functional.add_noise``; ``Spectrogram(power=None)`` of the clip,
   ``TimeStretch`` (one fixed rate per call, so the batch is grouped by rate), a 96-frame window of the stretched
   spectrogram, ``MelScale``, log; for ``all``: inverse STFT, crop, ``functional.fftconvolve``; then
@@ -22,7 +24,7 @@ Chains, each written as a user of that library would write it:
   0.43, so the masks are two lines of numpy.
 
 Every chain gets the same input. Warm-up excluded, repetitions interleaved, medians; the ratio is each
-anchor's time over augcl's.
+anchor's time over augcl[auto]'s. A stage breakdown of augcl (``breakdown``) shows where its time goes.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from augcl import PRESETS, PairAugmenter
+from augcl import PRESETS, PairAugmenter, kernels
+from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
 from benchmarks.throughput import machine_info
@@ -206,30 +209,100 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+ANCHORED = ("ts+mask", "all")  # the workloads the other libraries' chains are written for
+STAGES = ("sample", "crop", "noise", "stretch", "rir", "mel", "masks")
+
+
+def backends(device: torch.device) -> list:
+    """augcl's backends to measure on ``device``: auto (the default), the torch reference, the kernels if they run."""
+    return ["auto", "torch"] + (["kernels"] if kernels.available(device) else [])
+
+
+def _augmenter(preset: str, ir_folder: Path, device, backend: str) -> PairAugmenter:
+    config = PRESETS[preset](SR)
+    if config.positive.rir is not None:  # every chain convolves with the same IR files
+        config = replace(config, positive=replace(config.positive, rir=RIRConfig(folder=str(ir_folder))))
+    return PairAugmenter(config, backend=backend).to(device)
+
+
+def _median_time(fn, device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
+    """Seconds per batch of each stage of augcl's pipeline (both branches), each timed alone on the same params."""
+    device = wave.device
+    x = wave.to(torch.float32)
+    g = torch.Generator(device=device).manual_seed(1)
+    params = aug.sample(x.shape[0], x.shape[-1], g, device)
+    stages = {name: [] for name in STAGES}
+    stages["sample"].append(lambda: aug.sample(x.shape[0], x.shape[-1], g, device))
+    for name, branch in (("anchor", aug.anchor), ("positive", aug.positive)):
+        p = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
+        seg = branch.segment
+        if branch.spectral:  # stretch and log-mel are one gather + one log-mel: count the gather as the stretch
+            c = branch.mel.config
+            stages["stretch"].append(lambda s=seg, p=p, b=branch: AF.stretched_frames(
+                x, p["stretch_rate"], p["start"] - s.context, b.frames, c.hop_length, b.mel.window.shape[-1],
+                s.stretch.max_rate))
+            frames = stages["stretch"][-1]()
+            stages["mel"].append(lambda b=branch, f=frames: AF.log_mel_frames(
+                f, b.mel.filterbank, b.mel.window, n_fft=c.n_fft, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode))
+        else:
+            stages["crop"].append(lambda s=seg, p=p: AF.crop_segments(x, p["start"] - s.context, s.output_samples))
+            if seg.stretch is not None:
+                stages["stretch"].append(lambda s=seg, p=p: s.apply(x, p))
+            y = seg.apply(x, p)
+            if branch.rir is not None:
+                stages["rir"].append(lambda b=branch, p=p, y=y: b.rir.apply(y, p))
+            if branch.noise is not None:
+                stages["noise"].append(lambda b=branch, p=p, y=y: b.noise.apply(y, p))
+            stages["mel"].append(lambda b=branch, y=y: b.mel(y))
+        if branch.mask is not None:
+            spec = branch.mel(AF.crop_segments(x, p["start"] - seg.context, seg.output_samples))
+            stages["masks"].append(lambda b=branch, p=p, s=spec: b.mask.apply(s, p))
+    out = {}
+    for name, fns in stages.items():
+        if fns:
+            for fn in fns:  # warm-up
+                fn()
+            out[name] = _median_time(lambda fns=fns: [fn() for fn in fns], device, repeats)
+    out["whole pipeline"] = _median_time(lambda: aug(x, params=params), device, repeats)
+    return out
+
+
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path) -> dict:
     ir_folder = write_irs(workdir / "irs")
     g = torch.Generator().manual_seed(0)
     wave = (torch.randn(batch, int(seconds * SR), generator=g) * 0.1).clamp(-1, 1)
     wave_dev, wave_np = wave.to(device), wave.numpy()
     rng = np.random.default_rng(0)
-    results = {}
+    results, stages = {}, {}
     for preset in presets:
         rir = preset == "all"
-        config = PRESETS[preset](SR)
-        if rir:
-            config = replace(config, positive=replace(config.positive, rir=RIRConfig(folder=str(ir_folder))))
-        aug = PairAugmenter(config).to(device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        chains = {
-            "augcl": lambda a=aug, gg=gen: a(wave_dev, generator=gg),
-            "torchaudio": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
-                TorchaudioChain(device, ir_folder, rir, use_tam=False)),
-            "torch-audiomentations": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
-                TorchaudioChain(device, ir_folder, rir, use_tam=True)),
-            "audiomentations": (lambda c: lambda: c(wave_np, draw(batch, wave.shape[1], g), rng))(
-                AudiomentationsChain(ir_folder, rir)),
-        }
-        for name, fn in chains.items():  # warm-up (allocator, FFT plans, IR caches), and every chain's output checked
+        chains = {}
+        for backend in backends(device):
+            aug = _augmenter(preset, ir_folder, device, backend)
+            gen = torch.Generator(device=device).manual_seed(0)
+            chains[f"augcl[{backend}]"] = lambda a=aug, gg=gen: a(wave_dev, generator=gg)
+            stages.setdefault(preset, {})[backend] = None
+        if preset in ANCHORED:
+            chains |= {
+                "torchaudio": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
+                    TorchaudioChain(device, ir_folder, rir, use_tam=False)),
+                "torch-audiomentations": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
+                    TorchaudioChain(device, ir_folder, rir, use_tam=True)),
+                "audiomentations": (lambda c: lambda: c(wave_np, draw(batch, wave.shape[1], g), rng))(
+                    AudiomentationsChain(ir_folder, rir)),
+            }
+        for name, fn in chains.items():  # warm-up (allocator, FFT plans, JIT, IR caches); every output checked
             fn()  # two calls: in a first trial the first preset measured after one warm-up call ran 2x slow
             out = fn()
             anchor, positive = (out.anchor, out.positive) if hasattr(out, "anchor") else out
@@ -239,7 +312,7 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
                     raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
                                        f"expected {(batch, 1, N_MELS, FRAMES)}")
         times = {name: [] for name in chains}
-        for _ in range(repeats):
+        for _ in range(repeats):  # interleaved: every chain once per round
             for name, fn in chains.items():
                 _sync(device)
                 t0 = time.perf_counter()
@@ -248,11 +321,14 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
                 times[name].append(time.perf_counter() - t0)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         results[preset] = {name: {"median_s": med[name], "clips_per_s": batch / med[name],
-                                  "ratio_to_augcl": med[name] / med["augcl"], "times_s": ts}
+                                  "ratio_to_augcl": med[name] / med["augcl[auto]"], "times_s": ts}
                            for name, ts in times.items()}
+        for backend in stages[preset]:
+            stages[preset][backend] = breakdown(_augmenter(preset, ir_folder, device, backend), wave_dev, repeats)
     info = machine_info(device) | {"python": platform.python_version(), "versions": {
-        k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa")}}
-    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results}
+        k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa", "numba")}}
+    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results,
+            "stages": stages}
 
 
 def write(res: dict, out: Path, device: str) -> str:
@@ -265,9 +341,19 @@ def write(res: dict, out: Path, device: str) -> str:
              "(B, 1, 64, 96). Median of the repetitions, interleaved, warm-up excluded. Ratio: the chain's time "
              "over augcl's (how many times slower than augcl).", ""]
     for preset, chains in res["results"].items():
-        lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | ratio to augcl |", "| --- | --- | --- | --- |"]
+        lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
         for name, r in chains.items():
             lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} | {r['ratio_to_augcl']:.2f}x |")
+        lines.append("")
+    lines += ["## Where augcl's time goes", "",
+              "Each stage timed alone on the same parameters (both branches together), median, ms per batch. "
+              "`stretch` is the vocoder where a waveform block follows it (`all`), else the gather of the "
+              "stretched frames (the spectral route, whose log-mel is under `mel`); `crop` is the plain segments.", ""]
+    for preset, by_backend in res["stages"].items():
+        cols = list(next(iter(by_backend.values())))
+        lines += [f"### `{preset}`", "", "| backend | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
+        for backend, st in by_backend.items():
+            lines.append(f"| {backend} | " + " | ".join(f"{st[c] * 1e3:.1f}" for c in cols) + " |")
         lines.append("")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
@@ -285,11 +371,11 @@ def _plot(res: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     presets = list(res["results"])
-    chains = list(res["results"][presets[0]])
+    chains = list(dict.fromkeys(c for p in presets for c in res["results"][p]))
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / len(chains)
     for k, name in enumerate(chains):
-        vals = [res["results"][p][name]["clips_per_s"] for p in presets]
+        vals = [res["results"][p][name]["clips_per_s"] if name in res["results"][p] else 0 for p in presets]
         bars = ax.bar(np.arange(len(presets)) + (k - (len(chains) - 1) / 2) * width, vals, width, label=name)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(presets)), presets)
@@ -304,7 +390,8 @@ def _plot(res: dict, png: Path) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["ts+mask", "all"], choices=["ts+mask", "all"])
+    p.add_argument("--presets", nargs="+", default=["noise", "ts", "rir", "mask", "ts+mask", "all"],
+                   choices=sorted(set(PRESETS) - {"cola"}), help="the other libraries run on ts+mask and all")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
@@ -314,6 +401,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.seconds, args.repeats = 4, 2.0, 1
+        args.presets = [p for p in args.presets if p in ANCHORED]
     workdir = Path(tempfile.mkdtemp(prefix="augcl-bench-augment-"))
     try:
         res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), workdir)

@@ -1,6 +1,7 @@
 """The commands the README names run end to end (tiny sizes), so they cannot rot."""
 import json
 
+import torch
 
 from augcl import demo
 from benchmarks import stretch_fidelity, throughput
@@ -40,12 +41,21 @@ def test_builtin_gallery_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
 
 
-def test_augment_benchmark_quick_runs_every_chain():
+def test_augment_benchmark_quick_runs_every_chain(tmp_path):
     from benchmarks import augment
 
     res = augment.main(["--quick"])
+    augcl = {f"augcl[{b}]" for b in augment.backends(torch.device("cpu"))}
+    assert {"augcl[auto]", "augcl[torch]", "augcl[kernels]"} <= augcl  # numba is in the dev extra
     for preset in ("ts+mask", "all"):
         chains = res["results"][preset]
-        assert set(chains) == {"augcl", "torchaudio", "torch-audiomentations", "audiomentations"}
+        assert set(chains) == augcl | {"torchaudio", "torch-audiomentations", "audiomentations"}
         assert all(r["clips_per_s"] > 0 and r["ratio_to_augcl"] > 0 for r in chains.values())
-        assert chains["augcl"]["ratio_to_augcl"] == 1.0
+        assert chains["augcl[auto]"]["ratio_to_augcl"] == 1.0
+        for backend, stages in res["stages"][preset].items():
+            assert {"sample", "stretch", "mel", "masks", "whole pipeline"} <= set(stages)
+            assert all(v > 0 for v in stages.values())
+    assert "rir" in res["stages"]["all"]["torch"]
+    text = augment.write(res, tmp_path, "cpu")
+    assert (tmp_path / "augment.json").exists() and (tmp_path / "augment.png").stat().st_size > 0
+    assert "Where augcl's time goes" in text and "| torchaudio |" in text

@@ -133,7 +133,7 @@ def test_uniform_stretch_mode_draws_in_range():
 
 def test_stretched_positive_is_the_stretched_segment():
     x = torch.randn(2, 50000)
-    seg = RandomSegment(15200, StretchConfig(p=1.0))
+    seg = RandomSegment(15200, StretchConfig(p=1.0), backend="torch")
     params = seg.sample(2, 50000, cpu_generator(0))
     ref = AF.time_stretch_segment(x, params["stretch_rate"], params["start"], 15200)
     torch.testing.assert_close(seg(x, params=params), ref)
@@ -299,3 +299,63 @@ def test_cuda_equals_cpu_for_the_same_params(preset, impulse_bank):
     g = torch.Generator(device=dev).manual_seed(0)
     a, b = aug(x.to(dev), generator=g), aug(x.to(dev), generator=torch.Generator(device=dev).manual_seed(0))
     assert torch.equal(a.positive, b.positive)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the spectral route of the time stretch (no resynthesis when the stretched segment goes straight to the mel)
+# ---------------------------------------------------------------------------------------------------------
+def test_spectral_route_is_chosen_only_without_waveform_blocks(impulse_bank):
+    assert make("ts+mask").positive.spectral and make("ts").positive.spectral
+    assert not make("all", impulse_bank).positive.spectral  # RIR after the stretch needs the waveform
+    assert not make("noise").anchor.spectral
+    vocoder = PairConfig(positive=BranchConfig(stretch=StretchConfig(method="vocoder")))
+    assert not PairAugmenter(vocoder).positive.spectral
+    bad = PairConfig(positive=BranchConfig(stretch=StretchConfig(method="spectral"), noise=NoiseConfig()))
+    with pytest.raises(ValueError, match="method='spectral' makes no waveform"):
+        PairAugmenter(bad)
+    with pytest.raises(ValueError, match="stretch.method must be"):
+        RandomSegment(100, StretchConfig(method="psola"))
+
+
+@given(seed=st.integers(0, 2**16))
+def test_spectral_route_at_rate_one_is_the_plain_log_mel(seed):
+    """Rows left unstretched (rate 1) give exactly the plain segment's log-mel."""
+    x = torch.randn(3, 40000, generator=cpu_generator(seed))
+    aug = PairAugmenter.from_preset("ts")
+    pair = aug(x, generator=cpu_generator(seed))
+    plain = PairAugmenter.from_preset("noise")  # its positive branch is the plain segment -> log-mel
+    ref = plain.positive.apply(x, {"start": pair.params["positive.start"]})
+    keep = ~pair.params["positive.stretch_applied"]
+    torch.testing.assert_close(pair.positive[keep], ref[keep], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rate", [0.9, 1.1, 0.8, 1.25])
+def test_spectral_route_matches_an_analytic_stretched_chirp(rate):
+    """Ground truth: a chirp with instantaneous frequency f0 + k t, ideally stretched by ``rate``, is the chirp
+    with frequency f0 + k rate tau (pitch kept, time scaled). Its plain log-mel equals the spectral route's."""
+    f0, k, T = 300.0, 350.0, 10 * SR
+    t = torch.arange(T, dtype=torch.float64) / SR
+    x = torch.sin(2 * math.pi * (f0 * t + 0.5 * k * t**2)).float()[None]
+    y = torch.sin(2 * math.pi * (f0 * t + 0.5 * k * rate * t**2)).float()[None]  # stretched timeline
+    aug = PairAugmenter.from_preset("ts")
+    start = torch.tensor([4 * SR])
+    got = aug.positive.segment.stretched_log_mel(x, {"stretch_rate": torch.tensor([rate], dtype=torch.float64),
+                                                     "start": start}, aug.positive.mel, 96)
+    want = aug.anchor.mel(AF.crop_segments(y, start - aug.anchor.segment.context, aug.anchor.segment.output_samples))
+    loud = want > want.amax() - 30  # the chirp's ridge and its main lobe
+    assert float((got - want)[loud].abs().mean()) < 0.1
+    assert torch.equal(got.argmax(dim=2), want.argmax(dim=2))  # the ridge is in the same mel bin in every frame
+
+
+def test_spectral_route_agrees_with_the_vocoder_route():
+    """The two routes of the same stretch (same params) give close log-mels on a harmonic signal."""
+    t = torch.arange(3 * SR) / SR
+    x = sum(torch.sin(2 * math.pi * f * t * (1 + 0.05 * torch.sin(2 * math.pi * 2 * t))) / i
+            for i, f in enumerate((220, 440, 660, 880), 1))[None].repeat(4, 1)
+    spectral = PairAugmenter.from_preset("ts")
+    vocoder = PairAugmenter(PairConfig(positive=BranchConfig(stretch=StretchConfig(p=1.0, method="vocoder"))),
+                            backend="torch")
+    ref = vocoder(x, generator=cpu_generator(0))
+    got = spectral(x, params=ref.params)
+    loud = ref.positive > ref.positive.amax() - 40
+    assert float(torch.corrcoef(torch.stack([got.positive[loud], ref.positive[loud]]))[0, 1]) > 0.98

@@ -1,0 +1,102 @@
+"""The phase-locked vocoder's phase step as one Numba kernel on the CPU (parallel over examples).
+
+Replaces :func:`augcl.functional._vocoder_phase` (the reference): per example, one pass over the frames in
+order (the instantaneous-frequency phase accumulation is a scan over frames), and per frame the magnitudes,
+the peaks (a bin not exceeded by its two neighbours on either side, above ``1e-6`` of the frame's largest
+magnitude), each bin's nearest peak (ties go left) and the locked spectrum. Nothing of size ``(B, K, F)`` is
+materialised besides the output, and it does the same arithmetic with less trigonometry:
+
+* the phase advance ``wrap(angle(spec1) - angle(spec0) - w d)`` is ``angle(spec1 * conj(spec0) * exp(-i w d))``:
+  one ``atan2`` per bin instead of two;
+* the analysis phase ``angle(spec0)`` is needed only at peaks (and in the first frame);
+* the locked bin ``polar(|spec0[f]|, phase_s[p] + phase_a[f] - phase_a[p])`` is ``spec0[f] * exp(i (phase_s[p]
+  - phase_a[p]))``: sin/cos only at peaks;
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _wrap(x):
+    """``torch.remainder(x + pi, 2 pi) - pi`` as torch computes it (fmod, then shift): the same side of +-pi."""
+    m = np.fmod(x + math.pi, 2.0 * math.pi)
+    if m < 0:
+        m += 2.0 * math.pi
+    return m - math.pi
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
+def phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest, omega_bin, rot_d, rot):
+    """``out[b, k, f]``: the synthesis spectra; ``omega_bin[f] = 2 pi f / n_fft``, ``rot_d[f] = exp(-i omega_bin[f]
+    d)``; the rest is scratch ``(B, F)``."""
+    B, K, nb = spec0.shape
+    d = max(n_fft // 8, 1)
+    inv_d = 1.0 / d
+    half_hop = 0.5 * hop
+    for b in prange(B):
+        for k in range(K):
+            mx = 0.0
+            for f in range(nb):
+                z = spec0[b, k, f]
+                m = abs(z)  # hypot, as torch's abs: equal magnitudes (a flat spectrum) tie as in the reference
+                mag[b, f] = m
+                if m > mx:
+                    mx = m
+                z1 = spec1[b, k, f]
+                c = z1 * z.conjugate() * rot_d[f]
+                if c.real == 0.0 and c.imag == 0.0:  # a silent frame: angle(0) = 0, as torch.angle has it
+                    adv = _wrap(math.atan2(z1.imag, z1.real) - math.atan2(z.imag, z.real) - omega_bin[f] * d)
+                else:
+                    adv = math.atan2(c.imag, c.real)
+                    if adv >= math.pi:  # atan2 is in (-pi, pi], the reference's wrap in [-pi, pi): a real
+                        adv = -math.pi  # negative c (exact at DC, Nyquist, and frames d apart) must agree
+                om = omega_bin[f] + adv * inv_d
+                if k == 0:
+                    acc[b, f] = 0.0
+                    pa0[b, f] = math.atan2(z.imag, z.real)
+                else:
+                    acc[b, f] += _wrap(half_hop * (om + omega_prev[b, f]))
+                omega_prev[b, f] = om
+            floor = mx * 1e-6
+            # nearest peak: a left-to-right pass records the last peak, a right-to-left pass picks the closer one
+            last = -1
+            for f in range(nb):
+                m = mag[b, f]
+                if (m > floor and (f < 1 or mag[b, f - 1] <= m) and (f < 2 or mag[b, f - 2] <= m)
+                        and (f + 1 >= nb or mag[b, f + 1] <= m) and (f + 2 >= nb or mag[b, f + 2] <= m)):
+                    last = f
+                    z = spec0[b, k, f]
+                    th = pa0[b, f] + acc[b, f] - math.atan2(z.imag, z.real)
+                    rot[b, f] = complex(math.cos(th), math.sin(th))
+                nearest[b, f] = last
+            nxt = -1
+            for f in range(nb - 1, -1, -1):
+                left = nearest[b, f]
+                if left == f:
+                    nxt = f
+                if left < 0 and nxt < 0:  # no peak in the frame: the bin keeps its own synthesis phase
+                    z = spec0[b, k, f]
+                    th = pa0[b, f] + acc[b, f] - math.atan2(z.imag, z.real)
+                    rot[b, f] = complex(math.cos(th), math.sin(th))
+                    left = f
+                elif left < 0 or (nxt >= 0 and nxt - f < f - left):
+                    left = nxt
+                out[b, k, f] = spec0[b, k, f] * rot[b, left]
+
+
+def run(spec0: np.ndarray, spec1: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """Allocate the output and scratch and run :func:`phase_lock` on C-contiguous complex arrays ``(B, K, F)``."""
+    B, K, nb = spec0.shape
+    real = np.float64 if spec0.dtype == np.complex128 else np.float32
+    d = max(n_fft // 8, 1)
+    omega_bin = 2 * np.pi * np.arange(nb) / n_fft
+    rot_d = np.exp(-1j * omega_bin * d).astype(spec0.dtype)
+    out = np.empty_like(spec0)
+    mag, omega_prev, pa0 = (np.empty((B, nb), real) for _ in range(3))
+    acc, nearest, rot = np.empty((B, nb), np.float64), np.empty((B, nb), np.int64), np.empty((B, nb), spec0.dtype)
+    phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest, omega_bin, rot_d, rot)
+    return out

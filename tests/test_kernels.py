@@ -1,0 +1,214 @@
+"""augcl.kernels against the functional reference: the Numba CPU kernel, the CUDA kernel (in numba's CUDA
+simulator here; on a real GPU where there is one) and the backend dispatcher."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from augcl import PairAugmenter, kernels
+from augcl import functional as AF
+from augcl.banks import RIRBank
+
+from .conftest import REPO, SR, cpu_generator
+
+needs_numba = pytest.mark.skipif(not kernels.available("cpu"), reason="Numba is not installed")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.available("cuda")),
+                                reason="needs a CUDA GPU with numba.cuda")
+
+
+def _signal(kind: str, batch: int, length: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Noise, a sum of tones, or tones with silent stretches (frames with no peak, exact zeros)."""
+    g = cpu_generator(seed)
+    t = torch.arange(length, dtype=torch.float64) / SR
+    if kind == "noise":
+        x = torch.randn(batch, length, generator=g, dtype=torch.float64)
+    else:
+        f = 100 + 4000 * torch.rand(batch, 3, 1, generator=g, dtype=torch.float64)
+        x = torch.sin(2 * torch.pi * f * t).sum(1)
+        if kind == "gaps":
+            x = x * (torch.rand(batch, length // 600 + 1, generator=g) < 0.5).repeat_interleave(600, 1)[:, :length]
+    return (0.1 * x).to(dtype)
+
+
+case = dict(
+    kind=st.sampled_from(["noise", "tones", "gaps"]),
+    batch=st.integers(1, 3),
+    n_fft=st.sampled_from([64, 128, 256, 512]),
+    hop_div=st.sampled_from([4, 8]),
+    length=st.integers(1, 2500),
+    rate=st.lists(st.floats(0.5, 2.0), min_size=3, max_size=3),
+    start=st.integers(-1000, 6000),
+    seed=st.integers(0, 2**16),
+)
+
+
+def _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed, dtype=torch.float64):
+    x = _signal(kind, batch, 20000, seed, dtype)  # (6000 + 2500 + 2 * 512) * 2 < 20000: edges only at the start
+    r = torch.tensor(rate[:batch], dtype=torch.float64)
+    s0, s1, _ = AF._vocoder_analysis(x, r, torch.full((batch,), start), length, n_fft, n_fft // hop_div, None)
+    return x, r, s0, s1
+
+
+@needs_numba
+@given(**(case | dict(hop_div=st.just(4))))
+def test_cpu_kernel_equals_the_reference_in_float64(kind, batch, n_fft, hop_div, length, rate, start, seed):
+    """Bin for bin, at the vocoder's hop n_fft / 4 (the default 512 / 128). With hop = n_fft / 8 a bin whose phase
+    advance is exactly +-pi (an exactly negative real cross-spectrum: silence, DC) lands on either side of the
+    wrap by rounding and the synthesis phase then differs by pi, in the reference as much as here; at n_fft / 4
+    the two sides differ by 2 pi, which is no difference."""
+    _, _, s0, s1 = _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed)
+    ref = AF._vocoder_phase(s0, s1, n_fft, n_fft // hop_div)
+    out = kernels.vocoder_phase(s0, s1, n_fft, n_fft // hop_div)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    # the same arithmetic in another order: bin by bin, relative to that bin's magnitude
+    err = (out - ref).abs() / s0.abs().clamp_min(1e-300)
+    bad = err.amax(-1) > 1e-7  # (B, K) frames that differ
+    # ... except where picking peaks is a tie at rounding level: equal magnitudes within two bins (e.g. the flat
+    # spectrum of a frame that holds one sample of the clip), which torch's vectorised abs and libm's hypot
+    # round differently
+    mag = s0.abs()
+    close = torch.zeros_like(bad)
+    for lag in (1, 2):
+        near = (mag[..., lag:] - mag[..., :-lag]).abs() <= 1e-12 * mag.amax(-1, keepdim=True)
+        close |= near.any(-1)
+    assert not bool((bad & ~close).any()), err.amax(-1)[bad & ~close]
+    assert float(bad.float().mean()) <= 0.05
+
+
+@needs_numba
+@given(**case)
+def test_cpu_kernel_in_float32_is_as_accurate_as_the_reference(kind, batch, n_fft, hop_div, length, rate, start, seed):
+    """float32 against the float64 truth: the kernel's error is within the float32 reference's own.
+
+    Away from the clip's start and from silence: a frame holding a few samples has a near-flat spectrum whose
+    peaks are ties at float32 rounding, broken either way (the float64 test above covers those frames)."""
+    assume(kind != "gaps" and start >= 2 * n_fft)
+    x, r, s0, s1 = _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed)
+    hop = n_fft // hop_div
+    truth = AF.time_stretch_segment(x, r, torch.full((batch,), start), length, n_fft=n_fft, hop_length=hop)
+    x32 = x.float()
+    ref32 = AF.time_stretch_segment(x32, r, torch.full((batch,), start), length, n_fft=n_fft, hop_length=hop)
+    ker32 = kernels.time_stretch_segment(x32, r, torch.full((batch,), start), length, n_fft=n_fft, hop_length=hop)
+    assert ker32.dtype == torch.float32 and ker32.shape == (batch, length)
+    scale = float(x.abs().max()) + 1e-12
+    err_ref = float((ref32.double() - truth).abs().max()) / scale
+    err_ker = float((ker32.double() - truth).abs().max()) / scale
+    assert err_ker <= 2 * err_ref + 2e-5, (err_ker, err_ref)
+
+
+@needs_numba
+def test_kernel_backend_matches_torch_backend_end_to_end():
+    """The `all` preset (stretch -> RIR: the vocoder runs) with the same parameters on both backends."""
+    irs = torch.zeros(2, 400)
+    irs[0, 0] = 1.0
+    irs[1] = torch.exp(-torch.arange(400) / 80.0) * torch.randn(400, generator=cpu_generator(3))
+    bank = RIRBank(irs / irs.norm(dim=1, keepdim=True), torch.tensor([1, 400]), SR)
+    x = _signal("tones", 6, 3 * SR, 5, torch.float32)
+    ref_aug = PairAugmenter.from_preset("all", rir_bank=bank, backend="torch")
+    ker_aug = PairAugmenter.from_preset("all", rir_bank=bank, backend="kernels")
+    assert ker_aug.positive.spectral is False  # the RIR needs the waveform: the vocoder runs
+    ref = ref_aug(x, generator=cpu_generator(0))
+    out = ker_aug(x, params=ref.params)
+    assert bool(ref.params["positive.stretch_applied"].any())
+    torch.testing.assert_close(out.anchor, ref.anchor)
+    # log-mels of the same stretched segments; float32 phase rounding differs, mel bins above -10 agree closely
+    loud = ref.positive > -10
+    assert float((out.positive - ref.positive)[loud].abs().max()) < 0.05
+
+
+def test_backend_names_and_errors(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        PairAugmenter.from_preset("ts", backend="numba")
+    assert kernels.use_kernels("torch", "cpu") is False
+    with pytest.raises(RuntimeError, match="no augcl kernel runs on meta"):
+        kernels.use_kernels("kernels", "meta")
+    monkeypatch.setattr(kernels, "_numba_cpu", lambda: False)
+    assert kernels.available("cpu") is False and kernels.use_kernels("auto", "cpu") is False
+    with pytest.raises(RuntimeError, match=r"pip install 'augcl\[kernels\]'"):
+        kernels.use_kernels("kernels", "cpu")
+
+
+def test_auto_without_numba_is_the_reference(monkeypatch):
+    """Where Numba is missing, backend='auto' computes exactly what backend='torch' does."""
+    x = _signal("noise", 3, SR, 1, torch.float32)
+    irs = torch.zeros(1, 8)
+    irs[0, 0] = 1
+    bank = RIRBank(irs, torch.tensor([1]), SR)
+    ref = PairAugmenter.from_preset("all", rir_bank=bank, backend="torch")(x, generator=cpu_generator(0))
+    monkeypatch.setattr(kernels, "_numba_cpu", lambda: False)
+    out = PairAugmenter.from_preset("all", rir_bank=bank, backend="auto")(x, params=ref.params)
+    torch.testing.assert_close(out.positive, ref.positive, rtol=0, atol=0)
+
+
+@needs_numba
+@pytest.mark.skipif(kernels._numba_cpu() and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="already simulated")
+@pytest.mark.slow
+def test_cuda_kernel_in_the_simulator_equals_the_reference():
+    """The CUDA kernel run by numba's CUDA simulator (a thread per Python thread: small cases, 8 threads)."""
+    script = textwrap.dedent("""
+        import torch
+        from hypothesis import given, settings, strategies as st
+        from augcl import functional as AF
+        from augcl.kernels import vocoder_cuda
+
+        @settings(max_examples=4, deadline=None, derandomize=True)
+        @given(kind=st.sampled_from(["noise", "gaps"]), rate=st.floats(0.5, 2.0), start=st.integers(-300, 2000),
+               length=st.integers(1, 400), seed=st.integers(0, 99))
+        def check(kind, rate, start, length, seed):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(2, 3000, generator=g, dtype=torch.float64) * 0.1
+            if kind == "gaps":
+                x[:, 1000:2200] = 0
+            r = torch.tensor([rate, 1.0], dtype=torch.float64)
+            s0, s1, _ = AF._vocoder_analysis(x, r, torch.full((2,), start), length, 64, 16, None)
+            truth = AF._vocoder_phase(s0, s1, 64, 16)
+            c0, c1 = s0.to(torch.complex64), s1.to(torch.complex64)
+            out = torch.from_numpy(vocoder_cuda.run(c0.numpy(), c1.numpy(), 64, 16, threads=8)).to(truth.dtype)
+            ref32 = AF._vocoder_phase(c0, c1, 64, 16).to(truth.dtype)
+            den = s0.abs().clamp_min(1e-30)
+            err, err_ref = float(((out - truth).abs() / den).max()), float(((ref32 - truth).abs() / den).max())
+            assert err <= 2 * err_ref + 1e-5, (err, err_ref)
+        check()
+        print("simulated CUDA kernel OK")
+    """)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "simulated CUDA kernel OK" in res.stdout
+
+
+@pytest.mark.cuda
+@needs_cuda
+@given(**case)
+def test_cuda_kernel_equals_the_reference(kind, batch, n_fft, hop_div, length, rate, start, seed):
+    x, r, s0, s1 = _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed)
+    hop = n_fft // hop_div
+    truth = AF._vocoder_phase(s0, s1, n_fft, hop)
+    c0, c1 = s0.to(torch.complex64).cuda(), s1.to(torch.complex64).cuda()
+    out = kernels.vocoder_phase(c0, c1, n_fft, hop)
+    assert out.device.type == "cuda" and out.dtype == torch.complex64
+    ref32 = AF._vocoder_phase(c0, c1, n_fft, hop)
+    den = s0.abs().clamp_min(1e-30)
+    err = float(((out.cpu().to(truth.dtype) - truth).abs() / den).max())
+    err_ref = float(((ref32.cpu().to(truth.dtype) - truth).abs() / den).max())
+    assert err <= 2 * err_ref + 1e-5, (err, err_ref)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_kernel_runs_on_the_current_stream():
+    """Launched on a side stream with no host sync in between, the result is the one of the default stream."""
+    x = _signal("tones", 8, 3 * SR, 2, torch.float32).cuda()
+    r = torch.tensor([0.9, 1.1] * 4, dtype=torch.float64, device="cuda")
+    start = torch.arange(8, device="cuda") * 1000
+    ref = kernels.time_stretch_segment(x, r, start, 15600, max_rate=1.1)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        out = kernels.time_stretch_segment(x * 1.0, r, start, 15600, max_rate=1.1)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(out, ref)
