@@ -23,7 +23,8 @@ Chains, each written as a user of that library would write it:
   source region the segment needs), ``ApplyImpulseResponse``, librosa's mel; its spectrogram masks are gone in
   0.43, so the masks are two lines of numpy.
 
-Every chain gets the same input. Warm-up excluded, repetitions interleaved, medians; the ratio is each
+Every chain gets the same input. Warm-up excluded, repetitions interleaved (the order rotated every round),
+medians; the ratio is each
 anchor's time over augcl[auto]'s. A stage breakdown of augcl (``breakdown``) shows where its time goes.
 """
 from __future__ import annotations
@@ -312,8 +313,10 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
                     raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
                                        f"expected {(batch, 1, N_MELS, FRAMES)}")
         times = {name: [] for name in chains}
-        for _ in range(repeats):  # interleaved: every chain once per round
-            for name, fn in chains.items():
+        names = list(chains)
+        for rep in range(repeats):  # interleaved: every chain once per round, the order rotated each round (a chain
+            for name in names[rep % len(names):] + names[:rep % len(names)]:  # measured right after the numpy
+                fn = chains[name]                                               # one ran slower: no fixed victim
                 _sync(device)
                 t0 = time.perf_counter()
                 fn()
@@ -338,8 +341,9 @@ def write(res: dict, out: Path, device: str) -> str:
              f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
              f"; torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
-             "(B, 1, 64, 96). Median of the repetitions, interleaved, warm-up excluded. Ratio: the chain's time "
-             "over augcl's (how many times slower than augcl).", ""]
+             "(B, 1, 64, 96). Median of the repetitions, interleaved with the order rotated each round, warm-up "
+             "excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
+             "the default backend and runs the same code as kernels on the CPU).", ""]
     for preset, chains in res["results"].items():
         lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
         for name, r in chains.items():

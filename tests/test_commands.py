@@ -59,3 +59,16 @@ def test_augment_benchmark_quick_runs_every_chain(tmp_path):
     text = augment.write(res, tmp_path, "cpu")
     assert (tmp_path / "augment.json").exists() and (tmp_path / "augment.png").stat().st_size > 0
     assert "Where augcl's time goes" in text and "| torchaudio |" in text
+
+
+def test_train_benchmark_quick_splits_the_step(tmp_path):
+    from benchmarks import train
+
+    res = train.main(["--quick", "--presets", "ts+mask"])
+    assert set(res["results"]) == {"ts+mask [auto]", "ts+mask [torch]"}
+    for r in res["results"].values():
+        assert set(r["median_s"]) == set(train.PARTS) and all(v > 0 for v in r["median_s"].values())
+        assert 0 < r["augment_share"] < 1
+        assert abs(r["step_s"] - sum(r["median_s"].values())) < 1e-12
+    text = train.write(res, tmp_path, "cpu")
+    assert (tmp_path / "train.png").stat().st_size > 0 and "augment share" in text

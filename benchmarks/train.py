@@ -1,0 +1,166 @@
+"""One pretraining step split into data, augmentation and forward/backward: augmentation's share of the step.
+
+    python -m benchmarks.train                      # CPU, B=128, ts+mask, backends auto and torch
+    python -m benchmarks.train --device cuda        # the same on a GPU (bf16 autocast, channels_last)
+    python -m benchmarks.train --quick              # B=4, 2 steps: checks that it runs (writes nothing)
+
+The step is ``trainer.pretrain.train_step`` cut at its seams, each part synchronised and timed alone:
+``data`` (the next batch from the packed built-in store through the training loader, to the device, to float),
+``augment`` (``PairAugmenter`` on the batch), ``forward/backward`` (EfficientNet-B0 + projection on anchor and
+positive, bilinear InfoNCE, backward, Adam step). Warm-up steps excluded; medians over the measured steps.
+Writes docs/benchmarks/train[_cuda].{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from augcl import PairAugmenter
+from benchmarks.throughput import machine_info
+from trainer import common
+from trainer.data import to_float
+from trainer.loss import contrastive_loss
+from trainer.pretrain import PretrainConfig, build
+
+PARTS = ("data", "augment", "forward/backward")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: PretrainConfig, backend: str, steps: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per step of each part, medians over ``steps`` after ``warmup`` steps."""
+    _, _, loader, augment, model, optimizer, generator = build(cfg, device, rank=0)
+    augment = PairAugmenter(augment.config, backend=backend).to(device)
+    times = {p: [] for p in PARTS}
+    batches = iter(loader)
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        try:
+            clips, _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            clips, _ = next(batches)
+        wave = to_float(clips.to(device, non_blocking=True))
+        _sync(device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            pair = augment(wave, generator=generator)
+        _sync(device)
+        t2 = time.perf_counter()
+        anchor, positive = pair.anchor, pair.positive
+        if device.type == "cuda":
+            anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+            z_a, z_p = model(anchor, positive)
+            sim = model.module.similarity if isinstance(model, DistributedDataParallel) else model.similarity
+            loss, _ = contrastive_loss(sim, z_a, z_p, False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        t3 = time.perf_counter()
+        if step >= warmup:
+            for part, dt in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2)):
+                times[part].append(dt)
+    med = {p: statistics.median(ts) for p, ts in times.items()}
+    total = sum(med.values())
+    return {"median_s": med, "step_s": total, "clips_per_s": cfg.batch_size / total,
+            "augment_share": med["augment"] / total, "times_s": times}
+
+
+def run(presets, backends, batch: int, steps: int, warmup: int, device: torch.device, work: Path,
+        builtin_clips: int) -> dict:
+    results = {}
+    for preset in presets:
+        for backend in backends:
+            cfg = PretrainConfig(preset=preset, batch_size=batch, out=str(work), device=str(device),
+                                 builtin_clips=builtin_clips)
+            results[f"{preset} [{backend}]"] = measure(cfg, backend, steps, warmup, device)
+    return {"batch": batch, "steps": steps, "warmup": warmup, "machine": machine_info(device), "results": results}
+
+
+def write(res: dict, out: Path, device: str) -> str:
+    m = res["machine"]
+    lines = ["# A pretraining step: data, augmentation, forward/backward", "",
+             f"`python -m benchmarks.train --batch {res['batch']} --steps {res['steps']} --device {device}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
+             f"; torch {m['torch']}. B={res['batch']} 10-s clips from the packed built-in store, EfficientNet-B0 + "
+             "512-d projection, bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), "
+             "each part synchronised.", "",
+             "| preset [backend] | data (ms) | augment (ms) | forward/backward (ms) | step (ms) | clips/s | augment share |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in res["results"].items():
+        med = r["median_s"]
+        lines.append(f"| {name} | {med['data'] * 1e3:.1f} | {med['augment'] * 1e3:.1f} | "
+                     f"{med['forward/backward'] * 1e3:.1f} | {r['step_s'] * 1e3:.1f} | {r['clips_per_s']:.1f} | "
+                     f"{100 * r['augment_share']:.1f} % |")
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device == "cpu" else f"_{device.split(':')[0]}"
+    (out / f"train{suffix}.json").write_text(json.dumps(res, indent=2))
+    (out / f"train{suffix}.md").write_text(text + f"\n\n![step split](train{suffix}.png)\n")
+    _plot(res, out / f"train{suffix}.png")
+    return text
+
+
+def _plot(res: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["results"])
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(names)))
+    left = [0.0] * len(names)
+    for part in PARTS:
+        vals = [res["results"][n]["median_s"][part] * 1e3 for n in names]
+        ax.barh(names, vals, left=left, label=part)
+        left = [a + b for a, b in zip(left, vals)]
+    for i, n in enumerate(names):
+        ax.text(left[i], i, f" aug {100 * res['results'][n]['augment_share']:.1f} %", va="center", fontsize=8)
+    ax.set_xlabel("ms per step")
+    ax.set_title(f"pretraining step, B={res['batch']}, {res['machine']['device']}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["ts+mask", "all"])
+    p.add_argument("--backends", nargs="+", default=["auto", "torch"], choices=["auto", "torch", "kernels"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--builtin-clips", type=int, default=1000)
+    p.add_argument("--quick", action="store_true", help="B=4, 1 warm-up + 2 steps, 16 built-in clips; writes nothing")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.warmup, args.builtin_clips = 4, 2, 1, 16
+    device = common.pick_device(args.device) if args.device == "auto" else torch.device(args.device)
+    with tempfile.TemporaryDirectory(prefix="augcl-bench-train-") as work:
+        res = run(args.presets, args.backends, args.batch, args.steps, args.warmup, device, Path(work),
+                  args.builtin_clips)
+    if args.quick:
+        for name, r in res["results"].items():
+            print(name, {k: round(v * 1e3, 1) for k, v in r["median_s"].items()}, f"aug {r['augment_share']:.1%}")
+    else:
+        print(write(res, args.out, str(device)))
+    return res
+
+
+if __name__ == "__main__":
+    main()
