@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from augcl import PairAugmenter
 from benchmarks.throughput import machine_info
 from trainer import common
 from trainer.data import to_float
-from trainer.loss import contrastive_loss
-from trainer.pretrain import PretrainConfig, build
+from trainer.pretrain import PretrainConfig, build, forward_backward
 
 PARTS = ("data", "augment", "forward/backward")
 
@@ -57,16 +55,7 @@ def measure(cfg: PretrainConfig, backend: str, steps: int, warmup: int, device: 
             pair = augment(wave, generator=generator)
         _sync(device)
         t2 = time.perf_counter()
-        anchor, positive = pair.anchor, pair.positive
-        if device.type == "cuda":
-            anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-            z_a, z_p = model(anchor, positive)
-            sim = model.module.similarity if isinstance(model, DistributedDataParallel) else model.similarity
-            loss, _ = contrastive_loss(sim, z_a, z_p, False)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        forward_backward(model, optimizer, pair, cfg, device)
         _sync(device)
         t3 = time.perf_counter()
         if step >= warmup:

@@ -77,6 +77,11 @@ def train_step(model, augment, optimizer, clips, generator, cfg: PretrainConfig,
     wave = to_float(clips.to(device, non_blocking=True))
     with torch.no_grad():
         pair = augment(wave, generator=generator)
+    return forward_backward(model, optimizer, pair, cfg, device)
+
+
+def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dict:
+    """The model's part of a step on an augmented pair: forward, bilinear InfoNCE, backward, optimizer step."""
     anchor, positive = pair.anchor, pair.positive
     if device.type == "cuda":
         anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
