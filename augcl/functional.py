@@ -146,7 +146,7 @@ def _frames_at(wave: Tensor, first: Tensor, width: int, span: int) -> Tensor:
     """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)``.
 
     Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. The region is cut once per row, then
-    the windows are indexed out of a zero-copy ``unfold`` view of it (4x faster than an index per sample).
+    the windows are indexed out of a zero-copy ``unfold`` view of it (no index tensor per sample).
     """
     lo = first[:, :1]
     region = _gather_windows(wave, lo[:, 0], span)
@@ -180,7 +180,7 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
 
 
 def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop_length: int,
-                      max_rate: Optional[float]) -> tuple[Tensor, Tensor, int]:
+                      max_rate: Optional[float]) -> tuple[Tensor, Tensor]:
     """Spectra of the analysis frames and of the frames ``n_fft // 8`` later: two ``(B, K, n_fft // 2 + 1)``."""
     dev, dtype = wave.device, work_dtype(wave.dtype)
     pad_frames = n_fft // hop_length
@@ -193,7 +193,7 @@ def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=dev)
     spec0 = torch.fft.rfft(frames[..., :n_fft] * window)
     spec1 = torch.fft.rfft(frames[..., d:] * window)
-    return spec0, spec1, n_frames
+    return spec0, spec1
 
 
 def _vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) -> Tensor:
@@ -263,7 +263,7 @@ def time_stretch_segment(
         n_fft, hop_length: vocoder window and synthesis hop (hop <= n_fft / 4 for good overlap).
         max_rate: an upper bound of ``rate`` (read from ``rate`` when omitted: a host sync on an accelerator).
     """
-    spec0, spec1, _ = _vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate)
+    spec0, spec1 = _vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate)
     return _vocoder_synthesis(_vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)
 
 

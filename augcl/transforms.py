@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as AF
+from . import kernels
 from .banks import NoiseBank, RIRBank, RoomSimConfig
 
 Params = dict
@@ -74,6 +75,11 @@ class StretchConfig:
     @property
     def max_rate(self) -> float:
         return float(max(self.rates))
+
+    @property
+    def rate_bound(self) -> float:
+        """An upper bound of every row's rate in a batch: rows left unstretched have rate 1."""
+        return max(self.max_rate, 1.0)
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,6 @@ class RandomSegment(WaveBlock):
                 raise ValueError(f"stretch.rates must be positive, got {stretch.rates}")
             if stretch.method not in ("auto", "spectral", "vocoder"):
                 raise ValueError(f"stretch.method must be 'auto', 'spectral' or 'vocoder', got {stretch.method!r}")
-        from . import kernels
-
         kernels.check_backend(backend)
         self.segment_samples = int(segment_samples)
         self.context = int(context)
@@ -225,12 +229,10 @@ class RandomSegment(WaveBlock):
         plain = AF.crop_segments(x, start, length)
         if self.stretch is None:
             return plain
-        from . import kernels
-
         cfg = self.stretch
         applied, rate = params["stretch_applied"], params["stretch_rate"]
         stretch = kernels.time_stretch_segment if kernels.use_kernels(self.backend, x.device) else AF.time_stretch_segment
-        kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, max_rate=cfg.max_rate)
+        kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, max_rate=cfg.rate_bound)
         if x.device.type == "cpu":  # host-side row selection costs no sync here: stretch only the rows that need it
             rows = applied.nonzero().flatten()
             out = plain.clone()
@@ -240,10 +242,8 @@ class RandomSegment(WaveBlock):
         return _select(applied, stretch(x, rate, start, length, **kw), plain)
 
     def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int) -> Tensor:
-        """The log-mel of the (optionally) stretched segment, without resynthesis (``method="spectral"``)."""
-        rate = params["stretch_rate"] if self.stretch is not None else torch.ones(x.shape[0], device=x.device)
-        max_rate = self.stretch.max_rate if self.stretch is not None else 1.0
-        return mel.at_rate(x, rate, params["start"] - self.context, frames, max(max_rate, 1.0))
+        """The log-mel of the stretched segment, without resynthesis (``method="spectral"``)."""
+        return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound)
 
 
 class AddNoise(WaveBlock):

@@ -48,7 +48,7 @@ from augcl import PRESETS, PairAugmenter, kernels
 from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
-from benchmarks.throughput import machine_info
+from benchmarks.throughput import machine_info, sync
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
 SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
@@ -205,11 +205,6 @@ class AudiomentationsChain:
         return np.stack(anchors)[:, None], np.stack(positives)[:, None]
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 ANCHORED = ("ts+mask", "all")  # the workloads the other libraries' chains are written for
 STAGES = ("sample", "crop", "noise", "stretch", "rir", "mel", "masks")
 
@@ -229,10 +224,10 @@ def _augmenter(preset: str, ir_folder: Path, device, backend: str) -> PairAugmen
 def _median_time(fn, device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -293,7 +288,6 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
             aug = _augmenter(preset, ir_folder, device, backend)
             gen = torch.Generator(device=device).manual_seed(0)
             chains[f"augcl[{backend}]"] = lambda a=aug, gg=gen: a(wave_dev, generator=gg)
-            stages.setdefault(preset, {})[backend] = None
         if preset in ANCHORED:
             chains |= {
                 "torchaudio": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
@@ -317,17 +311,17 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
         for rep in range(repeats):  # interleaved: every chain once per round, the order rotated each round (a chain
             for name in names[rep % len(names):] + names[:rep % len(names)]:  # measured right after the numpy
                 fn = chains[name]                                               # one ran slower: no fixed victim
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 times[name].append(time.perf_counter() - t0)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         results[preset] = {name: {"median_s": med[name], "clips_per_s": batch / med[name],
                                   "ratio_to_augcl": med[name] / med["augcl[auto]"], "times_s": ts}
                            for name, ts in times.items()}
-        for backend in stages[preset]:
-            stages[preset][backend] = breakdown(_augmenter(preset, ir_folder, device, backend), wave_dev, repeats)
+        stages[preset] = {b: breakdown(_augmenter(preset, ir_folder, device, b), wave_dev, repeats)
+                          for b in backends(device)}
     info = machine_info(device) | {"python": platform.python_version(), "versions": {
         k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa", "numba")}}
     return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results,
@@ -351,7 +345,8 @@ def write(res: dict, out: Path, device: str) -> str:
         lines.append("")
     lines += ["## Where augcl's time goes", "",
               "Each stage timed alone on the same parameters (both branches together), median, ms per batch. "
-              "`stretch` is the vocoder where a waveform block follows it (`all`), else the gather of the "
+              "`stretch` is the vocoder where a waveform block follows it (`all`; with the plain crop it selects "
+              "from), else the gather of the "
               "stretched frames (the spectral route, whose log-mel is under `mel`); `crop` is the plain segments.", ""]
     for preset, by_backend in res["stages"].items():
         cols = list(next(iter(by_backend.values())))

@@ -39,7 +39,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a timer reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -53,10 +54,10 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
     times = {name: [] for name in presets}
     for _ in range(repeats):  # interleaved: slow drifts of the machine hit every preset alike
         for name, aug in augs.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             aug(wave, generator=g)
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     results = {name: {"median_s": statistics.median(ts), "clips_per_s": batch / statistics.median(ts),
                       "min_s": min(ts), "max_s": max(ts)} for name, ts in times.items()}

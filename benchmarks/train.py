@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from augcl import PairAugmenter
-from benchmarks.throughput import machine_info
+from benchmarks.throughput import machine_info, sync
 from trainer import common
 from trainer.data import to_float
 from trainer.pretrain import PretrainConfig, build, forward_backward
@@ -30,15 +29,9 @@ from trainer.pretrain import PretrainConfig, build, forward_backward
 PARTS = ("data", "augment", "forward/backward")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(cfg: PretrainConfig, backend: str, steps: int, warmup: int, device: torch.device) -> dict:
+def measure(cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) -> dict:
     """Seconds per step of each part, medians over ``steps`` after ``warmup`` steps."""
     _, _, loader, augment, model, optimizer, generator = build(cfg, device, rank=0)
-    augment = PairAugmenter(augment.config, backend=backend).to(device)
     times = {p: [] for p in PARTS}
     batches = iter(loader)
     for step in range(warmup + steps):
@@ -49,14 +42,14 @@ def measure(cfg: PretrainConfig, backend: str, steps: int, warmup: int, device: 
             batches = iter(loader)
             clips, _ = next(batches)
         wave = to_float(clips.to(device, non_blocking=True))
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
             pair = augment(wave, generator=generator)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         forward_backward(model, optimizer, pair, cfg, device)
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         if step >= warmup:
             for part, dt in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2)):
@@ -72,9 +65,9 @@ def run(presets, backends, batch: int, steps: int, warmup: int, device: torch.de
     results = {}
     for preset in presets:
         for backend in backends:
-            cfg = PretrainConfig(preset=preset, batch_size=batch, out=str(work), device=str(device),
+            cfg = PretrainConfig(preset=preset, backend=backend, batch_size=batch, out=str(work), device=str(device),
                                  builtin_clips=builtin_clips)
-            results[f"{preset} [{backend}]"] = measure(cfg, backend, steps, warmup, device)
+            results[f"{preset} [{backend}]"] = measure(cfg, steps, warmup, device)
     return {"batch": batch, "steps": steps, "warmup": warmup, "machine": machine_info(device), "results": results}
 
 
@@ -139,7 +132,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.warmup, args.builtin_clips = 4, 2, 1, 16
-    device = common.pick_device(args.device) if args.device == "auto" else torch.device(args.device)
+    device = common.pick_device(args.device)
     with tempfile.TemporaryDirectory(prefix="augcl-bench-train-") as work:
         res = run(args.presets, args.backends, args.batch, args.steps, args.warmup, device, Path(work),
                   args.builtin_clips)

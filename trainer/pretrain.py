@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from augcl import PRESETS, PairAugmenter
+from augcl.kernels import BACKENDS
 
 from . import common
 from .builtin import BuiltinConfig
@@ -38,6 +39,7 @@ from .model import ContrastiveModel
 class PretrainConfig:
     data: str = "builtin"          # "builtin", a packed store, or a folder of audio files (packed on first use)
     preset: str = "ts+mask"        # any PairAugmenter preset
+    backend: str = "auto"          # PairAugmenter backend: auto (kernels where measured faster), torch, kernels
     out: str = "outputs/pretrain"
     steps: int = 30                # optimizer steps in all (a resumed run continues up to this)
     batch_size: int = 128          # clips per rank per step (the paper: 128)
@@ -62,7 +64,7 @@ def build(cfg: PretrainConfig, device: torch.device, rank: int):
     dataset = PackedClips(store, clip_seconds=cfg.clip_seconds, seed=cfg.seed)
     sampler = DistributedBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
     loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    augment = PairAugmenter.from_preset(cfg.preset, sample_rate=dataset.store.sample_rate).to(device)
+    augment = PairAugmenter.from_preset(cfg.preset, sample_rate=dataset.store.sample_rate, backend=cfg.backend).to(device)
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
     model = ContrastiveModel(cfg.dim, cfg.pooling, cfg.bilinear_init).to(device)
     if device.type == "cuda":
@@ -232,7 +234,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, default=f.default,
-                           choices=sorted(PRESETS) if f.name == "preset" else None)
+                           choices=sorted(PRESETS) if f.name == "preset" else BACKENDS if f.name == "backend" else None)
     return PretrainConfig(**vars(p.parse_args(argv)))
 
 

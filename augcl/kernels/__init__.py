@@ -3,8 +3,9 @@
 What the stage breakdown (``python -m benchmarks.augment --breakdown``) shows and what is here:
 
 * The phase-locked vocoder's phase step (:func:`augcl.functional._vocoder_phase`: magnitudes, phases,
-  instantaneous frequencies, the scan over frames, the peak search and the locking) is ~60 % of a vocoder time
-  stretch in the reference, ~15 small tensor ops over ``(B, K, F)``. One Numba kernel on the CPU
+  instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
+  ``(B, K, F)`` and took 60-70 % of a vocoder time stretch in the reference (a one-off profile on the 2-core
+  CPU; the stretch stage of ``all`` in docs/benchmarks/augment.md is the committed figure). One Numba kernel on the CPU
   (:mod:`.vocoder_cpu`, parallel over examples) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per
   example, numba.cuda on torch's current stream) do it in one pass. The FFTs, the frame gather and the
   overlap-add stay in torch (MKL / cuFFT do them well).
@@ -108,5 +109,5 @@ def time_stretch_segment(wave: Tensor, rate: Tensor, start: Tensor, length: int,
     to float32 rounding). float64 input, or a device without a kernel, runs the reference."""
     if wave.dtype == torch.float64 or not available(wave.device):
         return AF.time_stretch_segment(wave, rate, start, length, n_fft=n_fft, hop_length=hop_length, max_rate=max_rate)
-    spec0, spec1, _ = AF._vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate)
+    spec0, spec1 = AF._vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate)
     return AF._vocoder_synthesis(vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)

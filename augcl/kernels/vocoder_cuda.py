@@ -3,8 +3,9 @@
 The same computation as :mod:`augcl.kernels.vocoder_cpu` and :func:`augcl.functional._vocoder_phase` (the
 reference). A block walks its example's frames in order (the phase accumulation is a scan over frames); its
 threads own bins (``f = threadIdx.x + j * blockDim.x``) and keep each bin's accumulated phase and previous
-instantaneous frequency in shared memory; per frame, a shared-memory max reduction gives the peak floor, each
-thread finds its bins' nearest peaks by scanning the shared magnitudes, and only peak bins evaluate sin/cos.
+instantaneous frequency in shared memory; per frame, a shared-memory max reduction gives the peak floor and
+each thread finds its bins' nearest peaks by scanning the shared magnitudes, then rotates each bin by its peak's
+phase (sin/cos per bin: a GPU has the arithmetic to spare, and sharing per-peak rotors would cost a sync).
 
 It is launched on torch's current CUDA stream (``cuda.external_stream``) on views of torch's own memory
 (``__cuda_array_interface__``, no copy, no producer sync), so it orders with the surrounding torch ops without
