@@ -33,6 +33,7 @@ __all__ = [
     "stretched_frames",
     "fft_convolve",
     "add_noise",
+    "noise_gain",
     "colored_noise",
     "gather_ring",
     "mel_filterbank",
@@ -75,8 +76,13 @@ def as_batch(wave: Tensor, name: str = "wave") -> Tensor:
 
 
 def check_finite(wave: Tensor, name: str = "wave") -> None:
-    """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators)."""
-    if not bool(torch.isfinite(wave).all()):
+    """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators).
+
+    The reduction is a sum: NaN and Inf propagate through it, and it is one fast pass (``isfinite(x).all()`` is
+    ~20x slower on a CPU: it builds three full-size temporaries). Only a non-finite sum, which finite values
+    too can give by overflowing, is confirmed element by element.
+    """
+    if not bool(torch.isfinite(wave.sum())) and not bool(torch.isfinite(wave).all()):
         raise ValueError(f"{name} contains NaN or Inf; clean the clip (e.g. torch.nan_to_num) before augmenting")
 
 
@@ -96,6 +102,22 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int) -> Tensor:
 
     ``start``: integer tensor ``(B, ...)``; returns ``(B, ..., width)``.
     """
+    B, T = wave.shape
+    if wave.device.type == "cpu" and T >= width:
+        # index whole windows out of a zero-copy unfold view (a row copy each; ~25x faster on a CPU than an index
+        # per sample), then redo the few windows that cross the clip's ends (a host-side choice: no sync on a CPU)
+        inner = start.clamp(0, T - width)
+        rows = torch.arange(B).reshape((B,) + (1,) * (start.ndim - 1))
+        out = wave.unfold(-1, width, 1)[rows, inner]
+        edge = (inner != start).reshape(B, -1).any(-1).nonzero().flatten()
+        if len(edge):
+            out[edge] = _gather_samples(wave[edge], start[edge], width)
+        return out
+    return _gather_samples(wave, start, width)
+
+
+def _gather_samples(wave: Tensor, start: Tensor, width: int) -> Tensor:
+    """:func:`_gather_windows` by an index per sample (any device, any window)."""
     B, T = wave.shape
     idx = start.unsqueeze(-1) + torch.arange(width, device=wave.device)
     inside = (idx >= 0) & (idx < T)
@@ -323,11 +345,18 @@ def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     """
     dtype = work_dtype(wave.dtype)
     x, n = wave.to(dtype), noise.to(dtype)
-    p_signal = x.pow(2).mean(dim=-1, keepdim=True)
-    p_noise = n.pow(2).mean(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    snr = snr_db.to(device=x.device, dtype=dtype).reshape(-1, 1)
-    gain = torch.sqrt(p_signal / (p_noise * torch.pow(10.0, snr / 10.0)))
-    return x + gain * n
+    return torch.addcmul(x, noise_gain(x, n, snr_db), n)  # no full-size temporary besides the output
+
+
+def noise_gain(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
+    """The gain ``g`` ``(B, 1)`` of :func:`add_noise`: ``wave + g * noise`` is at ``snr_db``; 0 for silent noise."""
+    dtype = work_dtype(wave.dtype)
+    # energies: the row length cancels in the ratio of mean squares; norms make no full-size temporary
+    e_signal = torch.linalg.vector_norm(wave.to(dtype), dim=-1, keepdim=True).square()
+    e_noise = torch.linalg.vector_norm(noise.to(dtype), dim=-1, keepdim=True).square()
+    snr = snr_db.to(device=wave.device, dtype=dtype).reshape(-1, 1)
+    gain = torch.sqrt(e_signal / (e_noise.clamp_min(torch.finfo(dtype).tiny) * torch.pow(10.0, snr / 10.0)))
+    return torch.where(e_noise > 0, gain, 0.0)  # silent noise adds nothing (its gain would overflow)
 
 
 def colored_noise(white: Tensor, exponent: Tensor) -> Tensor:
@@ -440,16 +469,26 @@ def log_mel(
     else:
         return log_mel_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power,
                               log_eps=log_eps, log_mode=log_mode)
-    return _mel_log(spec.abs(), filterbank, power, log_eps, log_mode)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode)
 
 
-def _mel_log(mag: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str) -> Tensor:
+def _spectral_power(spec: Tensor, power: float) -> Tensor:
+    """``|spec| ** power`` of a complex spectrum; power 2 as ``re² + im²`` (no square root: complex ``abs`` costs a
+    ``hypot`` per bin, the largest single cost of a CPU log-mel)."""
+    if power == 2.0:
+        re, im = spec.real, spec.imag
+        return torch.square(re).addcmul_(im, im)
+    mag = spec.abs()
+    return mag if power == 1.0 else mag.pow(power)
+
+
+def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str) -> Tensor:
+    """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``."""
     if log_mode not in ("offset", "clamp"):
         raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
-    if power != 1.0:
-        mag = mag.pow(power)
-    mel = torch.matmul(filterbank.to(device=mag.device, dtype=mag.dtype).T, mag)
-    return torch.log(mel + log_eps) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+    pw = _spectral_power(spec, power)
+    mel = torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
+    return torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
 
 
 def log_mel_frames(
@@ -469,8 +508,15 @@ def log_mel_frames(
     """
     dtype = work_dtype(frames.dtype)
     win = window.to(device=frames.device, dtype=dtype)
-    spec = torch.fft.rfft(frames.to(dtype) * win, n=n_fft).transpose(-1, -2)
-    return _mel_log(spec.abs(), filterbank, power, log_eps, log_mode)
+    return _log_mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power, log_eps, log_mode)
+
+
+def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
+                      log_mode: str) -> Tensor:
+    """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
+    windows them in place: one full-size temporary fewer)."""
+    spec = torch.fft.rfft(windowed, n=n_fft).transpose(-1, -2)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -292,11 +292,14 @@ class AddNoise(WaveBlock):
             noise = AF.colored_noise(params["noise"], params["color_exponent"])
         else:
             noise = params["noise"]
-        if cfg.std is not None:
-            noisy = x.to(AF.work_dtype(x.dtype)) + cfg.std * noise.to(AF.work_dtype(x.dtype))
+        dtype = AF.work_dtype(x.dtype)
+        x, noise = x.to(dtype), noise.to(dtype)
+        if cfg.std is None:
+            gain = AF.noise_gain(x, noise, params["snr_db"])
         else:
-            noisy = AF.add_noise(x, noise, params["snr_db"])
-        return _select(params["noise_applied"], noisy, x)
+            gain = torch.full((len(x), 1), cfg.std, dtype=dtype, device=x.device)
+        # a row the coin skipped gets gain 0 (x + 0 * noise == x): one pass, no second full-size tensor to select
+        return torch.addcmul(x, gain * params["noise_applied"].reshape(-1, 1).to(dtype), noise)
 
 
 class RIRFilter(WaveBlock):
@@ -359,8 +362,8 @@ class LogMel(nn.Module):
         ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``."""
         c = self.config
         f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate)
-        return AF.log_mel_frames(f, self.filterbank, self.window, n_fft=c.n_fft, power=c.power,
-                                 log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
+        f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
+        return AF._log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode).unsqueeze(1)
 
 
 class SpecMask(nn.Module):

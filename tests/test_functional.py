@@ -46,18 +46,50 @@ def test_check_finite(value):
         AF.check_finite(x)
 
 
+def test_check_finite_sum_shortcut_is_exact():
+    """The check sums first: +Inf and -Inf together (sum NaN) still raise; finite values whose sum
+    overflows do not."""
+    x = torch.zeros(2, 10)
+    x[0, 1], x[1, 2] = float("inf"), -float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        AF.check_finite(x)
+    big = torch.full((2, 10), torch.finfo(torch.float32).max)
+    assert not torch.isfinite(big.sum())
+    AF.check_finite(big)
+
+
 # ---------------------------------------------------------------------------------------------- cropping
 @given(B=st.integers(1, 4), T=st.integers(1, 300), L=st.integers(1, 200), seed=st.integers(0, 2**16))
 def test_crop_segments_equals_numpy_slicing(B, T, L, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, T)).astype(np.float32)
-    start = rng.integers(0, T + 5, size=B)
+    start = rng.integers(-L - 5, T + 5, size=B)  # windows inside, across either end, and wholly outside
     out = AF.crop_segments(torch.from_numpy(x), torch.from_numpy(start), L).numpy()
     for b in range(B):
-        ref = np.zeros(L, np.float32)
-        piece = x[b, start[b] : start[b] + L]
-        ref[: len(piece)] = piece
-        np.testing.assert_array_equal(out[b], ref)
+        np.testing.assert_array_equal(out[b], _numpy_window(x[b], start[b], L))
+
+
+def _numpy_window(row: np.ndarray, start: int, width: int) -> np.ndarray:
+    """``row[start : start + width]`` with zeros outside the row."""
+    out = np.zeros(width, row.dtype)
+    lo, hi = max(start, 0), min(start + width, len(row))
+    if hi > lo:
+        out[lo - start: hi - start] = row[lo:hi]
+    return out
+
+
+@given(B=st.integers(1, 4), K=st.integers(1, 6), T=st.integers(1, 120), width=st.integers(1, 60),
+       seed=st.integers(0, 2**16))
+def test_gather_windows_equals_numpy_on_every_path(B, K, T, width, seed):
+    """Many windows per row: the CPU's whole-window path (with its redo of the windows that cross an end) and
+    the per-sample path give numpy's windows."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T)).astype(np.float32)
+    start = rng.integers(-width - 3, T + 3, size=(B, K))
+    ref = np.stack([np.stack([_numpy_window(x[b], start[b, k], width) for k in range(K)]) for b in range(B)])
+    xt, st_ = torch.from_numpy(x), torch.from_numpy(start)
+    np.testing.assert_array_equal(AF._gather_windows(xt, st_, width).numpy(), ref)
+    np.testing.assert_array_equal(AF._gather_samples(xt, st_, width).numpy(), ref)
 
 
 # ---------------------------------------------------------------------------------------------- convolution
