@@ -23,15 +23,16 @@ Chains, each written as a user of that library would write it:
   source region the segment needs), ``ApplyImpulseResponse``, librosa's mel; its spectrogram masks are gone in
   0.43, so the masks are two lines of numpy.
 
-Every chain gets the same input. Warm-up excluded, repetitions interleaved (the order rotated every round),
-medians; the ratio is each
-anchor's time over augcl[auto]'s. A stage breakdown of augcl (``breakdown``) shows where its time goes.
+Every chain gets the same input. Warm-up excluded; repetitions interleaved, in a new random order every round,
+each timed call right after an untimed call of the same chain (its steady state, as in a training loop, not
+the state the previous chain left); medians. The ratio is each anchor's time over augcl[auto]'s. A stage breakdown of augcl (``breakdown``) shows where its time goes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import random
 import shutil
 import statistics
 import tempfile
@@ -233,7 +234,8 @@ def _median_time(fn, device, repeats: int) -> float:
 
 
 def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
-    """Seconds per batch of each stage of augcl's pipeline (both branches), each timed alone on the same params."""
+    """Seconds per batch of each stage of augcl's pipeline (both branches), each timed alone on the same params,
+    chunk by chunk as the pipeline runs it (``PairAugmenter.chunks``)."""
     device = wave.device
     x = wave.to(torch.float32)
     g = torch.Generator(device=device).manual_seed(1)
@@ -241,29 +243,32 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
     stages = {name: [] for name in STAGES}
     stages["sample"].append(lambda: aug.sample(x.shape[0], x.shape[-1], g, device))
     for name, branch in (("anchor", aug.anchor), ("positive", aug.positive)):
-        p = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
+        branch_params = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
         seg = branch.segment
-        if branch.spectral:  # stretch and log-mel are one gather + one log-mel: count the gather as the stretch
-            c = branch.mel.config
-            stages["stretch"].append(lambda s=seg, p=p, b=branch: AF.stretched_frames(
-                x, p["stretch_rate"], p["start"] - s.context, b.frames, c.hop_length, b.mel.window.shape[-1],
-                s.stretch.max_rate))
-            frames = stages["stretch"][-1]()
-            stages["mel"].append(lambda b=branch, f=frames: AF.log_mel_frames(
-                f, b.mel.filterbank, b.mel.window, n_fft=c.n_fft, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode))
-        else:
-            stages["crop"].append(lambda s=seg, p=p: AF.crop_segments(x, p["start"] - s.context, s.output_samples))
-            if seg.stretch is not None:
-                stages["stretch"].append(lambda s=seg, p=p: s.apply(x, p))
-            y = seg.apply(x, p)
-            if branch.rir is not None:
-                stages["rir"].append(lambda b=branch, p=p, y=y: b.rir.apply(y, p))
-            if branch.noise is not None:
-                stages["noise"].append(lambda b=branch, p=p, y=y: b.noise.apply(y, p))
-            stages["mel"].append(lambda b=branch, y=y: b.mel(y))
-        if branch.mask is not None:
-            spec = branch.mel(AF.crop_segments(x, p["start"] - seg.context, seg.output_samples))
-            stages["masks"].append(lambda b=branch, p=p, s=spec: b.mask.apply(s, p))
+        for xc, p in aug.chunks(x, branch_params):
+            if branch.spectral:  # stretch and log-mel are one gather + one log-mel: count the gather as the stretch
+                c = branch.mel.config
+                stages["stretch"].append(lambda s=seg, p=p, b=branch, xc=xc: AF.stretched_frames(
+                    xc, p["stretch_rate"], p["start"] - s.context, b.frames, c.hop_length, b.mel.window.shape[-1],
+                    s.stretch.rate_bound))
+                frames = stages["stretch"][-1]()
+                stages["mel"].append(lambda b=branch, f=frames: AF.log_mel_frames(
+                    f, b.mel.filterbank, b.mel.window, n_fft=c.n_fft, power=c.power, log_eps=c.log_eps,
+                    log_mode=c.log_mode))
+            else:
+                stages["crop"].append(lambda s=seg, p=p, xc=xc: AF.crop_segments(xc, p["start"] - s.context,
+                                                                                   s.output_samples))
+                if seg.stretch is not None:
+                    stages["stretch"].append(lambda s=seg, p=p, xc=xc: s.apply(xc, p))
+                y = seg.apply(xc, p)
+                if branch.rir is not None:
+                    stages["rir"].append(lambda b=branch, p=p, y=y: b.rir.apply(y, p))
+                if branch.noise is not None:
+                    stages["noise"].append(lambda b=branch, p=p, y=y: b.noise.apply(y, p))
+                stages["mel"].append(lambda b=branch, y=y: b.mel(y))
+            if branch.mask is not None:
+                spec = branch.mel(AF.crop_segments(xc, p["start"] - seg.context, seg.output_samples))
+                stages["masks"].append(lambda b=branch, p=p, s=spec: b.mask.apply(s, p))
     out = {}
     for name, fns in stages.items():
         if fns:
@@ -307,11 +312,12 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
                     raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
                                        f"expected {(batch, 1, N_MELS, FRAMES)}")
         times = {name: [] for name in chains}
-        names = list(chains)
-        for rep in range(repeats):  # interleaved: every chain once per round, the order rotated each round (a chain
-            for name in names[rep % len(names):] + names[:rep % len(names)]:  # measured right after the numpy
-                fn = chains[name]                                               # one ran slower: no fixed victim
-                sync(device)
+        order = random.Random(0)
+        for _ in range(repeats):  # interleaved: every chain once per round, in a new random order each round
+            for name in order.sample(list(chains), len(chains)):
+                fn = chains[name]
+                fn()  # untimed: a chain timed right after audiomentations' numpy ran up to 1.5x slower (the
+                sync(device)  # allocator's state); after a call of its own every chain is timed in its steady state
                 t0 = time.perf_counter()
                 fn()
                 sync(device)
@@ -335,8 +341,8 @@ def write(res: dict, out: Path, device: str) -> str:
              f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
              f"; torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
-             "(B, 1, 64, 96). Median of the repetitions, interleaved with the order rotated each round, warm-up "
-             "excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
+             "(B, 1, 64, 96). Median of the repetitions, interleaved in a new random order each round, each timed "
+             "call right after an untimed call of the same chain, warm-up excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
              "the default backend and runs the same code as kernels on the CPU).", ""]
     for preset, chains in res["results"].items():
         lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
@@ -344,7 +350,8 @@ def write(res: dict, out: Path, device: str) -> str:
             lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} | {r['ratio_to_augcl']:.2f}x |")
         lines.append("")
     lines += ["## Where augcl's time goes", "",
-              "Each stage timed alone on the same parameters (both branches together), median, ms per batch. "
+              "Each stage timed alone on the same parameters (both branches together, chunk by chunk as the pipeline "
+              "runs them: `PairAugmenter.chunk_size`, 32 clips on a CPU), median, ms per batch. "
               "`stretch` is the vocoder where a waveform block follows it (`all`; with the plain crop it selects "
               "from), else the gather of the "
               "stretched frames (the spectral route, whose log-mel is under `mel`); `crop` is the plain segments.", ""]

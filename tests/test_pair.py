@@ -84,6 +84,25 @@ def test_each_example_depends_only_on_its_own_row_and_params(impulse_bank):
     torch.testing.assert_close(permuted.positive, pair.positive[perm], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "kernels"])
+@pytest.mark.parametrize("preset", FAST_PRESETS + ["all"])
+def test_chunked_output_equals_the_whole_batch(preset, backend, impulse_bank):
+    """chunk_size changes only how many rows go through a branch at a time, never the pair (chunks of 3 of a
+    batch of 7: uneven last chunk; CPU default chunk is 32)."""
+    pytest.importorskip("numba") if backend == "kernels" else None
+    x = torch.randn(7, 40000) * 0.1
+    whole = make(preset, impulse_bank, backend=backend, chunk_size=64)(x, generator=cpu_generator(2))
+    chunked = make(preset, impulse_bank, backend=backend, chunk_size=3)(x, params=whole.params)
+    torch.testing.assert_close(chunked.anchor, whole.anchor, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.positive, whole.positive, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
+def test_bad_chunk_size_gets_a_named_error(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size"):
+        make("ts+mask", chunk_size=chunk_size)
+
+
 def test_batch_of_one_equals_its_row_in_a_batch():
     aug = make("ts+mask")
     x = torch.randn(3, 30000)
