@@ -473,13 +473,12 @@ def log_mel(
 
 
 def _spectral_power(spec: Tensor, power: float) -> Tensor:
-    """``|spec| ** power`` of a complex spectrum; power 2 as ``re² + im²`` (no square root: complex ``abs`` costs a
-    ``hypot`` per bin, the largest single cost of a CPU log-mel)."""
-    if power == 2.0:
-        re, im = spec.real, spec.imag
-        return torch.square(re).addcmul_(im, im)
-    mag = spec.abs()
-    return mag if power == 1.0 else mag.pow(power)
+    """``|spec| ** power`` of a complex spectrum, from ``re² + im²`` (complex ``abs`` costs a ``hypot`` per bin, ~5x
+    slower on a CPU: it was the largest single cost of the log-mel)."""
+    re, im = spec.real, spec.imag
+    energy = torch.square(re).addcmul_(im, im)
+    # |z| ** p = (re² + im²) ** (p / 2): no overflow for audio (|z|² < 3e38 holds for |z| < 1.8e19)
+    return energy if power == 2.0 else energy.sqrt_() if power == 1.0 else energy.pow(power / 2)
 
 
 def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str) -> Tensor:

@@ -130,11 +130,15 @@ class Branch(nn.Module):
             params.update(self.mask.sample(batch, self.mel.config.n_mels, self.frames, generator, device))
         return params
 
-    def apply(self, x: Tensor, params: dict) -> Tensor:
+    def apply(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None) -> Tensor:
+        """The branch's log-mels of clips ``x`` with ``params``; ``divisor`` ``(B, 1)`` scales each clip by
+        ``1 / divisor`` (applied to the segment: the same as dividing the clip, without a pass over it)."""
         if self.spectral:
-            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames)
+            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params)
+        if divisor is not None:
+            y = y / divisor
         for t in self.extra:
             out = t(y.unsqueeze(1), sample_rate=self.sample_rate)
             y = (out.samples if hasattr(out, "samples") else out).reshape(y.shape).to(y.dtype)
@@ -231,8 +235,9 @@ class PairAugmenter(nn.Module):
             AF.check_finite(x)
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
-        if self.config.normalize_clip:
-            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
+        # COLA's whole-clip L2 normalization: each branch divides its segments (every block is linear in the clip
+        # up to the noise, which comes after), not the whole 10-s clip
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8) if self.config.normalize_clip else None
         x = AF.pad_to_length(x, self._source_length(x.shape[-1]))
         if params is None:
             params = self.sample(x.shape[0], x.shape[-1], generator, x.device)
@@ -242,18 +247,20 @@ class PairAugmenter(nn.Module):
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            specs.append(torch.cat([branch.apply(xc, pc) for xc, pc in self.chunks(x, p)]))
+            specs.append(torch.cat([branch.apply(*chunk) for chunk in self.chunks(x, p, norm)]))
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 
-    def chunks(self, x: Tensor, params: dict):
-        """``(x[i:j], params[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
+    def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
+        """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
         size = self.chunk_size or (CPU_CHUNK if x.device.type == "cpu" else B)
-        if size >= B:
-            yield x, params
-            return
         for i in range(0, B, size):
-            yield x[i:i + size], {k: v[i:i + size] for k, v in params.items()}
+            j = min(i + size, B)
+            part = slice(i, j)
+            if i == 0 and j == B:
+                yield x, params, divisor
+            else:
+                yield x[part], {k: v[part] for k, v in params.items()}, None if divisor is None else divisor[part]
 
     def extra_repr(self) -> str:
         return (f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}, backend={self.backend!r}, "

@@ -241,9 +241,12 @@ class RandomSegment(WaveBlock):
             return out
         return _select(applied, stretch(x, rate, start, length, **kw), plain)
 
-    def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int) -> Tensor:
-        """The log-mel of the stretched segment, without resynthesis (``method="spectral"``)."""
-        return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound)
+    def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
+                          divisor: Optional[Tensor] = None) -> Tensor:
+        """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
+        scales the clips by ``1 / divisor``."""
+        return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound,
+                           divisor)
 
 
 class AddNoise(WaveBlock):
@@ -356,13 +359,17 @@ class LogMel(nn.Module):
         return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length,
                           center=False, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
 
-    def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float) -> Tensor:
+    def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
+                divisor: Optional[Tensor] = None) -> Tensor:
         """``(B, 1, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at
         stretched position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
-        ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``."""
+        ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``: the
+        log-mel of ``x / divisor``."""
         c = self.config
         f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
+        if divisor is not None:
+            f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))
         return AF._log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode).unsqueeze(1)
 
 

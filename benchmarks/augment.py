@@ -245,7 +245,7 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
     for name, branch in (("anchor", aug.anchor), ("positive", aug.positive)):
         branch_params = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
         seg = branch.segment
-        for xc, p in aug.chunks(x, branch_params):
+        for xc, p, _ in aug.chunks(x, branch_params):
             if branch.spectral:  # stretch and log-mel are one gather + one log-mel: count the gather as the stretch
                 c = branch.mel.config
                 stages["stretch"].append(lambda s=seg, p=p, b=branch, xc=xc: AF.stretched_frames(

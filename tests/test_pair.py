@@ -204,6 +204,24 @@ def test_cola_preset_normalizes_clip_and_adds_fixed_std_noise():
     assert added.std(dim=-1).sub(1e-3).abs().max() < 5e-5  # fixed std 0.001, not an SNR (16000 samples: ±3%)
 
 
+@pytest.mark.parametrize("preset", ["ts+mask", "all", "cola"])
+def test_normalize_clip_equals_dividing_the_clip_first(preset, impulse_bank):
+    """normalize_clip divides each branch's segments (or stretched frames) by the clip's L2 norm: the same
+    pair as dividing the whole clip first."""
+    from dataclasses import replace
+
+    config = replace(PRESETS[preset](SR), normalize_clip=True)
+    kw = {"rir_bank": impulse_bank} if preset == "all" else {}
+    normalized = PairAugmenter(config, chunk_size=2, **kw)
+    plain = PairAugmenter(replace(config, normalize_clip=False), chunk_size=2, **kw)
+    x = torch.randn(5, 40000) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [30.0]])
+    pair = normalized(x, generator=cpu_generator(4))
+    ref = plain(x / torch.linalg.vector_norm(x, dim=-1, keepdim=True), params=pair.params)
+    # log-mels: 1e-3 is 0.1 % of a mel energy (float32 rounding differs where the vocoder runs on x, not x / norm)
+    torch.testing.assert_close(pair.anchor, ref.anchor, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pair.positive, ref.positive, atol=1e-3, rtol=0)
+
+
 def test_torch_audiomentations_transform_in_a_branch():
     """A +6 dB Gain from torch-audiomentations on the positive raises its log-mel power by 2 ln(10^(6/20))."""
     from torch_audiomentations import Gain
