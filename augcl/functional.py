@@ -243,13 +243,27 @@ def _vocoder_synthesis(spec: Tensor, length: int, n_fft: int, hop_length: int) -
     """Weighted overlap-add of the synthesis spectra ``(B, K, F)`` -> the ``length`` segment samples."""
     B, n_frames = spec.shape[:2]
     window = torch.hann_window(n_fft, periodic=True, dtype=spec.real.dtype, device=spec.device)
-    frames = torch.fft.irfft(spec, n=n_fft) * window  # (B, K, n_fft)
-    ola_len = (n_frames - 1) * hop_length + n_fft
-    fold = dict(output_size=(1, ola_len), kernel_size=(1, n_fft), stride=(1, hop_length))
-    y = F.fold(frames.transpose(1, 2), **fold).reshape(B, ola_len)
-    env = F.fold((window**2).reshape(1, n_fft, 1).expand(1, n_fft, n_frames), **fold).reshape(1, ola_len)
+    frames = torch.fft.irfft(spec, n=n_fft).mul_(window)  # (B, K, n_fft)
+    y = _overlap_add(frames, hop_length)
+    env = _overlap_add((window**2).expand(1, n_frames, n_fft), hop_length)
     offset = (n_fft // hop_length) * hop_length + n_fft // 2
     return y[:, offset : offset + length] / env[:, offset : offset + length]
+
+
+def _overlap_add(frames: Tensor, hop_length: int) -> Tensor:
+    """Overlap-add of frames ``(B, K, N)`` placed ``hop_length`` apart -> ``(B, (K - 1) * hop + N)``."""
+    B, K, N = frames.shape
+    if N % hop_length:
+        fold = dict(output_size=(1, (K - 1) * hop_length + N), kernel_size=(1, N), stride=(1, hop_length))
+        return F.fold(frames.transpose(1, 2), **fold).reshape(B, -1)
+    # N = r * hop: frame k's part j lands on output block k + j, so the sum is r shifted adds of (B, K, hop) blocks
+    # (r = 4 for the vocoder; ~5x faster than fold's col2im on a CPU)
+    r = N // hop_length
+    parts = frames.reshape(B, K, r, hop_length)
+    y = frames.new_zeros(B, K + r - 1, hop_length)
+    for j in range(r):
+        y[:, j:j + K] += parts[:, :, j]
+    return y.reshape(B, -1)
 
 
 def time_stretch_segment(

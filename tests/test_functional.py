@@ -235,6 +235,18 @@ def test_masks_cover_exactly_the_union_of_intervals(B, n, seed, axis):
 
 
 # ---------------------------------------------------------------------------------------------- time stretch
+@given(B=st.integers(1, 3), K=st.integers(1, 9), N=st.integers(1, 40), hop=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_overlap_add_equals_a_numpy_loop(B, K, N, hop, seed):
+    """The vocoder's overlap-add (shifted block adds when hop divides the frame, else fold) against a plain loop."""
+    rng = np.random.default_rng(seed)
+    frames = rng.standard_normal((B, K, N))
+    ref = np.zeros((B, (K - 1) * hop + N))
+    for k in range(K):
+        ref[:, k * hop: k * hop + N] += frames[:, k]
+    np.testing.assert_allclose(AF._overlap_add(torch.from_numpy(frames), hop).numpy(), ref, rtol=0, atol=1e-12)
+
+
 @given(T=st.integers(2000, 12000), rates=st.lists(st.floats(0.5, 2.0), min_size=1, max_size=3))
 def test_time_stretch_length_is_ceil_t_over_rate(T, rates):
     rate = torch.tensor(rates)
