@@ -237,7 +237,7 @@ class RandomSegment(WaveBlock):
             rows = applied.nonzero().flatten()
             out = plain.clone()
             if len(rows):
-                out[rows] = stretch(x[rows], rate[rows], start[rows], length, **kw).to(out.dtype)
+                out[rows] = stretch(x, rate[rows], start[rows], length, rows=rows, **kw).to(out.dtype)
             return out
         return _select(applied, stretch(x, rate, start, length, **kw), plain)
 

@@ -90,6 +90,8 @@ def test_gather_windows_equals_numpy_on_every_path(B, K, T, width, seed):
     xt, st_ = torch.from_numpy(x), torch.from_numpy(start)
     np.testing.assert_array_equal(AF._gather_windows(xt, st_, width).numpy(), ref)
     np.testing.assert_array_equal(AF._gather_samples(xt, st_, width).numpy(), ref)
+    rows = torch.from_numpy(rng.permutation(B)[: max(1, B - 1)])  # a reordered subset of the rows
+    np.testing.assert_array_equal(AF._gather_windows(xt, st_[rows], width, rows).numpy(), ref[rows.numpy()])
 
 
 # ---------------------------------------------------------------------------------------------- convolution
@@ -332,6 +334,21 @@ def test_plain_phase_vocoder_fails_the_burst_criterion():
 
     losses = [abs(measure(b, stretch_torchaudio(b.wave, 1.1), 1.1)["level_err_db"]) for b in make_bursts(12, seed=7)]
     assert np.median(losses) > 1.5
+
+
+@pytest.mark.parametrize("backend", ["torch", "kernels"])
+def test_time_stretch_segment_of_some_rows_equals_stretching_their_copy(backend):
+    """``rows=`` stretches a subset of the batch in place of ``wave[rows]`` (which copies whole clips): same output."""
+    if backend == "kernels":
+        pytest.importorskip("numba")
+        from augcl.kernels import time_stretch_segment as stretch
+    else:
+        stretch = AF.time_stretch_segment
+    x = torch.randn(6, 20000)
+    rows = torch.tensor([4, 1, 2])
+    rate, start = torch.tensor([0.9, 1.1, 1.25], dtype=torch.float64), torch.tensor([0, 3000, 9000])
+    ref = stretch(x[rows], rate, start, 4000, max_rate=1.25)
+    assert torch.equal(stretch(x, rate, start, 4000, max_rate=1.25, rows=rows), ref)
 
 
 def test_time_stretch_of_silence_and_loud_input_is_finite():
