@@ -343,7 +343,9 @@ def write(res: dict, out: Path, device: str) -> str:
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
              "(B, 1, 64, 96). Median of the repetitions, interleaved in a new random order each round, each timed "
              "call right after an untimed call of the same chain, warm-up excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
-             "the default backend and runs the same code as kernels on the CPU).", ""]
+             "the default backend and runs the same code as kernels on the CPU)." +
+             (" On a CPU the three augcl chains run the same code except in the vocoder (`all`), so their spread "
+              "elsewhere is the noise of the machine." if device == "cpu" else ""), ""]
     for preset, chains in res["results"].items():
         lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
         for name, r in chains.items():
