@@ -235,8 +235,8 @@ class PairAugmenter(nn.Module):
             AF.check_finite(x)
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
-        # COLA's whole-clip L2 normalization: each branch divides its segments (every block is linear in the clip
-        # up to the noise, which comes after), not the whole 10-s clip
+        # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
+        # the cut, instead of the whole 10-s clip; the crop and the stretch commute with a per-clip scale
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8) if self.config.normalize_clip else None
         x = AF.pad_to_length(x, self._source_length(x.shape[-1]))
         if params is None:
