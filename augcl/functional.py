@@ -171,9 +171,17 @@ def _nearest_peak(mag: Tensor) -> Tensor:
 def _frames_at(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None) -> Tensor:
     """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)``.
 
-    Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. The region is cut once per row, then
-    the windows are indexed out of a zero-copy ``unfold`` view of it (no index tensor per sample).
+    Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. On a CPU the windows come straight
+    out of the clip's ``unfold`` view (:func:`_gather_windows`); elsewhere through :func:`_frames_in_region`.
     """
+    if wave.device.type == "cpu":
+        return _gather_windows(wave, first, width, rows)
+    return _frames_in_region(wave, first, width, span, rows)
+
+
+def _frames_in_region(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None) -> Tensor:
+    """:func:`_frames_at` by cutting one region of ``span`` samples per row, then indexing the windows out of a
+    zero-copy ``unfold`` view of it (no index per sample of every window: one per sample of the region)."""
     lo = first[:, :1]
     region = _gather_windows(wave, lo[:, 0], span, rows)
     index = torch.arange(first.shape[0], device=wave.device)[:, None]

@@ -92,6 +92,14 @@ def test_gather_windows_equals_numpy_on_every_path(B, K, T, width, seed):
     np.testing.assert_array_equal(AF._gather_samples(xt, st_, width).numpy(), ref)
     rows = torch.from_numpy(rng.permutation(B)[: max(1, B - 1)])  # a reordered subset of the rows
     np.testing.assert_array_equal(AF._gather_windows(xt, st_[rows], width, rows).numpy(), ref[rows.numpy()])
+    # frames within a span of their row's first window (the stretched frames' case): both frame readers
+    first = np.sort(start, axis=1)
+    span = int((first - first[:, :1]).max()) + width
+    ref = np.stack([np.stack([_numpy_window(x[b], first[b, k], width) for k in range(K)]) for b in range(B)])
+    for read in (AF._frames_at, AF._frames_in_region):
+        np.testing.assert_array_equal(read(xt, torch.from_numpy(first), width, span).numpy(), ref)
+        np.testing.assert_array_equal(read(xt, torch.from_numpy(first)[rows], width, span, rows).numpy(),
+                                      ref[rows.numpy()])
 
 
 # ---------------------------------------------------------------------------------------------- convolution
