@@ -102,6 +102,33 @@ def test_cpu_kernel_in_float32_is_as_accurate_as_the_reference(kind, batch, n_ff
 
 
 @needs_numba
+@given(y=st.floats(-1e30, 1e30, allow_subnormal=True), x=st.floats(-1e30, 1e30, allow_subnormal=True))
+def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
+    """The float32 kernel's polynomial atan2 against numpy's, every octant; +-pi count as one angle."""
+    import numpy as np
+
+    from augcl.kernels.vocoder_cpu import _atan2
+
+    fast, ref = _atan2(y, x, False), float(np.arctan2(y, x))
+    assert _atan2(y, x, True) == ref
+    diff = abs(fast - ref)
+    assert min(diff, abs(diff - 2 * np.pi)) <= 4e-8, (y, x, fast, ref)
+
+
+@needs_numba
+@pytest.mark.parametrize("y, x", [(0.0, 1.0), (1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (1.0, 1.0), (-1.0, -1.0),
+                                  (1.0, -1.0), (0.0, 0.0), (-0.0, 1.0), (3e-39, -2e-39), (1e-300, 1e300)])
+def test_float32_kernel_atan2_on_axes_diagonals_and_zeros(y, x):
+    import numpy as np
+
+    from augcl.kernels.vocoder_cpu import _atan2
+
+    fast, ref = _atan2(y, x, False), float(np.arctan2(y, x))
+    diff = abs(fast - ref)
+    assert min(diff, abs(diff - 2 * np.pi)) <= 4e-8, (fast, ref)
+
+
+@needs_numba
 def test_kernel_backend_matches_torch_backend_end_to_end():
     """The `all` preset (stretch -> RIR: the vocoder runs) with the same parameters on both backends."""
     irs = torch.zeros(2, 400)
