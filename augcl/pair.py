@@ -84,8 +84,9 @@ PRESETS: dict[str, Callable[[int], PairConfig]] = {
 
 
 #: Clips a branch processes at a time on a CPU. The whole batch's temporaries (B=128: ~20 MB each) outrun the
-#: caches and make the allocator map fresh pages on every call; in chunks of 32 a B=128 ``ts+mask`` batch ran
-#: 1.5x faster on a 2-core CPU (61 -> 40 ms; ``benchmarks.augment``, docs/guide.md).
+#: caches and make the allocator map fresh pages on every call; chunks of 32 were the fastest of 8-128 for
+#: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
+#: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
 
 

@@ -30,7 +30,6 @@ the state the previous chain left); medians. The ratio is each anchor's time ove
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import shutil
@@ -49,7 +48,7 @@ from augcl import PRESETS, PairAugmenter, kernels
 from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
-from benchmarks.throughput import machine_info, sync
+from benchmarks.throughput import machine_info, machine_text, save, sync
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
 SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
@@ -338,8 +337,7 @@ def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
     lines = ["# augcl against torchaudio, torch-audiomentations and audiomentations", "",
              f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
-             f"; torch {m['torch']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+             machine_text(m) + ", " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
              "(B, 1, 64, 96). Median of the repetitions, interleaved in a new random order each round, each timed "
              "call right after an untimed call of the same chain, warm-up excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
@@ -364,11 +362,7 @@ def write(res: dict, out: Path, device: str) -> str:
             lines.append(f"| {backend} | " + " | ".join(f"{st[c] * 1e3:.1f}" for c in cols) + " |")
         lines.append("")
     text = "\n".join(lines)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if device == "cpu" else f"_{device.split(':')[0]}"
-    (out / f"augment{suffix}.json").write_text(json.dumps(res, indent=2))
-    (out / f"augment{suffix}.md").write_text(text + f"\n![clips/s](augment{suffix}.png)\n")
-    _plot(res, out / f"augment{suffix}.png")
+    save(res, text, out, "augment", device, _plot, "clips/s")
     return text
 
 

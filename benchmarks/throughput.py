@@ -2,16 +2,19 @@
 
     python -m benchmarks.throughput                        # every preset on the CPU, B=128
     python -m benchmarks.throughput --presets ts+mask --repeats 7 --device cuda
+    python -m benchmarks.throughput --presets ts+mask --chunk-sizes 8 16 32 64 128   # choosing CPU_CHUNK
 
-Warm-up excluded, presets interleaved across repetitions, median of the repetitions (clips/s). Writes
-docs/benchmarks/throughput.{json,md}. The comparison with other libraries is ``python -m benchmarks.augment``
-(issue 5); this file measures augcl alone, so that its figures can be tracked over time.
+Warm-up excluded, runs interleaved in a random order each round, medians (clips/s). Writes
+docs/benchmarks/throughput.{json,md}, or chunks.{json,md} with ``--chunk-sizes``. The comparison with other
+libraries is ``python -m benchmarks.augment``; this file measures augcl alone, so that its figures can be tracked
+over time.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -45,15 +48,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, seed: int = 0) -> dict:
+def machine_text(m: dict) -> str:
+    """``Machine: <cpu>, <n> threads[, <gpu>]; torch <version>`` for a results page."""
+    return f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}"
+
+
+def save(res: dict, text: str, out: Path, stem: str, device: str, plot=None, caption: str = "") -> None:
+    """Write ``<stem>[_<device type>].json`` and ``.md`` (and ``.png`` through ``plot(res, path)``) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = stem + ("" if device == "cpu" else f"_{device.split(':')[0]}")
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2))
+    if plot is not None:
+        plot(res, out / f"{name}.png")
+        text += f"\n![{caption}]({name}.png)\n"
+    (out / f"{name}.md").write_text(text)
+
+
+def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, seed: int = 0,
+        chunk_sizes=(None,)) -> dict:
+    """Seconds per batch of every preset (and chunk size: ``None`` is the device's default), interleaved."""
     g = torch.Generator(device=device).manual_seed(seed)
     wave = torch.randn(batch, int(seconds * 16000), generator=g, device=device) * 0.1
-    augs = {name: PairAugmenter.from_preset(name).to(device) for name in presets}
+    augs = {name if chunk is None else f"{name} [chunk {chunk}]":
+            PairAugmenter.from_preset(name, chunk_size=chunk).to(device)
+            for name in presets for chunk in chunk_sizes}
     for aug in augs.values():  # warm-up (allocator, FFT plans, cached banks)
         aug(wave, generator=g)
-    times = {name: [] for name in presets}
-    for _ in range(repeats):  # interleaved: slow drifts of the machine hit every preset alike
-        for name, aug in augs.items():
+    times = {name: [] for name in augs}
+    order = random.Random(seed)
+    for _ in range(repeats):  # interleaved, in a new random order each round: drifts of the machine hit all alike
+        for name in order.sample(list(augs), len(augs)):
+            aug = augs[name]
+            aug(wave, generator=g)  # untimed: each timed call follows one of its own (its steady state)
             sync(device)
             t0 = time.perf_counter()
             aug(wave, generator=g)
@@ -71,29 +97,30 @@ def main(argv=None) -> dict:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--chunk-sizes", nargs="+", type=int, default=None,
+                   help="measure PairAugmenter(chunk_size=N) for each N instead (writes chunks[_cuda].*)")
     p.add_argument("--quick", action="store_true", help="tiny run (B=4, 2 s, 2 repeats) so the benchmark cannot rot")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.seconds, args.repeats = 4, 2.0, 2
-    res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device))
-    m = res["machine"]
-    lines = ["# PairAugmenter throughput", "",
-             f"`python -m benchmarks.throughput --batch {args.batch} --seconds {args.seconds} --repeats {args.repeats} "
-             f"--device {args.device}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
-             f"; torch {m['torch']}. Input ({args.batch}, {int(args.seconds * 16000)}) float32 on {args.device}; "
-             "output anchor + positive (B, 1, 64, 96). Median of the repetitions, warm-up excluded.", "",
+    chunks = tuple(args.chunk_sizes) if args.chunk_sizes else (None,)
+    res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), chunk_sizes=chunks)
+    command = (f"python -m benchmarks.throughput --presets {' '.join(args.presets)} --batch {args.batch} "
+               f"--seconds {args.seconds} --repeats {args.repeats} --device {args.device}" +
+               (f" --chunk-sizes {' '.join(map(str, chunks))}" if args.chunk_sizes else ""))
+    lines = ["# PairAugmenter throughput" + (" by chunk size" if args.chunk_sizes else ""), "", f"`{command}`", "",
+             f"{machine_text(res['machine'])}. Input ({args.batch}, {int(args.seconds * 16000)}) float32 on "
+             f"{args.device}; output anchor + positive (B, 1, 64, 96). Median of the repetitions, interleaved in a "
+             "new random order each round, each timed call right after an untimed one of its own, warm-up "
+             "excluded.", "",
              "| preset | median (s/batch) | clips/s |", "| --- | --- | --- |"]
     for name, r in res["results"].items():
         lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        suffix = "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
-        (args.out / f"throughput{suffix}.json").write_text(json.dumps(res, indent=2))
-        (args.out / f"throughput{suffix}.md").write_text(text)
+        save(res, text, args.out, "chunks" if args.chunk_sizes else "throughput", args.device)
     return res
 
 

@@ -13,7 +13,6 @@ Writes docs/benchmarks/train[_cuda].{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.throughput import machine_info, sync
+from benchmarks.throughput import machine_info, machine_text, save, sync
 from trainer import common
 from trainer.data import to_float
 from trainer.pretrain import PretrainConfig, build, forward_backward
@@ -75,8 +74,7 @@ def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
     lines = ["# A pretraining step: data, augmentation, forward/backward", "",
              f"`python -m benchmarks.train --batch {res['batch']} --steps {res['steps']} --device {device}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") +
-             f"; torch {m['torch']}. B={res['batch']} 10-s clips from the packed built-in store, EfficientNet-B0 + "
+             f"{machine_text(m)}. B={res['batch']} 10-s clips from the packed built-in store, EfficientNet-B0 + "
              "512-d projection, bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), "
              "each part synchronised.", "",
              "| preset [backend] | data (ms) | augment (ms) | forward/backward (ms) | step (ms) | clips/s | augment share |",
@@ -86,12 +84,8 @@ def write(res: dict, out: Path, device: str) -> str:
         lines.append(f"| {name} | {med['data'] * 1e3:.1f} | {med['augment'] * 1e3:.1f} | "
                      f"{med['forward/backward'] * 1e3:.1f} | {r['step_s'] * 1e3:.1f} | {r['clips_per_s']:.1f} | "
                      f"{100 * r['augment_share']:.1f} % |")
-    text = "\n".join(lines)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if device == "cpu" else f"_{device.split(':')[0]}"
-    (out / f"train{suffix}.json").write_text(json.dumps(res, indent=2))
-    (out / f"train{suffix}.md").write_text(text + f"\n\n![step split](train{suffix}.png)\n")
-    _plot(res, out / f"train{suffix}.png")
+    text = "\n".join(lines) + "\n"
+    save(res, text, out, "train", device, _plot, "step split")
     return text
 
 

@@ -19,6 +19,23 @@ def test_throughput_quick_reports_every_requested_preset():
     assert all(r["clips_per_s"] > 0 for r in res["results"].values())
 
 
+def test_throughput_chunk_sweep_writes_chunks_table(tmp_path):
+    res = throughput.main(["--quick", "--presets", "ts+mask", "--chunk-sizes", "1", "3", "--out", str(tmp_path)])
+    assert set(res["results"]) == {"ts+mask [chunk 1]", "ts+mask [chunk 3]"}
+    assert not (tmp_path / "chunks.md").exists()  # --quick writes nothing
+    res = throughput.main(["--presets", "ts+mask", "--chunk-sizes", "2", "--batch", "4", "--seconds", "2",
+                           "--repeats", "1", "--out", str(tmp_path)])
+    assert "| ts+mask [chunk 2] |" in (tmp_path / "chunks.md").read_text()
+    assert json.loads((tmp_path / "chunks.json").read_text())["results"]["ts+mask [chunk 2]"]["clips_per_s"] > 0
+
+
+def test_profile_lists_the_ops_of_a_call():
+    from benchmarks import profile
+
+    text = profile.main(["--quick", "--preset", "all", "--backend", "torch"])
+    assert "ms per call" in text and "aten::" in text
+
+
 def test_stretch_fidelity_writes_its_tables(tmp_path):
     stretch_fidelity.main(["--n", "2", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "stretch_fidelity.json").read_text())
