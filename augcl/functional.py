@@ -243,6 +243,12 @@ def _vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) ->
     phase_a = torch.angle(spec0)
     omega_bin = 2 * math.pi * torch.arange(spec0.shape[-1], device=spec0.device, dtype=dtype) / n_fft
     omega = omega_bin + _wrap(torch.angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
+    # The DC and Nyquist bins of a real signal are real: their phase is 0 or pi, so the deviation read there is an
+    # alias that rounding puts on either side of +-pi (with hop = n_fft / 8 that flips the bin's sign). They
+    # advance at their bin frequency.
+    omega[..., 0] = omega_bin[0]
+    if n_fft % 2 == 0:
+        omega[..., -1] = omega_bin[-1]
     # Synthesis phase of each bin: the analysis phase of the first frame, then advanced by the instantaneous
     # frequency over each synthesis hop (trapezoid rule); advances are wrapped so the cumsum stays small.
     step = _wrap(hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1]))

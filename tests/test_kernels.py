@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from augcl import PairAugmenter, kernels
@@ -56,6 +56,7 @@ def _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed, dtype=torch
 
 @needs_numba
 @given(**(case | dict(hop_div=st.just(4))))
+@example(kind="tones", batch=1, n_fft=64, hop_div=4, length=1, rate=[1.0] * 3, start=2, seed=2295)  # a tie frame of 10
 def test_cpu_kernel_equals_the_reference_in_float64(kind, batch, n_fft, hop_div, length, rate, start, seed):
     """Bin for bin, at the vocoder's hop n_fft / 4 (the default 512 / 128). With hop = n_fft / 8 a bin whose phase
     advance is exactly +-pi (an exactly negative real cross-spectrum: silence, DC) lands on either side of the
@@ -77,11 +78,16 @@ def test_cpu_kernel_equals_the_reference_in_float64(kind, batch, n_fft, hop_div,
         near = (mag[..., lag:] - mag[..., :-lag]).abs() <= 1e-12 * mag.amax(-1, keepdim=True)
         close |= near.any(-1)
     assert not bool((bad & ~close).any()), err.amax(-1)[bad & ~close]
-    assert float(bad.float().mean()) <= 0.05
+    # ties are rare: at most 5 % of the frames, or one (a short segment has ~10 frames, and a frame at the clip's
+    # start that holds one sample is flat: every bin ties)
+    assert int(bad.sum()) <= max(1, int(0.05 * bad.numel()))
 
 
 @needs_numba
 @given(**case)
+# the Nyquist bin's advance read as +pi or -pi by rounding, which flipped its sign at hop n_fft / 8 (fixed: real
+# bins advance at their bin frequency)
+@example(kind="noise", batch=2, n_fft=512, hop_div=8, length=1, rate=[1.0] * 3, start=4024, seed=11)
 def test_cpu_kernel_in_float32_is_as_accurate_as_the_reference(kind, batch, n_fft, hop_div, length, rate, start, seed):
     """float32 against the float64 truth: the kernel's error is within the float32 reference's own.
 

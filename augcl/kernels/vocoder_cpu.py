@@ -73,6 +73,7 @@ def phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest
     d = max(n_fft // 8, 1)
     inv_d = 1.0 / d
     half_hop = 0.5 * hop
+    nyquist = n_fft // 2 if n_fft % 2 == 0 else -1
     for b in prange(B):
         for k in range(K):
             mx = 0.0
@@ -84,12 +85,14 @@ def phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest
                     mx = m
                 z1 = spec1[b, k, f]
                 c = z1 * z.conjugate() * rot_d[f]
-                if c.real == 0.0 and c.imag == 0.0:  # a silent frame: angle(0) = 0, as torch.angle has it
+                if f == 0 or f == nyquist:  # real bins advance at their bin frequency, as in the reference
+                    adv = 0.0
+                elif c.real == 0.0 and c.imag == 0.0:  # a silent frame: angle(0) = 0, as torch.angle has it
                     adv = _wrap(math.atan2(z1.imag, z1.real) - math.atan2(z.imag, z.real) - omega_bin[f] * d)
                 else:
                     adv = _atan2(c.imag, c.real, exact)
                     if adv >= math.pi:  # atan2 is in (-pi, pi], the reference's wrap in [-pi, pi): a real
-                        adv = -math.pi  # negative c (exact at DC, Nyquist, and frames d apart) must agree
+                        adv = -math.pi  # negative c (frames d apart) must agree
                 om = omega_bin[f] + adv * inv_d
                 if k == 0:
                     acc[b, f] = 0.0

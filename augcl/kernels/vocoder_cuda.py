@@ -62,7 +62,10 @@ def phase_lock(re0, im0, re1, im1, n_fft, hop, out_re, out_im):
             pa = math.atan2(y, x)
             pha[f] = pa
             w = 2.0 * math.pi * f / n_fft
-            om = w + _wrap(math.atan2(im1[b, k, f], re1[b, k, f]) - pa - w * d) / d
+            if f == 0 or 2 * f == n_fft:  # real bins (DC, Nyquist) advance at their bin frequency, as the reference
+                om = w
+            else:
+                om = w + _wrap(math.atan2(im1[b, k, f], re1[b, k, f]) - pa - w * d) / d
             if k == 0:
                 acc[f] = 0.0
                 pa0[f] = pa
