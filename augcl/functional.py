@@ -78,8 +78,8 @@ def as_batch(wave: Tensor, name: str = "wave") -> Tensor:
 def check_finite(wave: Tensor, name: str = "wave") -> None:
     """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators).
 
-    The reduction is a sum: NaN and Inf propagate through it, and it is one fast pass (``isfinite(x).all()`` is
-    ~20x slower on a CPU: it builds three full-size temporaries). Only a non-finite sum, which finite values
+    The reduction is a sum: NaN and Inf propagate through it, and it is one fast pass (``isfinite(x).all()`` builds
+    three full-size temporaries; docs/guide.md has the measured figures). Only a non-finite sum, which finite values
     too can give by overflowing, is confirmed element by element.
     """
     if not bool(torch.isfinite(wave.sum())) and not bool(torch.isfinite(wave).all()):
@@ -108,7 +108,7 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tens
     if rows is None and B != wave.shape[0]:
         raise ValueError(f"start has {B} rows but wave has {wave.shape[0]}; pass rows= to read a subset")
     if wave.device.type == "cpu" and T >= width:
-        # index whole windows out of a zero-copy unfold view (a row copy each; ~25x faster on a CPU than an index
+        # index whole windows out of a zero-copy unfold view (a row copy each, instead of an int64 index
         # per sample), then redo the few windows that cross the clip's ends (a host-side choice: no sync on a CPU)
         inner = start.clamp(0, T - width)
         index = torch.arange(B) if rows is None else rows
@@ -277,7 +277,7 @@ def _overlap_add(frames: Tensor, hop_length: int) -> Tensor:
         fold = dict(output_size=(1, (K - 1) * hop_length + N), kernel_size=(1, N), stride=(1, hop_length))
         return F.fold(frames.transpose(1, 2), **fold).reshape(B, -1)
     # N = r * hop: frame k's part j lands on output block k + j, so the sum is r shifted adds of (B, K, hop) blocks
-    # (r = 4 for the vocoder; ~5x faster than fold's col2im on a CPU)
+    # (r = 4 for the vocoder), instead of fold's col2im
     r = N // hop_length
     parts = frames.reshape(B, K, r, hop_length)
     y = frames.new_zeros(B, K + r - 1, hop_length)
@@ -510,8 +510,8 @@ def log_mel(
 
 
 def _spectral_power(spec: Tensor, power: float) -> Tensor:
-    """``|spec| ** power`` of a complex spectrum, from ``re² + im²`` (complex ``abs`` costs a ``hypot`` per bin, ~5x
-    slower on a CPU: it was the largest single cost of the log-mel)."""
+    """``|spec| ** power`` of a complex spectrum, from ``re² + im²`` (complex ``abs`` costs a ``hypot`` per bin: it was
+    the largest single cost of the CPU log-mel; docs/guide.md)."""
     re, im = spec.real, spec.imag
     energy = torch.square(re).addcmul_(im, im)
     # |z| ** p = (re² + im²) ** (p / 2): no overflow for audio (|z|² < 3e38 holds for |z| < 1.8e19)

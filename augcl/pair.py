@@ -255,13 +255,12 @@ class PairAugmenter(nn.Module):
         """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
         size = self.chunk_size or (CPU_CHUNK if x.device.type == "cpu" else B)
+        if size >= B:
+            yield x, params, divisor
+            return
         for i in range(0, B, size):
-            j = min(i + size, B)
-            part = slice(i, j)
-            if i == 0 and j == B:
-                yield x, params, divisor
-            else:
-                yield x[part], {k: v[part] for k, v in params.items()}, None if divisor is None else divisor[part]
+            part = slice(i, i + size)
+            yield x[part], {k: v[part] for k, v in params.items()}, None if divisor is None else divisor[part]
 
     def extra_repr(self) -> str:
         return (f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}, backend={self.backend!r}, "

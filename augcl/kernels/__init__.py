@@ -1,11 +1,11 @@
 """Fused kernels for the hot spots of :mod:`augcl.functional`, and the dispatcher that picks them.
 
-What the stage breakdown (``python -m benchmarks.augment --breakdown``) shows and what is here:
+What the stage breakdown of ``python -m benchmarks.augment`` (docs/benchmarks/augment.md) and the op profile of
+``python -m benchmarks.profile --preset all --backend torch`` show, and what is here:
 
 * The phase-locked vocoder's phase step (:func:`augcl.functional._vocoder_phase`: magnitudes, phases,
   instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
-  ``(B, K, F)`` and took 60-70 % of a vocoder time stretch in the reference (a one-off profile on the 2-core
-  CPU; the stretch stage of ``all`` in docs/benchmarks/augment.md is the committed figure). One Numba kernel on the CPU
+  ``(B, K, F)``, most of a vocoder time stretch in the reference. One Numba kernel on the CPU
   (:mod:`.vocoder_cpu`, parallel over examples) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per
   example, numba.cuda on torch's current stream) do it in one pass. The FFTs, the frame gather and the
   overlap-add stay in torch (MKL / cuFFT do them well).

@@ -47,7 +47,7 @@ _ATAN = (0.9999993356214262, -0.3332986087340988, 0.1994656622998811, -0.1390863
 def _atan2(y, x, exact):
     """``math.atan2`` (``exact``, the float64 kernel) or a polynomial with octant folding, 4e-8 rad (float32).
 
-    libm's atan2 was ~40 % of the float32 kernel's time; the polynomial is a few multiply-adds."""
+    libm's atan2 was the float32 kernel's largest cost; the polynomial is a few multiply-adds."""
     if exact:
         return math.atan2(y, x)
     ax, ay = abs(x), abs(y)
