@@ -34,6 +34,7 @@ __all__ = [
     "fft_convolve",
     "add_noise",
     "noise_gain",
+    "normalize_level",
     "colored_noise",
     "gather_ring",
     "mel_filterbank",
@@ -394,6 +395,35 @@ def noise_gain(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     snr = snr_db.to(device=wave.device, dtype=dtype).reshape(-1, 1)
     gain = torch.sqrt(e_signal / (e_noise.clamp_min(torch.finfo(dtype).tiny) * torch.pow(10.0, snr / 10.0)))
     return torch.where(e_noise > 0, gain, 0.0)  # silent noise adds nothing (its gain would overflow)
+
+
+def normalize_level(wave: Tensor, lengths: Optional[Tensor] = None, mode: str = "rms",
+                    target_db: Optional[float] = None) -> Tensor:
+    """Each row scaled so that its level over its valid samples is ``target_db`` dBFS.
+
+    ``mode``: ``"rms"`` (RMS, default target -20 dBFS), ``"peak"`` (max |x|, default -1 dBFS) or ``"none"`` (the
+    input, unchanged). ``lengths`` ``(B,)``: valid samples per row (None: all); samples past them are left as they
+    are (zero in a padded batch). A silent row stays silent. No host sync.
+    """
+    if mode == "none":
+        return wave
+    if mode not in ("rms", "peak"):
+        raise ValueError(f"mode must be 'rms', 'peak' or 'none', got {mode!r}")
+    target = (-20.0 if mode == "rms" else -1.0) if target_db is None else float(target_db)
+    dtype = work_dtype(wave.dtype)
+    x = wave.to(dtype)
+    if lengths is not None:
+        valid = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device).reshape(-1, 1)
+        x = x * valid
+        count = lengths.to(device=x.device, dtype=dtype).reshape(-1, 1).clamp_min(1)
+    else:
+        count = torch.full((x.shape[0], 1), float(x.shape[-1]), dtype=dtype, device=x.device)
+    if mode == "rms":
+        level = torch.sqrt(x.square().sum(-1, keepdim=True) / count)
+    else:
+        level = x.abs().amax(-1, keepdim=True)
+    gain = torch.where(level > 0, 10.0 ** (target / 20.0) / level.clamp_min(torch.finfo(dtype).tiny), 0.0)
+    return (x * gain).to(wave.dtype)
 
 
 def colored_noise(white: Tensor, exponent: Tensor) -> Tensor:

@@ -22,8 +22,7 @@ import torch
 
 from benchmarks.throughput import machine_info, machine_text, save, sync
 from trainer import common
-from trainer.data import to_float
-from trainer.pretrain import PretrainConfig, build, forward_backward
+from trainer.pretrain import PretrainConfig, augment_batch, build, forward_backward
 
 PARTS = ("data", "augment", "forward/backward")
 
@@ -36,15 +35,13 @@ def measure(cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) 
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         try:
-            clips, _ = next(batches)
+            batch = next(batches)
         except StopIteration:
             batches = iter(loader)
-            clips, _ = next(batches)
-        wave = to_float(clips.to(device, non_blocking=True))
+            batch = next(batches)
         sync(device)
         t1 = time.perf_counter()
-        with torch.no_grad():
-            pair = augment(wave, generator=generator)
+        pair = augment_batch(augment, batch.clips, batch.lengths, generator, cfg.normalize, device)
         sync(device)
         t2 = time.perf_counter()
         forward_backward(model, optimizer, pair, cfg, device)

@@ -79,9 +79,9 @@ def test_pack_resamples_with_a_real_resampler_and_mixes_to_mono(tmp_path):
 
 def test_pack_scales_down_float_files_that_exceed_full_scale(tmp_path):
     (tmp_path / "src").mkdir()
-    sf.write(str(tmp_path / "src" / "loud.wav"), np.array([0.0, 2.0, -1.0, 0.5], np.float32), SR, subtype="FLOAT")
+    sf.write(str(tmp_path / "src" / "loud.wav"), np.array([0.25, 2.0, -1.0, 0.5], np.float32), SR, subtype="FLOAT")
     pack(sources.audio_folder(tmp_path / "src"), tmp_path / "store", jobs=1, progress=False)
-    np.testing.assert_array_equal(PackedStore(tmp_path / "store").clip(0), [0, 32767, -16384, 8192])
+    np.testing.assert_array_equal(PackedStore(tmp_path / "store").clip(0), [4096, 32767, -16384, 8192])
 
 
 def test_interrupted_pack_resumes_without_redoing_finished_shards(audio_tree, tmp_path):
@@ -262,9 +262,10 @@ def small_store(tmp_path, rng):
 
 def test_packed_clips_random_crop_is_a_window_and_short_clips_are_zero_padded(small_store):
     ds = PackedClips(small_store, clip_seconds=1.0, seed=3)
-    clips, targets = ds.__getitems__(list(range(len(ds))))
-    assert clips.dtype == torch.int16 and clips.shape == (len(ds), SR)
+    clips, lengths, targets = ds.__getitems__(list(range(len(ds))))
+    assert clips.dtype == torch.int16 and clips.shape == (len(ds), min(SR, int(small_store.length.max())))
     assert targets.tolist() == [0, 1] * 4
+    assert lengths.tolist() == np.minimum(small_store.length, SR).tolist()
     for i in range(len(ds)):
         full, got = small_store.clip(i), clips[i].numpy()
         if len(full) <= SR:
@@ -277,9 +278,11 @@ def test_packed_clips_random_crop_is_a_window_and_short_clips_are_zero_padded(sm
 
 def test_packed_clips_crops_depend_on_seed_epoch_index_only(small_store):
     ds = PackedClips(small_store, clip_seconds=0.5, seed=7)
-    together = ds.__getitems__([5, 1, 3])[0]
-    alone = torch.stack([ds[5][0], ds[1][0], ds[3][0]])
-    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+    together, lengths, _ = ds.__getitems__([5, 1, 3])
+    for row, i in enumerate([5, 1, 3]):
+        alone, n, _ = ds[i]
+        assert n == lengths[row] == len(alone)
+        torch.testing.assert_close(together[row, :n], alone, rtol=0, atol=0)
     ds.set_epoch(1)
     assert not torch.equal(ds.__getitems__([5, 1, 3])[0], together)
     start = PackedClips(small_store, clip_seconds=0.5, crop="start")
@@ -307,8 +310,8 @@ def test_loader_with_workers_reads_the_same_batches_as_without(small_store):
     plain = list(make_loader(ds, sampler, num_workers=0))
     workers = list(make_loader(ds, sampler, num_workers=2))
     assert len(plain) == len(workers) == 4
-    for (a, ta), (b, tb) in zip(plain, workers, strict=True):
-        assert torch.equal(a, b) and torch.equal(ta, tb)
+    for a, b in zip(plain, workers, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 
 def test_packed_store_rejects_a_folder_that_is_not_a_store(tmp_path):
@@ -398,3 +401,29 @@ def test_builtin_store_is_packed_once_and_cached(tmp_path):
     mtime = (path / "store.json").stat().st_mtime_ns
     assert builtin.builtin_store("train", cfg, progress=False) == path
     assert (path / "store.json").stat().st_mtime_ns == mtime
+
+
+def test_pack_trims_digital_silence_at_the_ends_and_keeps_groups(tmp_path, rng):
+    """ESC-50 pads short sounds with exact zeros; the store's lengths must be the sound's, not the padding's."""
+    sound = random_int16(rng, 3000)
+    sound[0] = sound[-1] = 7  # the sound's own first and last samples are non-zero
+    padded = np.concatenate([np.zeros(500, np.int16), sound, np.zeros(20000, np.int16)])
+    write_int16(tmp_path / "w" / "padded.wav", padded)
+    write_int16(tmp_path / "w" / "silent.wav", np.zeros(4000, np.int16))
+    write_int16(tmp_path / "w" / "plain.wav", sound)
+    (tmp_path / "m.csv").write_text("path,labels,group\nw/padded.wav,a,rec1\nw/silent.wav,a,rec2\n"
+                                    "w/plain.wav,b,rec1\n")
+    res = pack(sources.csv_manifest(tmp_path / "m.csv"), tmp_path / "store", jobs=1, progress=False)
+    assert res.n_packed == 2 and res.n_skipped == 1
+    assert "digital silence only" in (tmp_path / "store" / "report.tsv").read_text()
+    store = PackedStore(tmp_path / "store")
+    np.testing.assert_array_equal(store.clip(0), sound)
+    np.testing.assert_array_equal(store.clip(1), sound)
+    assert store.groups() == ["rec1", "rec1"]
+    kept = pack(sources.csv_manifest(tmp_path / "m.csv"), tmp_path / "kept", jobs=1, progress=False,
+                trim_silence=False)
+    assert kept.n_packed == 3 and PackedStore(tmp_path / "kept").length.tolist() == [len(padded), 4000, 3000]
+
+
+def test_store_groups_default_to_paths(small_store):
+    assert small_store.groups() == small_store.paths()

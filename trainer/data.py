@@ -1,10 +1,11 @@
 """Reading a packed store (see :mod:`trainer.pack`) for training: fixed-length int16 clips, batch by batch.
 
 * :class:`PackedStore`: the index and the memory-mapped shards; ``clip(i)`` is a view, no decoding.
-* :class:`PackedClips`: a map-style dataset of fixed-length clips (random crop or zero pad; ``crop="start"``
-  for evaluation) as int16 tensors, so a batch crosses to the GPU at half the bytes of float32 and is converted
-  there (:func:`to_float`). ``__getitems__`` reads a whole batch into one array; the DataLoader hands it over
-  as is (:func:`make_loader`).
+* :class:`PackedClips`: a map-style dataset of clips of at most ``clip_seconds`` (a random crop of longer
+  clips; shorter ones are zero-padded and their valid length travels with them) as int16 tensors, so a batch
+  crosses to the GPU at half the bytes of float32 and is converted there (:func:`to_float`). ``__getitems__``
+  reads a whole batch into one array, a :class:`Batch` ``(clips, lengths, targets)``; the DataLoader hands it
+  over as is (:func:`make_loader`).
 * :class:`DistributedBatchSampler`: each rank gets its own batches of one seeded permutation per epoch; with
   ``drop_last`` every rank gets the same number of full batches (what DDP needs) and no index repeats.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -75,6 +76,12 @@ class PackedStore:
     def paths(self) -> list[str]:
         return (self.root / "paths.txt").read_text().splitlines()
 
+    def groups(self) -> list[str]:
+        """Each clip's group (its source recording, where the layout names one: ``groups.txt``), else its path:
+        splits that keep a group on one side then keep each file on one side."""
+        path = self.root / "groups.txt"
+        return path.read_text().splitlines() if path.is_file() else self.paths()
+
     def targets(self) -> Tensor:
         """Every clip's target: class index (single-label, -1 if none) or a multi-hot row (multi-label)."""
         return self._targets(np.arange(len(self)))
@@ -109,12 +116,22 @@ def crop_uniforms(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+class Batch(NamedTuple):
+    """``clips`` ``(B, T)`` int16, zero past each row's ``lengths`` ``(B,)`` (valid samples, int64); ``targets``."""
+
+    clips: Tensor
+    lengths: Tensor
+    targets: Tensor
+
+
 class PackedClips(Dataset):
-    """Fixed-length clips from a packed store as int16 tensors ``(T,)``, with their targets.
+    """Clips of at most ``clip_seconds`` from a packed store as int16 tensors, with their lengths and targets.
 
     ``crop``: ``"random"`` (a uniform window of clips longer than ``clip_seconds``, new each epoch; call
-    :meth:`set_epoch`) or ``"start"`` (the first ``clip_seconds``, for evaluation). Shorter clips are zero-padded
-    at the end. ``__getitems__(indices)`` returns ``(clips (B, T) int16, targets)``.
+    :meth:`set_epoch`) or ``"start"`` (the first ``clip_seconds``). Shorter clips are zero-padded at the end and
+    keep their own length: the padding is not signal, and the trainer never draws a segment from it. A batch is as
+wide as its longest (cropped) clip.
+    ``__getitems__(indices)`` returns a :class:`Batch`.
     """
 
     def __init__(self, store: Union[PackedStore, str, Path], clip_seconds: float = 10.0, crop: str = "random",
@@ -133,11 +150,11 @@ class PackedClips(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        clips, targets = self.__getitems__([i])
-        return clips[0], targets[0]
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        clips, lengths, targets = self.__getitems__([i])
+        return clips[0, :lengths[0]], lengths[0], targets[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices out of range for a store of {len(self)} clips")
@@ -149,12 +166,13 @@ class PackedClips(Dataset):
             starts = np.floor(crop_uniforms(self.seed, self.epoch, idx) * (slack + 1)).astype(np.int64)
         else:
             starts = np.zeros_like(slack)
-        out = np.zeros((len(idx), n), np.int16)
         take = np.minimum(lengths, n)
+        # as wide as the batch's longest (cropped) clip: a batch of short clips is not padded to clip_seconds
+        out = np.zeros((len(idx), int(take.max(initial=1))), np.int16)
         for row, (i, s, m) in enumerate(zip(idx.tolist(), starts.tolist(), take.tolist(), strict=True)):
             off = int(st.offset[i]) + s
             out[row, :m] = st.shard_array(int(st.shard[i]))[off:off + m]
-        return torch.from_numpy(out), st._targets(idx)
+        return Batch(torch.from_numpy(out), torch.from_numpy(take.astype(np.int64)), st._targets(idx))
 
 
 def to_float(clips: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -23,6 +23,14 @@ import torchvision
 from torch import Tensor, nn
 
 
+ENCODERS = ("efficientnet_b0", "small")
+
+
+def _check_input(x: Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"x must be (B, 1, n_mels, frames) log-mels, got shape {tuple(x.shape)}")
+
+
 class Encoder(nn.Module):
     """f: log-mel ``(B, 1, n_mels, frames)`` -> h ``(B, 1280)``; ``pooling`` "avg" (paper) or "max" (COLA)."""
 
@@ -40,9 +48,48 @@ class Encoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"x must be (B, 1, n_mels, frames) log-mels, got shape {tuple(x.shape)}")
+        _check_input(x)
         return self.pool(self.features(x)).flatten(1)
+
+
+class SmallEncoder(nn.Module):
+    """A small CNN f for CPU ablations: four 3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool blocks
+    (16, 32, 64, 128 channels), a 1x1 conv to 256 channels, global pooling: h ``(B, 256)``.
+
+    About 0.13 M parameters against EfficientNet-B0's 4 M (``python -m benchmarks.train --encoder small``
+    measures its step time). Not the paper's encoder: it is for seeds-and-thousands-of-steps CPU studies.
+    """
+
+    out_dim = 256
+
+    def __init__(self, pooling: str = "avg", channels: tuple = (16, 32, 64, 128)):
+        super().__init__()
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        layers, c_in = [], 1
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        layers += [nn.Conv2d(c_in, self.out_dim, 1, bias=False), nn.BatchNorm2d(self.out_dim), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x)
+        return self.pool(self.features(x)).flatten(1)
+
+
+def build_encoder(name: str = "efficientnet_b0", pooling: str = "avg") -> nn.Module:
+    """The encoder f by name: ``"efficientnet_b0"`` (the paper's) or ``"small"`` (:class:`SmallEncoder`)."""
+    if name == "efficientnet_b0":
+        return Encoder(pooling)
+    if name == "small":
+        return SmallEncoder(pooling)
+    raise ValueError(f"encoder must be one of {ENCODERS}, got {name!r}")
 
 
 class Projection(nn.Module):
@@ -80,10 +127,11 @@ class Bilinear(nn.Module):
 class ContrastiveModel(nn.Module):
     """f, g and s together. ``embed(x)`` is z; the trainer computes logits from the two branches' z."""
 
-    def __init__(self, dim: int = 512, pooling: str = "avg", bilinear_init: str = "identity"):
+    def __init__(self, dim: int = 512, pooling: str = "avg", bilinear_init: str = "identity",
+                 encoder: str = "efficientnet_b0"):
         super().__init__()
-        self.encoder = Encoder(pooling)
-        self.projection = Projection(Encoder.out_dim, dim)
+        self.encoder = build_encoder(encoder, pooling)
+        self.projection = Projection(self.encoder.out_dim, dim)
         self.similarity = Bilinear(dim, bilinear_init)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -98,10 +146,10 @@ class ContrastiveModel(nn.Module):
 class Classifier(nn.Module):
     """Downstream: the encoder f and a linear layer on h (linear probe, fine-tuning, supervised baseline)."""
 
-    def __init__(self, encoder: Encoder, n_classes: int):
+    def __init__(self, encoder: nn.Module, n_classes: int):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(Encoder.out_dim, n_classes)
+        self.head = nn.Linear(encoder.out_dim, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))

@@ -7,6 +7,7 @@ Layout of a packed store ``OUT/``::
     shards/00000.json    the shard's entries [path, offset, length, labels] and its failures [path, reason]
     index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR)  -- written last
     paths.txt            the source path of each entry, in index order
+    groups.txt           each entry's group (source recording), in index order; only when the source names groups
     report.tsv           every file skipped, with the reason
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
@@ -15,6 +16,10 @@ to a temporary name and renamed, so a finished shard is complete and an interrup
 run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
 in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
 int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+
+Digital silence at a clip's two ends (samples that are exactly zero in int16) is trimmed by default
+(``--keep-silence`` keeps it): collections pad short sounds with it (ESC-50 pads most of its 5-s clips), and a
+store's lengths are what the trainer treats as real signal. A file of digital silence alone is skipped.
 """
 from __future__ import annotations
 
@@ -88,6 +93,14 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
+def trim_digital_silence(x: np.ndarray) -> np.ndarray:
+    """``x`` (int16) without the runs of exact zeros at its two ends; ValueError if nothing else is left."""
+    nz = np.flatnonzero(x)
+    if nz.size == 0:
+        raise ValueError("digital silence only")
+    return x[nz[0]:nz[-1] + 1]
+
+
 def atomic_write(path: Path, write) -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -108,17 +121,22 @@ def write_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
-def _pack_shard(shard_dir: str, shard: int, items: Sequence[tuple[str, list]], sample_rate: int) -> tuple[int, int, int]:
-    """Decode one shard's files and write it (runs in a worker). Returns (shard, packed, skipped)."""
+def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: int, trim_silence: bool = True
+                ) -> tuple[int, int, int]:
+    """Decode one shard's files and write it (runs in a worker). Returns (shard, packed, skipped).
+
+    ``items``: ``[path, labels]`` or ``[path, labels, group]``; entries keep the group as a fifth field."""
     clips, entries, failed, offset = [], [], [], 0
-    for path, labels in items:
+    for path, labels, *group in items:
         try:
             x = to_int16(decode(path, sample_rate))
+            if trim_silence:
+                x = trim_digital_silence(x)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is reported
             failed.append([path, f"{type(e).__name__}: {e}".replace("\t", " ").replace("\n", " ")])
             continue
         clips.append(x)
-        entries.append([path, offset, int(x.size), list(labels)])
+        entries.append([path, offset, int(x.size), list(labels), *group])
         offset += x.size
     data = np.concatenate(clips) if clips else np.zeros(0, np.int16)
     base = Path(shard_dir) / f"{shard:05d}"
@@ -127,11 +145,12 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[tuple[str, list]], s
     return shard, len(entries), len(failed)
 
 
-def _plan(source: Source, sample_rate: int, files_per_shard: int) -> dict:
-    items = [[it.path, list(it.labels)] for it in source.items]
+def _plan(source: Source, sample_rate: int, files_per_shard: int, trim_silence: bool) -> dict:
+    items = [[it.path, list(it.labels)] + ([it.group] if it.group else []) for it in source.items]
     return {
         "format": FORMAT,
         "sample_rate": sample_rate,
+        "trim_silence": trim_silence,
         "classes": list(source.classes),
         "multi_label": source.multi_label,
         "missing": [list(m) for m in source.missing],
@@ -141,18 +160,19 @@ def _plan(source: Source, sample_rate: int, files_per_shard: int) -> dict:
 
 def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_per_shard: int = 256,
          jobs: Optional[int] = None, progress: bool = True, max_shards: Optional[int] = None,
-         desc: str = "packing") -> PackResult:
+         desc: str = "packing", trim_silence: bool = True) -> PackResult:
     """Decode ``source`` into a packed store at ``out``; resumes a previous run on the same source.
 
     ``jobs``: decoding processes (default: all cores; 1 decodes in this process). ``max_shards`` stops after
-    that many new shards (an interrupt on purpose, for tests and for packing in slices).
+    that many new shards (an interrupt on purpose, for tests and for packing in slices). ``trim_silence``:
+    drop the digital silence at each clip's ends (module docstring).
     """
     if files_per_shard < 1:
         raise ValueError(f"files_per_shard must be >= 1, got {files_per_shard}")
     out = Path(out)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(source, sample_rate, files_per_shard)
+    plan = _plan(source, sample_rate, files_per_shard, trim_silence)
     plan_path = out / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
@@ -176,10 +196,10 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     try:
         if jobs == 1:
             for i in todo:
-                _pack_shard(str(shard_dir), i, plan["shards"][i], sample_rate)
+                _pack_shard(str(shard_dir), i, plan["shards"][i], sample_rate, trim_silence)
                 bar.update(len(plan["shards"][i]))
         else:
-            _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar)
+            _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar, trim_silence)
     finally:
         bar.close()
     result = finalize(out, time.perf_counter() - t0)
@@ -187,10 +207,10 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     return result
 
 
-def _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar) -> None:
+def _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar, trim_silence) -> None:
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        pending = {pool.submit(_pack_shard, str(shard_dir), i, plan["shards"][i], sample_rate): i for i in todo}
+        pending = {pool.submit(_pack_shard, str(shard_dir), i, plan["shards"][i], sample_rate, trim_silence): i for i in todo}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -216,9 +236,10 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
     failed = [tuple(m) for m in plan["missing"]] + [tuple(f) for s in shards for f in s["failed"]]
     complete = len(done) == n_shards
     if complete:
-        shard_of, offset, length, label_ptr, label_ids, paths = [], [], [], [0], [], []
+        shard_of, offset, length, label_ptr, label_ids, paths, groups = [], [], [], [0], [], [], []
         for i, s in zip(done, shards, strict=True):
-            for path, off, n, labels in s["entries"]:
+            for path, off, n, labels, *group in s["entries"]:
+                groups.append(group[0] if group else "")
                 shard_of.append(i)
                 offset.append(off)
                 length.append(n)
@@ -230,6 +251,8 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
                      label_ids=np.asarray(label_ids, np.int32))
         atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
         atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+        if any(groups):
+            atomic_write(out / "groups.txt", lambda f: f.write("".join(g + "\n" for g in groups).encode()))
         atomic_write(out / "report.tsv", lambda f: f.write(
             ("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in failed)).encode()))
         write_json(out / "store.json", {
@@ -255,6 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--files-per-shard", type=int, default=256)
     p.add_argument("--jobs", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--keep-silence", action="store_true",
+                   help="keep the digital silence (exact zeros) at clips' ends; trimmed by default")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -262,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not source.items:
             raise ValueError(f"src {args.src!r} names no audio files that exist")
         res = pack(source, args.out, sample_rate=args.sample_rate, files_per_shard=args.files_per_shard,
-                   jobs=args.jobs, progress=not args.quiet)
+                   jobs=args.jobs, progress=not args.quiet, trim_silence=not args.keep_silence)
     except ValueError as e:
         p.error(str(e))
     except KeyboardInterrupt:

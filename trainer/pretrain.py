@@ -4,8 +4,10 @@
     python -m trainer.pretrain --data stores/audioset --preset ts+mask --steps 200000 --out runs/as-tsmask
     torchrun --nproc-per-node 8 -m trainer.pretrain --data stores/audioset --gather-negatives ...
 
-Each step: read B int16 clips (packed store), convert on the device, make anchor/positive log-mels with
-``PairAugmenter`` on the device (inside the step, not in DataLoader workers), embed both with the encoder and
+Each step: read B int16 clips (packed store; a clip longer than ``--clip-seconds`` is randomly cropped, a shorter
+one keeps its own length), convert on the device, normalise each clip's level over its valid samples
+(``--normalize``), make anchor/positive log-mels with ``PairAugmenter`` on the device (inside the step, not in
+DataLoader workers; segments are drawn inside each clip's valid part), embed both with the encoder and
 projection, bilinear InfoNCE, Adam. Writes ``OUT/config.json``, ``OUT/metrics.jsonl`` (one line per step),
 ``OUT/checkpoints/last.pt`` (atomic: model, optimizer, step, data position, every RNG state) and ``OUT/loss.png``.
 ``--resume`` continues from ``last.pt``; SIGTERM or Ctrl-C writes it before exiting.
@@ -26,13 +28,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from augcl import PRESETS, PairAugmenter
+from augcl.functional import normalize_level
 from augcl.kernels import BACKENDS
 
 from . import common
 from .builtin import BuiltinConfig
 from .data import DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
-from .model import ContrastiveModel
+from .model import ENCODERS, ContrastiveModel
+
+
+NORMALIZE = ("rms", "peak", "none")
 
 
 @dataclass
@@ -44,7 +50,9 @@ class PretrainConfig:
     steps: int = 30                # optimizer steps in all (a resumed run continues up to this)
     batch_size: int = 128          # clips per rank per step (the paper: 128)
     lr: float = 1e-3               # Adam (the paper)
-    clip_seconds: float = 10.0
+    clip_seconds: float = 10.0     # longest clip a batch holds: longer clips are randomly cropped to it
+    normalize: str = "rms"         # per-clip level over its valid samples: rms (-20 dBFS), peak (-1 dBFS) or none
+    encoder: str = "efficientnet_b0"  # the paper's; "small" is a 0.13 M-parameter CNN for CPU studies (model.py)
     dim: int = 512
     pooling: str = "avg"           # "avg" (the paper) or "max" (COLA's code)
     bilinear_init: str = "identity"  # "identity" (W = I, logits / sqrt(dim)) or "cola" (COLA's N(0, 0.05^2)); model.py
@@ -66,7 +74,7 @@ def build(cfg: PretrainConfig, device: torch.device, rank: int):
     loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     augment = PairAugmenter.from_preset(cfg.preset, sample_rate=dataset.store.sample_rate, backend=cfg.backend).to(device)
     common.seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = ContrastiveModel(cfg.dim, cfg.pooling, cfg.bilinear_init).to(device)
+    model = ContrastiveModel(cfg.dim, cfg.pooling, cfg.bilinear_init, cfg.encoder).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -74,11 +82,17 @@ def build(cfg: PretrainConfig, device: torch.device, rank: int):
     return dataset, sampler, loader, augment, model, optimizer, generator
 
 
-def train_step(model, augment, optimizer, clips, generator, cfg: PretrainConfig, device) -> dict:
-    """One step; ``model`` may be DDP-wrapped. Returns loss and positive-retrieval accuracy (tensors)."""
+def augment_batch(augment, clips, lengths, generator, normalize: str, device):
+    """A batch of int16 clips and their valid lengths -> the anchor/positive pair, on ``device``."""
     wave = to_float(clips.to(device, non_blocking=True))
+    lengths = lengths.to(device, non_blocking=True)
     with torch.no_grad():
-        pair = augment(wave, generator=generator)
+        return augment(normalize_level(wave, lengths, normalize), generator=generator, lengths=lengths)
+
+
+def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
+    """One step; ``model`` may be DDP-wrapped. Returns loss and positive-retrieval accuracy (tensors)."""
+    pair = augment_batch(augment, batch.clips, batch.lengths, generator, cfg.normalize, device)
     return forward_backward(model, optimizer, pair, cfg, device)
 
 
@@ -142,6 +156,10 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     """Run (or resume) pretraining; returns the output folder."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
+    if cfg.normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
     device = common.pick_device(cfg.device)
     rank, world = common.init_distributed(device)
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
@@ -164,12 +182,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
             sampler.set_epoch(epoch, start_batch=batch)
             dataset.set_epoch(epoch)
             t_last = time.perf_counter()
-            for clips, _ in loader:
-                stats = train_step(model, augment, optimizer, clips, generator, cfg, device)
+            for batch_data in loader:
+                stats = train_step(model, augment, optimizer, batch_data, generator, cfg, device)
                 step, batch = step + 1, batch + 1
                 loss, acc = stats["loss"].item(), stats["acc"].item()  # one sync per step, for the log
                 now = time.perf_counter()
-                rate = clips.shape[0] * world / (now - t_last)
+                rate = len(batch_data.clips) * world / (now - t_last)
                 t_last = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
@@ -233,8 +251,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, default=f.default,
-                           choices=sorted(PRESETS) if f.name == "preset" else BACKENDS if f.name == "backend" else None)
+            choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS}
+            p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
     return PretrainConfig(**vars(p.parse_args(argv)))
 
 

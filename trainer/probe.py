@@ -116,7 +116,7 @@ def window_features(encoder: Encoder, windows: Windows, store: PackedStore, devi
     feats, targets = [], []
     for idx in tqdm(DistributedBatchSampler(len(ds), batch, shuffle=False, drop_last=False, rank=0, world_size=1),
                     desc=desc, leave=False):
-        clips, y = ds.__getitems__(idx)
+        clips, _, y = ds.__getitems__(idx)
         win = windows(to_float(clips.to(device)))
         feats.append(encoder(win.flatten(0, 1)).unflatten(0, win.shape[:2]).float().cpu())
         targets.append(y)
@@ -158,7 +158,7 @@ def train_network(model: Classifier, windows: Windows, store: PackedStore, multi
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         for idx in sampler:
-            clips, y = ds.__getitems__(idx)
+            clips, _, y = ds.__getitems__(idx)
             spec = windows.mel(to_float(clips.to(device)))
             loss = _loss(model(spec), y.to(device), multi)
             opt.zero_grad()

@@ -6,7 +6,8 @@ file once into a packed store. Layouts:
 
 * :func:`audio_folder`: any folder of audio files (recursive), unlabeled, for pretraining;
 * :func:`class_folders`: one sub-folder per class (single-label);
-* :func:`csv_manifest`: ``path,labels`` rows, ``;`` between labels (multi-label allowed);
+* :func:`csv_manifest`: ``path,labels`` rows, ``;`` between labels (multi-label allowed); a header
+  ``path,labels,group`` adds a group per clip (e.g. the source recording, so that splits keep it on one side);
 * :func:`desed`: DESED's metadata TSV, weak (``filename, event_labels``) or strong
   (``filename, onset, offset, event_label``), turned into clip labels;
 * :func:`audioset`: AudioSet's segment CSV (``YTID, start_seconds, end_seconds, positive_labels``), files
@@ -28,10 +29,12 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class Item:
-    """One audio file and its class indices (empty for unlabeled or event-free clips)."""
+    """One audio file, its class indices (empty for unlabeled or event-free clips) and its group (clips of one
+    source recording share a group; "" when the layout names none)."""
 
     path: str
     labels: tuple[int, ...] = ()
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,36 +106,42 @@ def csv_manifest(path: PathLike, root: Optional[PathLike] = None, classes: Optio
                  multi_label: Optional[bool] = None) -> Source:
     """Rows ``path,labels`` (a header row naming ``path`` is skipped); ``;`` separates labels.
 
-    Relative paths are taken from ``root`` (default: the manifest's folder). ``multi_label=None`` means
-    multi-label iff some row has more than one label.
+    A header ``path,labels,group`` (those names, in that order) reads a third column: the clip's group, such as
+    its source recording (ESC-50's ``src_file``), which the probe's splits keep on one side. Relative paths are
+    taken from ``root`` (default: the manifest's folder). ``multi_label=None`` means multi-label iff some row
+    has more than one label.
     """
     path = _require_file(path, "path")
     root = Path(root) if root is not None else path.parent
-    rows = []
+    rows, grouped = [], False
     with open(path, newline="") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
             if line_no == 1 and row[0].strip().lower() in ("path", "file", "filename"):
+                grouped = [c.strip().lower() for c in row[1:3]] == ["labels", "group"]
                 continue
-            if len(row) < 2:
-                raise ValueError(f"manifest {str(path)!r} line {line_no}: expected `path,labels`, got {row!r}")
-            rows.append((row[0].strip(), _split_labels(",".join(row[1:]), ";")))
+            if len(row) < (3 if grouped else 2):
+                want = "path,labels,group" if grouped else "path,labels"
+                raise ValueError(f"manifest {str(path)!r} line {line_no}: expected `{want}`, got {row!r}")
+            labels = row[1] if grouped else ",".join(row[1:])
+            rows.append((row[0].strip(), _split_labels(labels, ";"), row[2].strip() if grouped else ""))
     return _labeled_source(rows, root, classes, multi_label, f"manifest {str(path)!r}")
 
 
-def _labeled_source(rows: Sequence[tuple[str, list[str]]], root: Path, classes: Optional[Sequence[str]],
+def _labeled_source(rows: Sequence[tuple], root: Path, classes: Optional[Sequence[str]],
                     multi_label: Optional[bool], what: str) -> Source:
-    classes, index = _class_index((lab for _, labs in rows for lab in labs), classes, what)
+    """``rows``: ``(path, label names)`` or ``(path, label names, group)``."""
+    classes, index = _class_index((lab for row in rows for lab in row[1]), classes, what)
     items, missing = [], []
-    for rel, labs in rows:
+    for rel, labs, *group in rows:
         p = Path(rel) if Path(rel).is_absolute() else root / rel
         if not p.is_file():
             missing.append((str(p), "file not found"))
             continue
-        items.append(Item(str(p.resolve()), tuple(sorted({index[lab] for lab in labs}))))
+        items.append(Item(str(p.resolve()), tuple(sorted({index[lab] for lab in labs})), *group))
     if multi_label is None:
-        multi_label = any(len(labs) > 1 for _, labs in rows)
+        multi_label = any(len(row[1]) > 1 for row in rows)
     return Source(tuple(items), classes, bool(multi_label), tuple(missing))
 
 
