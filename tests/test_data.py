@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, SR, peak_freq
+from tests.conftest import REPO, SR, peak_freq, rms_db
 from trainer import builtin, sources
 from trainer.data import DistributedBatchSampler, PackedClips, PackedStore, crop_uniforms, make_loader, to_float
 from trainer.pack import pack
@@ -377,23 +377,41 @@ def _band_energy_features(clip: np.ndarray) -> np.ndarray:
     return np.concatenate([logb.mean(axis=1), logb.std(axis=1)])
 
 
+def test_builtin_lengths_and_levels_spread_like_real_collections():
+    cfg = builtin.BuiltinConfig()
+    seconds = np.array([cfg.seconds("unlabeled", i) for i in range(1000)])
+    assert seconds.min() >= 0.5 and seconds.max() <= 10.0
+    assert 0.4 < np.mean(seconds < 2.24) < 0.6  # log-uniform: the median is sqrt(0.5 * 10) = 2.24 s
+    items = builtin.builtin_source(cfg, "train").items[:40]
+    clips = [builtin.render_uri(it.path, SR) for it in items]
+    assert [len(c) for c in clips] == [round(cfg.seconds("train", i) * SR) for i in range(40)]
+    levels = np.array([rms_db(c) for c in clips])
+    assert levels.min() < -35 and levels.max() > -15  # drawn in [-45, -5] dBFS (peaks limited at 0.99)
+
+
 def test_builtin_classes_sound_different_and_splits_are_balanced():
-    cfg = builtin.BuiltinConfig(clip_seconds=4.0, n_train=100, n_test=60)
+    """An independent classifier (scikit-learn's logistic regression on scipy band energies, level removed)
+    separates the classes far above chance (0.1), though 0.5-s clips hold only a piece of one event: measured
+    0.70 with 300 training clips, 0.68 with the default 100."""
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = builtin.BuiltinConfig(n_train=300, n_test=100)
+    assert np.bincount([it.labels[0] for it in builtin.builtin_source(builtin.BuiltinConfig(), "train").items]
+                       ).tolist() == [10] * 10
     train = builtin.builtin_source(cfg, "train")
-    assert train.classes == builtin.CLASSES and np.bincount([it.labels[0] for it in train.items]).tolist() == [10] * 10
+    assert train.classes == builtin.CLASSES and np.bincount([it.labels[0] for it in train.items]).tolist() == [30] * 10
     feats = {s: np.stack([_band_energy_features(builtin.render_uri(it.path, SR)) for it in
                           builtin.builtin_source(cfg, s).items]) for s in ("train", "test")}
     ytr = np.arange(cfg.n_train) % 10
     yte = np.arange(cfg.n_test) % 10
     mu, sd = feats["train"].mean(0), feats["train"].std(0) + 1e-6
-    centroids = np.stack([((feats["train"] - mu) / sd)[ytr == k].mean(0) for k in range(10)])
-    dist = (((feats["test"] - mu) / sd)[:, None, :] - centroids[None]) ** 2
-    accuracy = np.mean(dist.sum(-1).argmin(1) == yte)
-    assert accuracy >= 0.7, accuracy  # chance is 0.1: the classes differ in ways a simple spectral model sees
+    model = LogisticRegression(C=1.0, max_iter=5000).fit((feats["train"] - mu) / sd, ytr)
+    accuracy = np.mean(model.predict((feats["test"] - mu) / sd) == yte)
+    assert accuracy >= 0.6, accuracy
 
 
 def test_builtin_store_is_packed_once_and_cached(tmp_path):
-    cfg = builtin.BuiltinConfig(clip_seconds=1.0, n_unlabeled=6, n_train=10, n_test=4)
+    cfg = builtin.BuiltinConfig(min_seconds=1.0, max_seconds=1.0, n_unlabeled=6, n_train=10, n_test=4)
     path = builtin.builtin_store("train", cfg, progress=False, jobs=1)
     store = PackedStore(path)
     assert len(store) == 10 and store.classes == builtin.CLASSES and store.targets().tolist() == list(range(10))

@@ -2,20 +2,28 @@
 
 What it is for: every command and test runs end to end on it, on a CPU, in minutes, and the numbers it gives
 move the right way when something breaks (a contrastive encoder that learns nothing probes near chance; one
-that learns separates the classes). Each 10-s clip is a sequence of events of one class over a background,
-with the nuisances the paper's augmentations target: tempo (event durations and gaps scaled by 0.8-1.25),
-level (clip level -35 to -12 dBFS, +-6 dB per event), pitch (+-2 semitones per clip, +-0.3 per event), room
-(synthetic exponentially decaying reverberation, RT60 0.15-0.9 s, on 70 % of clips) and background noise
-(white/pink/brown mixtures at 0-30 dB SNR). Up to two quieter events of other classes (10-20 dB below) interfere,
-as in real recordings; the label is the class of the clip's main events.
+that learns separates the classes). It is built like real collections, not like the paper's 10-s AudioSet clips:
+
+* lengths: each clip lasts 0.5 to 10 s (log-uniform, so half the clips are under about 2.2 s);
+* level: each clip's level is drawn in -45 to -5 dBFS RMS (about +-20 dB around -25), as recordings from
+  different devices and distances differ;
+* label scarcity: 10 labeled clips per class in the probe's training split (``n_train = 100``), the paper's
+  regime of little labeled data, so that a supervised network from scratch is far from perfect and
+  pretraining has room to matter.
+
+Each clip is a sequence of events of one class over a background, with the nuisances the paper's augmentations
+target: tempo (event durations and gaps scaled by 0.8-1.25), level (+-6 dB per event), pitch (+-2 semitones
+per clip, +-0.3 per event), room (synthetic exponentially decaying reverberation, RT60 0.15-0.9 s, on 70 % of
+clips) and background noise (white/pink/brown mixtures at 0-30 dB SNR). Up to two quieter events of other
+classes (10-20 dB below) interfere, as in real recordings; the label is the class of the clip's main events.
 
 What it is not: a benchmark. It does not stand in for AudioSet or DESED numbers, and a result on it says
 nothing about real recordings; the reproduction guide gives the commands for the real datasets.
 
-A clip is named by a URI ``builtin:<seed>:<split>:<index>:<seconds>`` and rendered from a numpy generator
-seeded with (seed, split, index), so any clip can be rendered alone, in any order, in any process, with the
-same result. :func:`builtin_store` packs a split once into the cache (``$AUGCL_CACHE/builtin``) and returns
-the path of the packed store. Rendering costs about 30 ms per 10-s clip on one core.
+A clip is named by a URI ``builtin:<seed>:<split>:<index>:<seconds>`` (its length drawn from (seed, split,
+index) too) and rendered from a numpy generator seeded with (seed, split, index), so any clip can be rendered
+alone, in any order, in any process, with the same result. :func:`builtin_store` packs a split once into the cache (``$AUGCL_CACHE/builtin``) and returns
+the path of the packed store. Rendering costs about 30 ms per 10 s of audio on one core.
 """
 from __future__ import annotations
 
@@ -44,14 +52,24 @@ SPLITS = ("unlabeled", "train", "test")
 
 @dataclass(frozen=True)
 class BuiltinConfig:
-    """Sizes of the splits; ``seed`` selects a different but equally distributed dataset."""
+    """Sizes of the splits and the clip-length range; ``seed`` selects a different but equally distributed dataset."""
 
     seed: int = 0
     sample_rate: int = 16000
-    clip_seconds: float = 10.0
+    min_seconds: float = 0.5
+    max_seconds: float = 10.0
     n_unlabeled: int = 1000
-    n_train: int = 300
+    n_train: int = 100
     n_test: int = 200
+
+    def __post_init__(self):
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise ValueError(f"need 0 < min_seconds <= max_seconds, got {self.min_seconds}, {self.max_seconds}")
+
+    def seconds(self, split: str, index: int) -> float:
+        """Clip ``index``'s length: log-uniform in [min_seconds, max_seconds], a function of (seed, split, index)."""
+        u = np.random.default_rng([self.seed, SPLITS.index(split), index, 1]).uniform()
+        return round(float(self.min_seconds * (self.max_seconds / self.min_seconds) ** u), 3)
 
     def size(self, split: str) -> int:
         if split not in SPLITS:
@@ -92,7 +110,7 @@ def render_clip(seed: int, split: str, index: int, seconds: float = 10.0, sample
     pitch = 2.0 ** (rng.uniform(-2, 2) / 12)
     tempo = rng.uniform(0.8, 1.25)
     events = np.zeros(n)
-    t = rng.uniform(0, 0.6) * tempo
+    t = rng.uniform(0, min(0.6, 0.3 * seconds)) * tempo  # the first event starts inside even a 0.5-s clip
     while t < seconds:
         ev = _EVENTS[label](rng, sr, pitch * 2.0 ** (rng.uniform(-0.3, 0.3) / 12), tempo)
         ev *= 10 ** (rng.uniform(-6, 6) / 20) / (np.sqrt(np.mean(ev**2)) + 1e-12)
@@ -113,7 +131,7 @@ def render_clip(seed: int, split: str, index: int, seconds: float = 10.0, sample
     sig_rms = np.sqrt(np.mean(events**2)) + 1e-12
     background *= sig_rms / (np.sqrt(np.mean(background**2)) + 1e-12) * 10 ** (-snr_db / 20)
     clip = events + background
-    clip *= 10 ** (rng.uniform(-35, -12) / 20) / (np.sqrt(np.mean(clip**2)) + 1e-12)
+    clip *= 10 ** (rng.uniform(-45, -5) / 20) / (np.sqrt(np.mean(clip**2)) + 1e-12)
     peak = np.max(np.abs(clip))
     if peak > 0.99:
         clip *= 0.99 / peak
@@ -253,7 +271,7 @@ def builtin_source(config: BuiltinConfig, split: str):
     """A :class:`trainer.sources.Source` naming the split's clips by URI (labeled: the class list)."""
     from .sources import Item, Source
 
-    items = tuple(Item(clip_uri(config.seed, split, i, config.clip_seconds), (label_of(split, i),))
+    items = tuple(Item(clip_uri(config.seed, split, i, config.seconds(split, i)), (label_of(split, i),))
                   for i in range(config.size(split)))
     return Source(items, CLASSES, multi_label=False)
 
@@ -267,7 +285,7 @@ def builtin_store(split: str = "unlabeled", config: Optional[BuiltinConfig] = No
 
     config = config or BuiltinConfig()
     config.size(split)
-    name = (f"v1-seed{config.seed}-sr{config.sample_rate}-{config.clip_seconds:g}s-"
+    name = (f"v2-seed{config.seed}-sr{config.sample_rate}-{config.min_seconds:g}-{config.max_seconds:g}s-"
             f"{config.n_unlabeled}-{config.n_train}-{config.n_test}")
     out = Path(root) if root is not None else cache_dir() / "builtin" / name / split
     if not (out / "store.json").is_file():
