@@ -49,6 +49,15 @@ def load_audio(path: Union[str, Path], sample_rate: int) -> np.ndarray:
     return x
 
 
+def trim_digital_silence(x: np.ndarray) -> np.ndarray:
+    """``x`` without the runs of exact zeros at its two ends (the padding collections such as ESC-50 add after a
+    short sound); a ValueError if nothing else is left."""
+    nz = np.flatnonzero(x)
+    if nz.size == 0:
+        raise ValueError("digital silence only")
+    return x[nz[0]:nz[-1] + 1]
+
+
 def list_audio_files(folder: Union[str, Path]) -> list[Path]:
     """Audio files under ``folder`` (recursive), sorted, so that a bank's order is stable."""
     folder = Path(folder)

@@ -4,7 +4,8 @@
     python -m augcl.demo --preset all --audio-dir my_clips/ --out pairs.png
 
 Without ``--audio-dir`` the clips are synthesized (a chirp, tone bursts, an AM tone, noise bursts), so the demo
-needs no files.
+needs no files. With it, each file's digital silence at its ends is trimmed and its length travels with it
+(``lengths=``), so the segments of a short clip hold its sound, not the zeros that pad it to the batch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .banks import list_audio_files, load_audio
+from .banks import list_audio_files, load_audio, trim_digital_silence
 from .pair import PRESETS, PairAugmenter
 
 log = logging.getLogger("augcl.demo")
@@ -33,16 +34,24 @@ def synthetic_clips(sample_rate: int = 16000, seconds: float = 10.0, seed: int =
     return torch.from_numpy(clips.astype(np.float32))
 
 
-def load_clips(folder: Path, sample_rate: int, n: int, seconds: float = 10.0) -> torch.Tensor:
-    files = list_audio_files(folder)[:n]
-    if not files:
-        raise SystemExit(f"--audio-dir {folder}: no audio files found")
-    length = int(seconds * sample_rate)
-    out = np.zeros((len(files), length), np.float32)
-    for i, f in enumerate(files):
-        x = load_audio(f, sample_rate)[:length]
+def load_clips(folder: Path, sample_rate: int, n: int, seconds: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` readable files of ``folder``, trimmed of digital silence and cut to ``seconds``, zero-padded
+    to the longest: ``(n, T)`` and their lengths ``(n,)``. Unreadable or silent files are skipped with a warning."""
+    clips = []
+    for f in list_audio_files(folder):
+        if len(clips) == n:
+            break
+        try:
+            clips.append(trim_digital_silence(load_audio(f, sample_rate))[: int(seconds * sample_rate)])
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the demo
+            log.warning("skipping %s: %s", f, e)
+    if not clips:
+        raise SystemExit(f"--audio-dir {folder}: no readable audio files found")
+    lengths = torch.tensor([len(x) for x in clips])
+    out = np.zeros((len(clips), int(lengths.max())), np.float32)
+    for i, x in enumerate(clips):
         out[i, : len(x)] = x
-    return torch.from_numpy(out)
+    return torch.from_numpy(out), lengths
 
 
 def plot_pairs(anchor: torch.Tensor, positive: torch.Tensor, params: dict, path: Path, title: str) -> None:
@@ -60,6 +69,8 @@ def plot_pairs(anchor: torch.Tensor, positive: torch.Tensor, params: dict, path:
             ax = axes[i, j]
             im = ax.imshow(spec[i, 0].float().numpy(), origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma")
             desc = [f"start {int(params[f'{name}.start'][i])}"]
+            if "lengths" in params:
+                desc.append(f"of {float(params['lengths'][i]) / 16000:.2f} s")
             if f"{name}.stretch_rate" in params:
                 desc.append(f"rate {float(params[f'{name}.stretch_rate'][i]):.2f}")
             if f"{name}.snr_db" in params:
@@ -88,9 +99,12 @@ def main(argv=None) -> Path:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sr = 16000
-    wave = load_clips(args.audio_dir, sr, args.n) if args.audio_dir else synthetic_clips(sr)[: args.n]
+    if args.audio_dir:
+        wave, lengths = load_clips(args.audio_dir, sr, args.n)
+    else:
+        wave, lengths = synthetic_clips(sr)[: args.n], None
     aug = PairAugmenter.from_preset(args.preset, sample_rate=sr)
-    pair = aug(wave, generator=torch.Generator().manual_seed(args.seed))
+    pair = aug(wave, generator=torch.Generator().manual_seed(args.seed), lengths=lengths)
     plot_pairs(pair.anchor, pair.positive, pair.params, args.out,
                f"augcl PairAugmenter preset '{args.preset}' (seed {args.seed})")
     log.info("augmented %d clips of %.1f s with preset %r: anchor/positive %s -> %s",

@@ -13,6 +13,32 @@ def test_demo_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_demo_on_short_padded_files_draws_segments_from_their_sound(tmp_path):
+    """Files of 0.3-2 s padded with digital silence (as ESC-50's): the demo trims it, passes the lengths, and every
+    segment of every clip starts inside the clip's sound."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "clips").mkdir()
+    for k, seconds in enumerate((0.3, 0.8, 2.0)):
+        sound = 0.3 * rng.standard_normal(int(seconds * 16000))
+        sf.write(str(tmp_path / "clips" / f"{k}.wav"), np.concatenate([sound, np.zeros(3 * 16000)]), 16000,
+                 subtype="PCM_16")
+    seen = {}
+    real_plot = demo.plot_pairs
+    demo.plot_pairs = lambda a, p, params, path, title: (seen.update(params), real_plot(a, p, params, path, title))
+    try:
+        demo.main(["--audio-dir", str(tmp_path / "clips"), "--n", "3", "--out", str(tmp_path / "d.png")])
+    finally:
+        demo.plot_pairs = real_plot
+    lengths = seen["lengths"]
+    assert torch.allclose(lengths.double(), torch.tensor([0.3, 0.8, 2.0], dtype=torch.float64) * 16000, atol=2)
+    for branch in ("anchor", "positive"):
+        rate = seen.get(f"{branch}.stretch_rate", torch.ones(3, dtype=torch.float64))
+        assert (seen[f"{branch}.start"] < torch.ceil(lengths / rate)).all()
+
+
 def test_throughput_quick_reports_every_requested_preset():
     res = throughput.main(["--quick", "--presets", "noise", "ts+mask"])
     assert set(res["results"]) == {"noise", "ts+mask"}

@@ -1,159 +1,263 @@
 """``python -m trainer.ablation``: the paper's Tables 1 and 2 (and Fig. 3) for any data, one command.
 
-    python -m trainer.ablation                      # --budget small: built-in dataset, CPU, under an hour
+    python -m trainer.ablation                      # --budget small: built-in dataset, small CNN, 3 seeds, CPU
     python -m trainer.ablation --budget paper --data stores/audioset-unlabeled \\
         --train-data stores/desed-val --test-data stores/desed-eval --out runs/ablation-desed
 
-For each preset (noise, ts, rir, mask, ts+mask) it pretrains with the same seed and budget, then probes the
-encoder frozen (linear) and fine-tuned; it adds the supervised row (same network, random init) and, as a
-floor, the frozen random-init encoder (BatchNorm statistics estimated on the data, weights untouched). Writes ``OUT/ablation.md`` (both tables), ``OUT/ablation.json``,
-``OUT/per_class_f1.png`` (frozen encoders, per class, one bar per preset). Every run lives in its own folder
-under OUT and is skipped when already finished, so an interrupted ablation resumes where it stopped.
+For each pretraining seed and each preset (noise, ts, rir, mask, ts+mask) it pretrains with that seed and budget,
+then probes the encoder frozen (linear) and fine-tuned (``trainer.probe``: converged linear probe with its L2
+strength cross-validated on the training split, early-stopped fine-tuning, each over ``--probe-seeds`` seeds).
+It adds the supervised row (same network, random init, early-stopped) and, as a floor, the frozen random-init
+encoder (BatchNorm statistics re-estimated on the training data, weights untouched), each over ``--seeds`` seeds.
+
+Tables give mean +- std over the pretraining seeds (each seed's figure is the mean over its probe seeds) and,
+for every preset, the difference to the noise-only baseline with the seeds paired, marked "within the spread"
+when it is no larger than the seed-to-seed std of either row. Writes ``OUT/ablation.md``,
+``OUT/ablation.json`` and ``OUT/per_class_f1.png``.
+
+Every run lives in its own folder under OUT with a ``fingerprint.json`` of its configuration and data; a finished
+run is reused only when the fingerprint matches (otherwise the command stops and says which settings differ),
+and an interrupted one resumes, so an interrupted ablation continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
+from augcl import PRESETS
+
 from . import common, plots
-from .pretrain import PretrainConfig, pretrain
+from .builtin import BuiltinConfig
+from .model import ENCODERS
+from .pretrain import NORMALIZE, PretrainConfig, pretrain
 from .probe import ProbeConfig, probe
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
 ROW_NAMES = {"noise": "Noise only (COLA baseline)", "ts": "Time stretching", "rir": "RIR filtering",
-             "mask": "Time/freq masking", "ts+mask": "Time stretching + time/freq masking"}
-BUDGETS = {  # pretraining steps, batch size; probe epochs (linear, fine-tune)
-    "small": dict(steps=100, batch_size=32, linear_epochs=60, finetune_epochs=8),
-    "paper": dict(steps=100_000, batch_size=128, linear_epochs=100, finetune_epochs=30),
+             "mask": "Time/freq masking", "ts+mask": "Time stretching + time/freq masking",
+             "all": "Time stretching + RIR + time/freq masking", "supervised": "Supervised",
+             "random_init": "Random-init encoder, frozen (BN statistics from the data)"}
+BUDGETS = {  # pretraining steps and batch size, encoder
+    "small": dict(steps=600, batch_size=64, encoder="small"),
+    "paper": dict(steps=100_000, batch_size=128, encoder="efficientnet_b0"),
 }
+#: settings that do not change what a run computes (where it writes, on which device, how often it checkpoints)
+_NOT_FINGERPRINTED = ("out", "resume", "device", "checkpoint_every", "num_workers", "steps", "backend")
 
 
-def _done_pretrain(out: Path, steps: int) -> bool:
+def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED} | {
+        "data_fingerprint": common.store_fingerprint(store)}
+
+
+def _steps_done(out: Path) -> int:
     ckpt = out / "checkpoints" / "last.pt"
-    return ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False)["step"] >= steps
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.is_file() else 0
 
 
-def _probe(base: ProbeConfig, out: Path, **kw) -> dict:
+def _pretrained(cfg: PretrainConfig, store: Path) -> str:
+    """The checkpoint of ``cfg``'s run: reused if its fingerprint matches, resumed if unfinished."""
+    out = Path(cfg.out)
+    common.claim_run_dir(out, _pretrain_record(cfg, store))
+    if _steps_done(out) < cfg.steps:
+        pretrain(cfg)
+        if _steps_done(out) < cfg.steps:  # SIGTERM / Ctrl-C: checkpointed, not finished
+            raise SystemExit(f"ablation interrupted during {cfg.preset!r} pretraining; rerun the same command to resume")
+    return str(out / "checkpoints" / "last.pt")
+
+
+def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
+    cfg = replace(base, out=str(out), **kw)
+    record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "checkpoint")}
+    if cfg.checkpoint is not None:
+        record["checkpoint"] = json.loads((Path(cfg.checkpoint).parents[1] / "fingerprint.json").read_text())
+        record["checkpoint_step"] = _steps_done(Path(cfg.checkpoint).parents[1])
+    common.claim_run_dir(out, record | stores)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    return probe(replace(base, out=str(out), **kw))
+    return probe(cfg)
+
+
+def _probe_stores(args) -> dict:
+    """Fingerprints of the probe's training and test stores (the built-in ones are rendered on first use)."""
+    if args.train_data == "builtin":
+        bcfg = BuiltinConfig(n_train=args.builtin_train, n_test=args.builtin_test)
+        train = common.resolve_store("builtin", "train", Path(args.out), bcfg)
+        test = common.resolve_store("builtin", "test", Path(args.out), bcfg) if args.test_data is None else args.test_data
+    else:
+        if args.test_data is None:
+            raise ValueError("--test-data is required with --train-data (a labeled packed store held out for scoring)")
+        train, test = args.train_data, args.test_data
+    return {"train_fingerprint": common.store_fingerprint(train), "test_fingerprint": common.store_fingerprint(test)}
 
 
 def run(args) -> dict:
     budget = BUDGETS[args.budget]
     steps = args.steps or budget["steps"]
     batch = args.batch_size or budget["batch_size"]
+    encoder = args.encoder or budget["encoder"]
     if args.budget == "paper" and args.data == "builtin":
         raise ValueError("--budget paper needs --data (unlabeled audio or a packed store) and labeled "
                          "--train-data/--test-data; the built-in dataset is for --budget small")
+    if args.seeds < 1 or args.probe_seeds < 1:
+        raise ValueError(f"--seeds and --probe-seeds must be >= 1, got {args.seeds} and {args.probe_seeds}")
+    unknown = sorted(set(args.presets) - set(PRESETS))
+    if unknown:
+        raise ValueError(f"--presets: unknown {unknown}; choose from {sorted(PRESETS)}")
     out = Path(args.out)
-    probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, seed=args.seed, device=args.device,
-                             batch_size=32, builtin_train=args.builtin_train, builtin_test=args.builtin_test)
-    rows = {}
-    for preset in args.presets:
-        run_dir = out / preset.replace("+", "_")
-        cfg = PretrainConfig(data=args.data, preset=preset, out=str(run_dir / "pretrain"), steps=steps,
-                             batch_size=batch, seed=args.seed, device=args.device, resume=True,
-                             builtin_clips=args.builtin_clips,
-                             checkpoint_every=max(steps // 4, 1))
-        if not _done_pretrain(run_dir / "pretrain", steps):
-            pretrain(cfg)
-            if not _done_pretrain(run_dir / "pretrain", steps):  # SIGTERM / Ctrl-C: checkpointed, not finished
-                raise SystemExit(f"ablation interrupted during {preset!r} pretraining; rerun the same command to resume")
-        ckpt = str(run_dir / "pretrain" / "checkpoints" / "last.pt")
-        rows[preset] = {
-            "linear": _probe(probe_base, run_dir / "linear", checkpoint=ckpt, mode="linear",
-                             epochs=budget["linear_epochs"]),
-            "finetune": _probe(probe_base, run_dir / "finetune", checkpoint=ckpt, mode="finetune",
-                               epochs=budget["finetune_epochs"]),
-        }
-    rows["supervised"] = {"supervised": _probe(probe_base, out / "supervised", mode="supervised",
-                                               epochs=budget["finetune_epochs"])}
-    # the floor: random weights, with BatchNorm statistics estimated on the data (20 steps at lr 0). The running
-    # statistics of a never-run network (mean 0, var 1) make eval-mode features degenerate: all clips alike.
-    random_dir = out / "random_init"
-    if not _done_pretrain(random_dir, 20):
-        pretrain(PretrainConfig(data=args.data, preset="noise", out=str(random_dir), steps=20, lr=0.0,
-                                batch_size=batch, seed=args.seed, device=args.device, resume=True,
-                                builtin_clips=args.builtin_clips))
-    rows["random_init"] = {"linear": _probe(probe_base, random_dir / "linear", mode="linear",
-                                            checkpoint=str(random_dir / "checkpoints" / "last.pt"),
-                                            epochs=budget["linear_epochs"])}
-    result = {"budget": args.budget, "steps": steps, "batch_size": batch, "data": args.data,
-              "train_data": args.train_data, "test_data": args.test_data, "seed": args.seed, "rows": rows}
+    seeds = [args.seed + k for k in range(args.seeds)]
+    pretrain_store = common.resolve_store(args.data, "unlabeled", out, BuiltinConfig(n_unlabeled=args.builtin_clips))
+    stores = _probe_stores(args)
+    probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, device=args.device,
+                             seeds=args.probe_seeds, normalize=args.normalize, encoder=encoder,
+                             builtin_train=args.builtin_train, builtin_test=args.builtin_test)
+    runs: dict[str, dict] = {}
+    for seed in seeds:
+        for preset in args.presets:
+            run_dir = out / preset.replace("+", "_") / f"seed{seed}"
+            cfg = PretrainConfig(data=str(pretrain_store), preset=preset, out=str(run_dir / "pretrain"), steps=steps,
+                                 batch_size=batch, seed=seed, device=args.device, resume=True, encoder=encoder,
+                                 clip_seconds=args.clip_seconds, normalize=args.normalize,
+                                 checkpoint_every=max(steps // 4, 1))
+            ckpt = _pretrained(cfg, pretrain_store)
+            runs.setdefault(preset, {})[seed] = {
+                mode: _probed(probe_base, run_dir / mode, stores, checkpoint=ckpt, mode=mode, seed=seed)
+                for mode in ("linear", "finetune")}
+    # the baselines draw their own seeds inside one probe call: each seed a new initialisation and split
+    for key, mode in (("supervised", "supervised"), ("random_init", "random")):
+        res = _probed(probe_base, out / key, stores, mode=mode, seed=args.seed, seeds=args.seeds * args.probe_seeds)
+        runs[key] = {s["seed"]: {mode: s} for s in res["per_seed"]}
+    result = {"budget": args.budget, "steps": steps, "batch_size": batch, "encoder": encoder,
+              "clip_seconds": args.clip_seconds, "normalize": args.normalize, "data": args.data,
+              "train_data": args.train_data, "test_data": args.test_data, "seeds": seeds,
+              "probe_seeds": args.probe_seeds, "presets": list(args.presets), "runs": runs,
+              "summary": summarize(runs, list(args.presets))}
     common.write_json(out / "ablation.json", result)
     text = table(result)
     (out / "ablation.md").write_text(text)
-    series = {p: rows[p]["linear"]["per_class_f1"] for p in args.presets}
-    series["supervised"] = rows["supervised"]["supervised"]["per_class_f1"]
-    plots.per_class_f1(series, out / "per_class_f1.png", "per-class F1: frozen encoders (linear probe) by preset")
+    series = {p: _mean_per_class(runs[p], "linear") for p in args.presets}
+    series["supervised"] = _mean_per_class(runs["supervised"], "supervised")
+    title = "per-class F1: frozen encoders (linear probe) by preset, mean over seeds"
+    plots.per_class_f1(series, out / "per_class_f1.png", title)
     if args.report:
         report = Path(args.report)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(text.replace("](per_class_f1.png)", f"]({report.stem}_per_class_f1.png)"))
-        plots.per_class_f1(series, report.with_name(report.stem + "_per_class_f1.png"),
-                           "per-class F1: frozen encoders (linear probe) by preset")
+        plots.per_class_f1(series, report.with_name(report.stem + "_per_class_f1.png"), title)
     print(text)
     print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'per_class_f1.png'}")
     return result
 
 
-def table(result: dict) -> str:
-    rows = result["rows"]
+def _mean_per_class(by_seed: dict, mode: str) -> dict:
+    per = [r[mode]["per_class_f1"] for r in by_seed.values()]
+    return {c: float(np.mean([p[c] for p in per])) for c in per[0]}
 
-    def cell(row: dict, mode: str, key: str) -> str:
-        return f"{row[mode][key]:.3f}" if mode in row else ""
+
+def _stats(values: Sequence[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
+            "values": v.tolist()}
+
+
+def summarize(runs: dict, presets: list) -> dict:
+    """Per row and mode, mean +- std over seeds of each metric; per preset, the seed-paired difference to ``noise``."""
+    out = {}
+    for key, by_seed in runs.items():
+        modes = next(iter(by_seed.values())).keys()
+        out[key] = {m: {metric: _stats([r[m][metric] for r in by_seed.values()]) for metric in ("macro_f1", "wAP")}
+                    for m in modes}
+    if "noise" in runs:
+        for preset in presets:
+            if preset == "noise":
+                continue
+            for m in ("linear", "finetune"):
+                for metric in ("macro_f1", "wAP"):
+                    seeds = sorted(set(runs[preset]) & set(runs["noise"]))
+                    diff = _stats([runs[preset][s][m][metric] - runs["noise"][s][m][metric] for s in seeds])
+                    spread = max(out[preset][m][metric]["std"], out["noise"][m][metric]["std"])
+                    diff["within_spread"] = bool(abs(diff["mean"]) <= spread)
+                    out[preset][m][metric]["vs_noise"] = diff
+    return out
+
+
+def table(result: dict) -> str:
+    summary = result["summary"]
+    n = len(result["seeds"])
+
+    def cell(key: str, mode: str, metric: str) -> str:
+        s = summary.get(key, {}).get(mode, {}).get(metric)
+        return f"{s['mean']:.3f} ± {s['std']:.3f}" if s else ""
+
+    def delta(key: str, mode: str, metric: str) -> str:
+        d = summary.get(key, {}).get(mode, {}).get(metric, {}).get("vs_noise")
+        if not d:
+            return ""
+        return f"{d['mean']:+.3f} ± {d['std']:.3f}" + (" (within the spread)" if d["within_spread"] else "")
 
     data = "the built-in dataset" if result["data"] == "builtin" else f"`{result['data']}`"
-    head = [f"# Ablation: {result['steps']} pretraining steps of {result['batch_size']} clips on {data}, seed "
-            f"{result['seed']}", "",
-            "Written by `python -m trainer.ablation" + ("" if result["budget"] == "small" else " --budget paper ...") +
-            "`. Linear: frozen encoder + linear classifier; finetune: whole network; clip predictions average the "
-            "clip's 96-frame windows.", ""]
-    out = head + ["## Macro F1 (the paper's Table 1 metric)", "", "| augmentation | freeze encoder | finetune |",
-                  "| --- | --- | --- |"]
-    names = dict(ROW_NAMES, supervised="Supervised",
-                 random_init="Random-init encoder, frozen (BN statistics from the data)")
-    for key, row in rows.items():
-        if key == "supervised":
-            out.append(f"| {names[key]} | {cell(row, 'supervised', 'macro_f1')} | |")
-        else:
-            out.append(f"| {names.get(key, key)} | {cell(row, 'linear', 'macro_f1')} | "
-                       f"{cell(row, 'finetune', 'macro_f1')} |")
-    out += ["", "## wAP, weighted average precision (the paper's Table 2 metric)", "",
-            "| augmentation | freeze encoder | finetune |", "| --- | --- | --- |"]
-    for key, row in rows.items():
-        if key == "supervised":
-            out.append(f"| {names[key]} | {cell(row, 'supervised', 'wAP')} | |")
-        else:
-            out.append(f"| {names.get(key, key)} | {cell(row, 'linear', 'wAP')} | {cell(row, 'finetune', 'wAP')} |")
-    out += ["", "![per-class F1](per_class_f1.png)", ""]
+    head = [f"# Ablation: {result['steps']} pretraining steps of {result['batch_size']} clips on {data}",
+            "",
+            f"Encoder `{result['encoder']}`, clips of at most {result['clip_seconds']:g} s, level normalisation "
+            f"`{result['normalize']}`; {n} pretraining seed{'s' if n > 1 else ''} ({', '.join(map(str, result['seeds']))}), "
+            f"each probed with {result['probe_seeds']} probe seed{'s' if result['probe_seeds'] > 1 else ''}. "
+            "Cells: mean ± std over the pretraining seeds. Supervised and random-init rows: mean ± std over "
+            f"{n * result['probe_seeds']} seeds of their own. Δ: difference to the noise-only row, seeds paired; "
+            "\"within the spread\" when it is no larger than either row's seed-to-seed std.",
+            "",
+            "Linear: frozen encoder, L2-regularised logistic regression solved to convergence (L2 strength by "
+            "grouped cross-validation on the training split). Finetune: the whole network, early-stopped on a "
+            "validation split of the training data. Clip predictions average the clip's 96-frame windows, which tile "
+            "its own length.", ""]
+    out = list(head)
+    for metric, title in (("macro_f1", "Macro F1 (the paper's Table 1 metric)"),
+                          ("wAP", "wAP, weighted average precision (the paper's Table 2 metric)")):
+        out += [f"## {title}", "", "| augmentation | freeze encoder | Δ vs noise | finetune | Δ vs noise |",
+                "| --- | --- | --- | --- | --- |"]
+        for key in result["presets"]:
+            out.append(f"| {ROW_NAMES.get(key, key)} | {cell(key, 'linear', metric)} | {delta(key, 'linear', metric)} | "
+                       f"{cell(key, 'finetune', metric)} | {delta(key, 'finetune', metric)} |")
+        out.append(f"| {ROW_NAMES['supervised']} | | | {cell('supervised', 'supervised', metric)} | |")
+        out.append(f"| {ROW_NAMES['random_init']} | {cell('random_init', 'random', metric)} | | | |")
+        out.append("")
+    out += ["![per-class F1](per_class_f1.png)", ""]
     return "\n".join(out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m trainer.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="small",
+                   help="small: small CNN, 600 steps of 64 (CPU); paper: EfficientNet-B0, 100,000 steps of 128")
     p.add_argument("--data", default="builtin", help="pretraining audio: builtin, a packed store or a folder")
     p.add_argument("--train-data", default="builtin", help="labeled packed store for the probes (builtin: its train split)")
     p.add_argument("--test-data", default=None, help="labeled packed store to score on (builtin: its test split)")
     p.add_argument("--presets", nargs="+", default=list(PAPER_PRESETS))
     p.add_argument("--steps", type=int, default=0, help="override the budget's pretraining steps")
     p.add_argument("--batch-size", type=int, default=0, help="override the budget's batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder", choices=ENCODERS, default=None, help="override the budget's encoder")
+    p.add_argument("--clip-seconds", type=float, default=10.0, help="longest clip of a pretraining batch (random crop)")
+    p.add_argument("--normalize", choices=NORMALIZE, default="rms", help="per-clip level normalisation")
+    p.add_argument("--seeds", type=int, default=3, help="pretraining seeds (seed, seed+1, ...)")
+    p.add_argument("--probe-seeds", type=int, default=3, help="probe seeds per pretrained encoder")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--device", default="auto")
     p.add_argument("--builtin-clips", type=int, default=1000, help="built-in unlabeled clips (pretraining)")
-    p.add_argument("--builtin-train", type=int, default=300, help="built-in labeled clips for the probes")
+    p.add_argument("--builtin-train", type=int, default=100, help="built-in labeled clips for the probes")
     p.add_argument("--builtin-test", type=int, default=200, help="built-in clips the probes are scored on")
     p.add_argument("--out", default="outputs/ablation")
     p.add_argument("--report", default=None, help="also write the table (and plot beside it) here, e.g. docs/...")
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":

@@ -106,3 +106,39 @@ def resolve_store(data: str, split: str, work_dir: Path, builtin_config=None, jo
     barrier()
     PackedStore(out)  # a clear error if packing found nothing
     return out
+
+
+def store_fingerprint(root: Union[str, Path]) -> str:
+    """A hash of a packed store's contents as the trainer sees them: its metadata, index (lengths, labels) and
+    groups. Two stores with the same fingerprint give the same clips to every command."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in ("store.json", "index.npz", "groups.txt", "paths.txt"):
+        path = root / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes() if name != "paths.txt" else b"%d" % len(path.read_text().splitlines()))
+    return h.hexdigest()[:16]
+
+
+def claim_run_dir(folder: Union[str, Path], record: dict) -> None:
+    """Bind ``folder`` to the run that ``record`` describes (configuration and data fingerprints).
+
+    The first call writes ``folder/fingerprint.json``; a later call with another record raises a ValueError that
+    names the differing keys, so a finished run of other data or settings is never reused as if it were this one.
+    """
+    import json
+
+    folder = Path(folder)
+    path = folder / "fingerprint.json"
+    record = json.loads(json.dumps(record))  # tuples -> lists, as stored
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != record:
+            diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise ValueError(f"out folder {str(folder)!r} holds a run of other data or settings (differs in "
+                             f"{', '.join(diff)}); pass a new --out, or delete that folder to redo it")
+        return
+    write_json(path, record)

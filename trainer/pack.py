@@ -39,6 +39,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from augcl.banks import trim_digital_silence
+
 from .sources import LAYOUTS, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -91,14 +93,6 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     if peak > 1.0:
         x = x / peak
     return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
-
-
-def trim_digital_silence(x: np.ndarray) -> np.ndarray:
-    """``x`` (int16) without the runs of exact zeros at its two ends; ValueError if nothing else is left."""
-    nz = np.flatnonzero(x)
-    if nz.size == 0:
-        raise ValueError("digital silence only")
-    return x[nz[0]:nz[-1] + 1]
 
 
 def atomic_write(path: Path, write) -> None:
