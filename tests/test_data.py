@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, SR, peak_freq, rms_db
+from tests.conftest import REPO, SR, peak_freq, rms_db, shared_data
 from trainer import builtin, sources
 from trainer.data import DistributedBatchSampler, PackedClips, PackedStore, crop_uniforms, make_loader, to_float
 from trainer.pack import pack
@@ -445,3 +445,40 @@ def test_pack_trims_digital_silence_at_the_ends_and_keeps_groups(tmp_path, rng):
 
 def test_store_groups_default_to_paths(small_store):
     assert small_store.groups() == small_store.paths()
+
+
+# --- grouped splits and ESC-50 --------------------------------------------------------------------------------------
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(1, 5)), min_size=1, max_size=30),
+       st.floats(0.1, 0.6), st.integers(0, 3))
+def test_grouped_split_keeps_groups_whole_and_every_class_on_the_keep_side(spec, fraction, seed):
+    """spec: (class, clips) per group."""
+    from trainer.data import grouped_split
+
+    groups = [f"g{k}" for k, (_, n) in enumerate(spec) for _ in range(n)]
+    labels = [c for c, n in spec for _ in range(n)]
+    keep, held = grouped_split(groups, labels, fraction, seed)
+    assert sorted(np.r_[keep, held].tolist()) == list(range(len(groups)))
+    assert not {groups[i] for i in keep} & {groups[i] for i in held}
+    labels = np.asarray(labels)
+    for c in set(labels.tolist()):
+        total, taken = np.sum(labels == c), np.sum(labels[held] == c)
+        assert np.sum(labels[keep] == c) >= 1
+        sizes = [n for k, n in spec if k == c]
+        if len(sizes) > 1 and max(sizes) == min(sizes) == 1:  # groups of one clip: the target is met to one clip
+            assert abs(taken - fraction * total) <= 1 or taken == total - 1
+
+
+def test_esc50_split_is_grouped_and_stratified_on_the_real_metadata(tmp_path):
+    src = shared_data() / "esc50-fold4"
+    if not (src / "metadata.csv").is_file():
+        pytest.skip("ESC-50 fold 4 not found beside the repository (../shared/data)")
+    from trainer import esc50
+
+    train, test = esc50.main([str(src), str(tmp_path / "esc10"), "--esc10", "--jobs", "1"])
+    a, b = PackedStore(train), PackedStore(test)
+    assert len(a) + len(b) == 80 and a.classes == b.classes and len(a.classes) == 10
+    assert not set(a.groups()) & set(b.groups())
+    assert 0.2 < len(b) / 80 < 0.4
+    assert (np.bincount(a.targets().numpy(), minlength=10) >= 3).all()
+    assert a.length.max() <= 5 * SR and a.length.min() < 5 * SR  # the packer trimmed ESC-50's digital silence

@@ -1,0 +1,84 @@
+"""``python -m trainer.esc50 SRC OUT``: ESC-50 (or its ESC-10 subset) as packed stores with a grouped split.
+
+    python -m trainer.esc50 ../shared/data/esc50-fold4 stores/esc50          # all 50 classes
+    python -m trainer.esc50 ../shared/data/esc50-fold4 stores/esc10 --esc10  # the 10-class subset
+
+SRC holds ESC-50's ``metadata.csv`` (``filename, category, target, esc10, src_file``; the official file names
+it ``esc50.csv`` and keeps a ``fold`` column: pass ``--metadata``) and the audio under ``SRC/audio``. Writes
+``OUT/train.csv`` and ``OUT/test.csv`` (manifests ``path,labels,group``) and packs them into ``OUT/train`` and
+``OUT/test``: about ``--test-fraction`` of each class held out for testing, whole source recordings at a time
+(``src_file``: clips cut from one recording never straddle the split; :func:`trainer.data.grouped_split`).
+The packer trims the digital silence ESC-50 pads short sounds with, so a clip's length is its sound's.
+Pretrain on ``OUT/train`` (its labels are not read by pretraining), probe with ``--data OUT/train --test-data
+OUT/test``; docs/real_data.md gives the commands and the results.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .data import grouped_split
+from .pack import pack
+from .sources import csv_manifest
+
+
+def write_split(src: Path, out: Path, metadata: Optional[Path] = None, esc10: bool = False,
+                test_fraction: float = 0.3, seed: int = 0) -> tuple[Path, Path]:
+    """The two manifests ``OUT/train.csv`` and ``OUT/test.csv``; returns their paths."""
+    metadata = metadata or src / "metadata.csv"
+    if not metadata.is_file():
+        raise ValueError(f"metadata {str(metadata)!r} not found; pass --metadata (ESC-50's esc50.csv)")
+    rows = list(csv.DictReader(open(metadata, newline="")))
+    need = {"filename", "category", "src_file"} | ({"esc10"} if esc10 else set())
+    if not rows or not need <= set(rows[0]):
+        raise ValueError(f"metadata {str(metadata)!r} must have the columns {sorted(need)}")
+    if esc10:
+        rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
+    classes = sorted({r["category"] for r in rows})
+    labels = np.array([classes.index(r["category"]) for r in rows])
+    keep, held = grouped_split([r["src_file"] for r in rows], labels, test_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    audio = (src / "audio").resolve()
+    paths = []
+    for name, idx in (("train", keep), ("test", held)):
+        path = out / f"{name}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "labels", "group"])
+            w.writerows([str(audio / rows[i]["filename"]), rows[i]["category"], rows[i]["src_file"]] for i in idx)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> tuple[Path, Path]:
+    p = argparse.ArgumentParser(prog="python -m trainer.esc50", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path, help="folder with metadata.csv and audio/")
+    p.add_argument("out", type=Path, help="folder for the manifests and the two packed stores")
+    p.add_argument("--metadata", type=Path, default=None, help="the metadata CSV (default SRC/metadata.csv)")
+    p.add_argument("--esc10", action="store_true", help="only the ESC-10 subset (10 classes)")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0, help="seed of the grouped split")
+    p.add_argument("--jobs", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        manifests = write_split(args.src, args.out, args.metadata, args.esc10, args.test_fraction, args.seed)
+    except ValueError as e:
+        p.error(str(e))
+    classes = None
+    stores = []
+    for manifest in manifests:
+        source = csv_manifest(manifest, classes=classes)
+        classes = source.classes  # the test store takes the training store's class list and order
+        res = pack(source, args.out / manifest.stem, jobs=args.jobs, desc=f"packing {manifest.stem}")
+        print(res.summary())
+        stores.append(args.out / manifest.stem)
+    return stores[0], stores[1]
+
+
+if __name__ == "__main__":
+    main()
