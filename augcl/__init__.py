@@ -6,11 +6,11 @@
 from . import functional
 from .banks import NoiseBank, RIRBank, RoomSimConfig
 from .pair import PRESETS, BranchConfig, Pair, PairAugmenter, PairConfig
-from .transforms import MaskConfig, MelConfig, NoiseConfig, RIRConfig, StretchConfig
+from .transforms import GainConfig, MaskConfig, MelConfig, NoiseConfig, RandomGain, RIRConfig, StretchConfig
 
 __all__ = [
     "PairAugmenter", "Pair", "PairConfig", "BranchConfig", "PRESETS",
-    "MelConfig", "StretchConfig", "NoiseConfig", "RIRConfig", "MaskConfig", "RoomSimConfig",
+    "MelConfig", "StretchConfig", "NoiseConfig", "RIRConfig", "MaskConfig", "GainConfig", "RandomGain", "RoomSimConfig",
     "RIRBank", "NoiseBank", "functional",
 ]
 __version__ = "0.1.0"

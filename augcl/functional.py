@@ -24,6 +24,8 @@ from torch import Tensor
 __all__ = [
     "as_batch",
     "check_finite",
+    "check_lengths",
+    "valid_mask",
     "work_dtype",
     "pad_to_length",
     "crop_segments",
@@ -34,6 +36,7 @@ __all__ = [
     "fft_convolve",
     "add_noise",
     "noise_gain",
+    "gain",
     "normalize_level",
     "colored_noise",
     "gather_ring",
@@ -85,6 +88,35 @@ def check_finite(wave: Tensor, name: str = "wave") -> None:
     """
     if not bool(torch.isfinite(wave.sum())) and not bool(torch.isfinite(wave).all()):
         raise ValueError(f"{name} contains NaN or Inf; clean the clip (e.g. torch.nan_to_num) before augmenting")
+
+
+def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name: str = "lengths") -> Tensor:
+    """Return ``lengths`` (valid samples per row of ``wave (B, T)``) as a ``(B,)`` long tensor, or raise a named error.
+
+    Checks type, dtype, shape and device (no host sync). ``check_values``: also check that every value lies in
+    ``[1, T]`` (one reduction: a host sync on accelerators, so callers run it where they run :func:`check_finite`).
+    """
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"{name} must be a (B,) integer torch.Tensor of valid samples per row, "
+                        f"got {type(lengths).__name__}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (valid samples per row), got {lengths.dtype}; "
+                        f"use {name}.round().long()")
+    B, T = wave.shape[0], wave.shape[-1]
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"{name} must have shape (B,) = ({B},), one value per row of wave, got {tuple(lengths.shape)}")
+    if lengths.device != wave.device:
+        raise ValueError(f"{name} is on {lengths.device} but wave is on {wave.device}; pass {name}.to(wave.device)")
+    lengths = lengths.to(torch.long)
+    if check_values and not bool(((lengths >= 1) & (lengths <= T)).all()):
+        raise ValueError(f"{name} must lie in [1, T] = [1, {T}] (valid samples per row of wave); "
+                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths
+
+
+def valid_mask(lengths: Tensor, length: int) -> Tensor:
+    """``(B, length)`` bool mask, True at the first ``lengths[b]`` samples of row ``b`` (an ``arange`` comparison)."""
+    return torch.arange(length, device=lengths.device) < lengths.reshape(-1, 1)
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -375,55 +407,76 @@ def fft_convolve(wave: Tensor, ir: Tensor) -> Tensor:
     return torch.fft.irfft(spec, n=n)[..., :T]
 
 
-def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
+def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     """``wave + g * noise`` with ``g`` per row so that ``10 log10(P_wave / P(g * noise)) = snr_db``.
 
-    ``wave``, ``noise``: ``(B, T)``; ``snr_db``: ``(B,)``. Powers are mean squares over the row. A silent row
-    stays silent (g = 0); silent noise adds nothing.
+    ``wave``, ``noise``: ``(B, T)``; ``snr_db``: ``(B,)``. Powers are mean squares over the row, or over the
+    samples where ``valid`` ``(B, T)`` (bool) is True; then noise is added there only (the rest is unchanged).
+    A silent row stays silent (g = 0); silent noise adds nothing.
     """
     dtype = work_dtype(wave.dtype)
     x, n = wave.to(dtype), noise.to(dtype)
-    return torch.addcmul(x, noise_gain(x, n, snr_db), n)  # no full-size temporary besides the output
+    if valid is not None:
+        n = n * valid.to(dtype)
+    return torch.addcmul(x, noise_gain(x, n, snr_db, valid), n)  # no full-size temporary besides the output
 
 
-def noise_gain(wave: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
-    """The gain ``g`` ``(B, 1)`` of :func:`add_noise`: ``wave + g * noise`` is at ``snr_db``; 0 for silent noise."""
+def noise_gain(wave: Tensor, noise: Tensor, snr_db: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """The gain ``g`` ``(B, 1)`` of :func:`add_noise`: ``wave + g * noise`` is at ``snr_db``; 0 for silent noise.
+
+    ``valid`` ``(B, T)`` bool: energies of signal and noise over those samples only (the same count in both, so the
+    ratio of energies is the ratio of mean squares).
+    """
     dtype = work_dtype(wave.dtype)
+    x, n = wave.to(dtype), noise.to(dtype)
+    if valid is not None:
+        v = valid.to(device=x.device, dtype=dtype)
+        x, n = x * v, n * v
     # energies: the row length cancels in the ratio of mean squares; norms make no full-size temporary
-    e_signal = torch.linalg.vector_norm(wave.to(dtype), dim=-1, keepdim=True).square()
-    e_noise = torch.linalg.vector_norm(noise.to(dtype), dim=-1, keepdim=True).square()
+    e_signal = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
+    e_noise = torch.linalg.vector_norm(n, dim=-1, keepdim=True).square()
     snr = snr_db.to(device=wave.device, dtype=dtype).reshape(-1, 1)
     gain = torch.sqrt(e_signal / (e_noise.clamp_min(torch.finfo(dtype).tiny) * torch.pow(10.0, snr / 10.0)))
     return torch.where(e_noise > 0, gain, 0.0)  # silent noise adds nothing (its gain would overflow)
 
 
-def normalize_level(wave: Tensor, lengths: Optional[Tensor] = None, mode: str = "rms",
-                    target_db: Optional[float] = None) -> Tensor:
-    """Each row scaled so that its level over its valid samples is ``target_db`` dBFS.
+# ----------------------------------------------------------------------------------------------------------
+# level
+# ----------------------------------------------------------------------------------------------------------
+def gain(wave: Tensor, gain_db: Tensor) -> Tensor:
+    """Each row of ``wave`` ``(B, T)`` times ``10 ** (gain_db[b] / 20)``; ``gain_db``: ``(B,)`` in dB. One pass."""
+    dtype = work_dtype(wave.dtype)
+    scale = torch.pow(10.0, gain_db.to(device=wave.device, dtype=dtype).reshape(-1, 1) / 20.0)
+    return wave.to(dtype) * scale
 
-    ``mode``: ``"rms"`` (RMS, default target -20 dBFS), ``"peak"`` (max |x|, default -1 dBFS) or ``"none"`` (the
-    input, unchanged). ``lengths`` ``(B,)``: valid samples per row (None: all); samples past them are left as they
-    are (zero in a padded batch). A silent row stays silent. No host sync.
+
+def normalize_level(wave: Tensor, lengths: Optional[Tensor] = None, mode: str = "rms",
+                    target_db: Optional[float] = None, eps: float = 1e-10) -> Tensor:
+    """Per-row loudness normalisation over each row's valid samples (the first ``lengths[b]``; default all).
+
+    ``mode="rms"``: the RMS over the valid samples becomes ``target_db`` dBFS (default -20); ``"peak"``: the
+    largest ``|x|`` there becomes ``10 ** (target_db / 20)`` (default -1 dBFS); ``"none"``: ``wave`` unchanged.
+    Samples past a row's length come out zero. Rows whose level is at most ``eps`` (silence) are left unscaled,
+    so they stay finite (zero stays zero). Cost: two passes over ``(B, T)``, no host sync.
     """
+    if mode not in ("rms", "peak", "none"):
+        raise ValueError(f"mode must be 'rms', 'peak' or 'none', got {mode!r}")
     if mode == "none":
         return wave
-    if mode not in ("rms", "peak"):
-        raise ValueError(f"mode must be 'rms', 'peak' or 'none', got {mode!r}")
-    target = (-20.0 if mode == "rms" else -1.0) if target_db is None else float(target_db)
+    if target_db is None:
+        target_db = -20.0 if mode == "rms" else -1.0
     dtype = work_dtype(wave.dtype)
     x = wave.to(dtype)
     if lengths is not None:
-        valid = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device).reshape(-1, 1)
-        x = x * valid
-        count = lengths.to(device=x.device, dtype=dtype).reshape(-1, 1).clamp_min(1)
-    else:
-        count = torch.full((x.shape[0], 1), float(x.shape[-1]), dtype=dtype, device=x.device)
+        x = x * valid_mask(lengths.to(x.device), x.shape[-1]).to(dtype)
     if mode == "rms":
-        level = torch.sqrt(x.square().sum(-1, keepdim=True) / count)
+        count = (lengths.to(device=x.device, dtype=dtype) if lengths is not None
+                 else torch.full((x.shape[0],), x.shape[-1], device=x.device, dtype=dtype)).reshape(-1, 1)
+        level = torch.linalg.vector_norm(x, dim=-1, keepdim=True) / count.clamp_min(1).sqrt()
     else:
-        level = x.abs().amax(-1, keepdim=True)
-    gain = torch.where(level > 0, 10.0 ** (target / 20.0) / level.clamp_min(torch.finfo(dtype).tiny), 0.0)
-    return (x * gain).to(wave.dtype)
+        level = x.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(level > eps, 10.0 ** (target_db / 20.0) / level.clamp_min(eps), 1.0)
+    return x * scale
 
 
 def colored_noise(white: Tensor, exponent: Tensor) -> Tensor:

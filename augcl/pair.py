@@ -4,7 +4,7 @@ For a batch of clips ``(B, T)`` it returns, per clip, an *anchor* and a *positiv
 from two independently placed segments of the same clip (the positives of the other clips are the negatives
 of the loss). Each branch runs the blocks its :class:`BranchConfig` enables, in this fixed order::
 
-    segment (after time stretch) -> extra waveform transforms -> RIR -> noise -> log-mel -> time/freq masks
+    segment (after time stretch) -> gain -> extra waveform transforms -> RIR -> noise -> log-mel -> time/freq masks
 
 All per-example parameters of a batch are drawn first, at once, from one ``torch.Generator`` on the batch's
 device (``sample``), then applied (``apply``); both are public, so a batch can be replayed from ``pair.params``.
@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from . import functional as AF
 from .banks import NoiseBank, RIRBank
-from .transforms import (AddNoise, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomSegment, RIRConfig, RIRFilter,
-                         SpecMask, StretchConfig)
+from .transforms import (AddNoise, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomGain, RandomSegment,
+                         RIRConfig, RIRFilter, SpecMask, StretchConfig)
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class BranchConfig:
     rir: Optional[RIRConfig] = None
     noise: Optional[NoiseConfig] = None
     mask: Optional[MaskConfig] = None
+    gain: Optional[GainConfig] = None  # random gain right after the cut (off in every preset)
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ class PairConfig:
 
     ``segment_frames``: log-mel frames per segment (96; the segment length in samples follows from ``mel``).
     ``segment_length``: samples per segment, if not the least that gives ``segment_frames`` frames.
-    ``normalize_clip``: L2-normalize each whole clip before cropping (COLA's code). Clips shorter than a
-    segment (or than a stretched segment's source) are zero-padded at the end.
+    ``normalize_clip``: L2-normalize each whole clip (its valid samples) before cropping (COLA's code).
+
+    Clip lengths (``lengths=`` of :class:`PairAugmenter`): a segment starts inside its clip's valid part (in the
+    stretched timeline), so no segment is pure padding. A clip shorter than a segment starts at 0: the clip
+    sits at the segment's start and the rest of the segment is zeros.
     """
 
     sample_rate: int = 16000
@@ -118,13 +122,14 @@ class Branch(nn.Module):
         self.spectral = method in ("auto", "spectral") and not waveform_blocks
         self.rir = RIRFilter(config.rir, rir_bank, sr) if config.rir is not None else None
         self.noise = AddNoise(config.noise, noise_bank, sr) if config.noise is not None else None
+        self.gain = RandomGain(config.gain) if config.gain is not None else None
         self.mel = mel
         self.mask = SpecMask(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
 
-    def sample(self, batch: int, length: int, generator=None, device=None) -> dict:
-        params = dict(self.segment.sample(batch, length, generator, device))
-        for block in (self.rir, self.noise):
+    def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> dict:
+        params = dict(self.segment.sample(batch, length, generator, device, lengths))
+        for block in (self.gain, self.rir, self.noise):
             if block is not None:
                 params.update(block.sample(batch, self.segment.output_samples, generator, device))
         if self.mask is not None:
@@ -133,20 +138,31 @@ class Branch(nn.Module):
 
     def apply(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None) -> Tensor:
         """The branch's log-mels of clips ``x`` with ``params``; ``divisor`` ``(B, 1)`` scales each clip by
-        ``1 / divisor`` (applied to the segment: the same as dividing the clip, without a pass over it)."""
+        ``1 / divisor`` (applied to the segment: the same as dividing the clip, without a pass over it).
+
+        ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; the noise is then measured over and
+        added to the samples of the segment inside the clip only. ``x`` must be zero past them.
+        """
         if self.spectral:
+            if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
+                scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
+                divisor = 1.0 / scale if divisor is None else divisor / scale
             spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params)
         if divisor is not None:
             y = y / divisor
+        if self.gain is not None:
+            y = self.gain.apply(y, params)
         for t in self.extra:
             out = t(y.unsqueeze(1), sample_rate=self.sample_rate)
             y = (out.samples if hasattr(out, "samples") else out).reshape(y.shape).to(y.dtype)
         if self.rir is not None:
             y = self.rir.apply(y, params)
         if self.noise is not None:
-            y = self.noise.apply(y, params)
+            lengths = params.get("lengths")
+            valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
+            y = self.noise.apply(y, params, valid)
         spec = self.mel(y)
         if self.mask is not None:
             spec = self.mask.apply(spec, params)
@@ -161,6 +177,13 @@ class PairAugmenter(nn.Module):
         aug = PairAugmenter.from_preset("ts+mask", sample_rate=16000).to(device)
         g = torch.Generator(device=device).manual_seed(0)
         pair = aug(wave, generator=g)           # pair.anchor, pair.positive: (B, 1, 64, 96)
+        pair = aug(wave, generator=g, lengths=lengths)   # lengths (B,): valid samples per row (zero-padded batch)
+
+    ``lengths`` (long ``(B,)``, on ``wave``'s device; default: every row fully valid): samples of a row past its
+    length are treated as zeros (masked), each segment starts inside its clip's valid part (in the stretched
+    timeline), and the noise's SNR is measured over, and the noise added to, the segment's valid samples only. A clip
+    shorter than a segment sits at the segment's start, the rest being zeros. ``pair.params["lengths"]`` records
+    them when given, so ``aug(wave, params=pair.params)`` replays the batch exactly.
 
     Args:
         config: a :class:`PairConfig` (see :data:`PRESETS`).
@@ -169,7 +192,8 @@ class PairAugmenter(nn.Module):
             ``(B, 1, samples)``). They draw from their own (global) RNG, so their parameters are not in
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
-        check_finite: raise on NaN/Inf input. Default: on CPU only (on an accelerator the check is a host sync).
+        check_finite: raise on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default: on CPU only (on an
+            accelerator the checks are host syncs).
         chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
             whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
             not depend on it; it only bounds the size of the temporaries.
@@ -214,40 +238,58 @@ class PairAugmenter(nn.Module):
         """Pad short clips so that every segment (stretched or not) lies inside the clip."""
         return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
-    def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None) -> dict:
+    def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None,
+               lengths: Optional[Tensor] = None) -> dict:
         """Draw every per-example parameter for a batch of ``batch`` clips of ``length`` samples.
 
-        Keys are prefixed ``anchor.`` and ``positive.``; values are tensors with leading dimension ``batch``.
+        ``lengths`` ``(B,)``: valid samples per clip (default: ``length`` for all); each segment starts inside its
+        clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
+        ``positive.``, plus ``lengths`` when given; values are tensors with leading dimension ``batch``.
         """
-        length = self._source_length(length)
+        full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
-            out.update({f"{name}.{k}": v for k, v in branch.sample(batch, length, generator, device).items()})
+            drawn = branch.sample(batch, length, generator, device, full if lengths is None else lengths)
+            out.update({f"{name}.{k}": v for k, v in drawn.items()})
+        if lengths is not None:
+            out["lengths"] = lengths.to(torch.long)
         return out
 
-    def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None) -> Pair:
-        """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before."""
+    def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None,
+                lengths: Optional[Tensor] = None) -> Pair:
+        """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before (with its
+        ``lengths``, if it has them); ``lengths`` ``(B,)``: valid samples per row (default: all)."""
         x = AF.as_batch(wave)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device} but wave is on {x.device}; "
                              f"create it with torch.Generator(device=wave.device)")
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}")
         check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
         if check:
             AF.check_finite(x)
+        if lengths is None and params is not None:
+            lengths = params.get("lengths")
+        B, T = x.shape
+        if lengths is not None:
+            lengths = AF.check_lengths(lengths, x, check_values=check)
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
+        if lengths is not None:  # samples past a row's length count as zeros, whatever the caller left there
+            x = x * AF.valid_mask(lengths, T).to(x.dtype)
         # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
         # the cut, instead of the whole 10-s clip; the crop and the stretch commute with a per-clip scale
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8) if self.config.normalize_clip else None
-        x = AF.pad_to_length(x, self._source_length(x.shape[-1]))
+        x = AF.pad_to_length(x, self._source_length(T))
         if params is None:
-            params = self.sample(x.shape[0], x.shape[-1], generator, x.device)
-        elif not isinstance(params, dict):
-            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}")
+            params = self.sample(B, T, generator, x.device, lengths)
+        # no lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
+        valid = lengths if lengths is not None else torch.full((B,), T, dtype=torch.long, device=x.device)
         specs = []
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            p["lengths"] = valid
             specs.append(torch.cat([branch.apply(*chunk) for chunk in self.chunks(x, p, norm)]))
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 

@@ -101,6 +101,17 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class GainConfig:
+    """Random gain of the segment, per example: with probability ``p``, ``gain_db`` uniform in the range (dB).
+
+    Off in every preset (the paper has no gain); ``BranchConfig(gain=GainConfig())`` turns it on.
+    """
+
+    p: float = 1.0
+    gain_db: tuple = (-6.0, 6.0)
+
+
+@dataclass(frozen=True)
 class RIRConfig:
     """Room-impulse-response filtering of the segment (paper: IRs of the DNS challenge).
 
@@ -176,6 +187,10 @@ class RandomSegment(WaveBlock):
     (:func:`augcl.functional.time_stretch_segment`). Params: ``start`` (in the stretched timeline),
     ``stretch_rate`` (1.0 where not applied), ``stretch_applied``. The output carries ``context`` extra
     samples of the (stretched) clip on each side of the segment (zeros beyond the clip's ends).
+
+    ``lengths`` ``(B,)`` (valid samples per clip; default: all ``T``): the start is drawn inside the valid part,
+    uniform in ``[0, max(ceil(lengths / rate) - segment_samples + 1, 1))``, so no segment is pure padding; a
+    clip shorter than a segment starts at 0 (the clip at the segment's start, zeros after it).
     """
 
     def __init__(self, segment_samples: int, stretch: Optional[StretchConfig] = None, context: int = 0,
@@ -206,10 +221,13 @@ class RandomSegment(WaveBlock):
         """Shortest clip in which every segment lies inside the (stretched) clip; shorter clips get zero-padded."""
         return math.ceil(self.segment_samples * (self.stretch.max_rate if self.stretch is not None else 1.0))
 
-    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+    def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> Params:
         params = {}
         if self.stretch is None:
-            span = torch.full((batch,), max(length - self.segment_samples + 1, 1), device=device)
+            if lengths is None:
+                span = torch.full((batch,), max(length - self.segment_samples + 1, 1), device=device)
+            else:
+                span = (lengths.to(device=device, dtype=torch.long) - self.segment_samples + 1).clamp_min(1)
         else:
             cfg = self.stretch
             applied = _coin(cfg.p, batch, generator, device)
@@ -219,7 +237,8 @@ class RandomSegment(WaveBlock):
             else:
                 rate = _uniform(batch, min(cfg.rates), max(cfg.rates), generator, device, torch.float64)
             rate = torch.where(applied, rate, torch.ones_like(rate))
-            span = (AF.stretched_length(length, rate) - self.segment_samples + 1).clamp_min(1)
+            valid = length if lengths is None else lengths.to(device=device, dtype=torch.long)
+            span = (AF.stretched_length(valid, rate) - self.segment_samples + 1).clamp_min(1)
             params.update(stretch_rate=rate, stretch_applied=applied)
         params["start"] = _randint_below(span, generator, device)
         return params
@@ -241,6 +260,20 @@ class RandomSegment(WaveBlock):
             return out
         return _select(applied, stretch(x, rate, start, length, **kw), plain)
 
+    def valid_mask(self, params: Params, lengths: Tensor) -> Tensor:
+        """``(B, output_samples)`` bool: which samples of each output row lie inside the (stretched) clip.
+
+        Sample ``i`` of row ``b`` is position ``p = start[b] - context + i`` of the stretched timeline; it is valid
+        where ``0 <= p < ceil(lengths[b] / rate[b])`` (rate 1 without stretch). ``lengths``: ``(B,)`` valid
+        samples per clip.
+        """
+        lengths = lengths.to(torch.long)
+        if self.stretch is not None:
+            lengths = AF.stretched_length(lengths, params["stretch_rate"].to(lengths.device))
+        pos = params["start"].to(lengths.device).reshape(-1, 1) - self.context + torch.arange(
+            self.output_samples, device=lengths.device)
+        return (pos >= 0) & (pos < lengths.reshape(-1, 1))
+
     def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
                           divisor: Optional[Tensor] = None) -> Tensor:
         """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
@@ -254,7 +287,8 @@ class AddNoise(WaveBlock):
 
     Params: ``snr_db``, ``noise_applied``; ``color_exponent`` (colored); ``noise_index``, ``noise_start``
     (bank). The white/colored noise samples themselves are drawn in ``sample`` too (``noise``), so a replay
-    with the same params is exact.
+    with the same params is exact. ``apply(x, params, valid)``: with a ``(B, T)`` bool mask, the SNR is measured
+    over the valid samples and noise (either kind) is added there only.
     """
 
     KINDS = ("white", "colored", "bank")
@@ -287,7 +321,7 @@ class AddNoise(WaveBlock):
                 params["color_exponent"] = _uniform(batch, *cfg.color_exponent, generator, device)
         return params
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params, valid: Optional[Tensor] = None) -> Tensor:
         cfg = self.config
         if cfg.kind == "bank":
             noise = self.bank.read(params["noise_index"], params["noise_start"], x.shape[-1])
@@ -297,12 +331,46 @@ class AddNoise(WaveBlock):
             noise = params["noise"]
         dtype = AF.work_dtype(x.dtype)
         x, noise = x.to(dtype), noise.to(dtype)
+        if valid is not None:
+            noise = noise * valid.to(dtype)
         if cfg.std is None:
-            gain = AF.noise_gain(x, noise, params["snr_db"])
+            gain = AF.noise_gain(x, noise, params["snr_db"], valid)
         else:
             gain = torch.full((len(x), 1), cfg.std, dtype=dtype, device=x.device)
         # a row the coin skipped gets gain 0 (x + 0 * noise == x): one pass, no second full-size tensor to select
         return torch.addcmul(x, gain * params["noise_applied"].reshape(-1, 1).to(dtype), noise)
+
+
+class RandomGain(WaveBlock):
+    """Per-example random gain (:class:`GainConfig`): row ``b`` times ``10 ** (gain_db[b] / 20)`` where applied.
+
+    Params: ``gain_db`` (drawn for every row), ``gain_applied``.
+    """
+
+    def __init__(self, config: GainConfig = GainConfig()):
+        super().__init__()
+        if not 0.0 <= config.p <= 1.0:
+            raise ValueError(f"gain p must be in [0, 1], got {config.p}")
+        if len(config.gain_db) != 2 or config.gain_db[0] > config.gain_db[1]:
+            raise ValueError(f"gain_db must be a (low, high) range in dB with low <= high, got {config.gain_db}")
+        self.config = config
+
+    def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        return {
+            "gain_applied": _coin(self.config.p, batch, generator, device),
+            "gain_db": _uniform(batch, *self.config.gain_db, generator, device),
+        }
+
+    def applied_db(self, params: Params) -> Tensor:
+        """``(B,)`` gain in dB each row gets: ``gain_db`` where applied, 0 elsewhere."""
+        return params["gain_db"] * params["gain_applied"].to(params["gain_db"].dtype)
+
+    def factor(self, params: Params) -> Tensor:
+        """``(B, 1)`` linear factor each row is multiplied by."""
+        return torch.pow(10.0, self.applied_db(params).reshape(-1, 1) / 20.0)
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        return AF.gain(x, self.applied_db(params))
 
 
 class RIRFilter(WaveBlock):

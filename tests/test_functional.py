@@ -364,3 +364,41 @@ def test_time_stretch_of_silence_and_loud_input_is_finite():
     x[1] = 1e4 * torch.randn(4000)
     y = AF.time_stretch(x, torch.tensor([0.9, 1.1]))
     assert torch.isfinite(y).all() and torch.equal(y[0], torch.zeros_like(y[0]))
+
+
+# ---------------------------------------------------------------------------------------------- level
+def test_gain_equals_numpy_scaling():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 300)).astype(np.float32)
+    g = np.array([-6.0, 0.0, 3.5, 20.0], np.float32)
+    out = AF.gain(torch.from_numpy(x), torch.from_numpy(g)).numpy()
+    np.testing.assert_allclose(out, x * 10 ** (g[:, None] / 20), rtol=1e-6, atol=0)
+
+
+@given(seed=st.integers(0, 2**16), mode=st.sampled_from(["rms", "peak"]), target=st.sampled_from([None, -30.0, -3.0]))
+def test_normalize_level_equals_numpy_over_the_valid_samples(seed, mode, target):
+    rng = np.random.default_rng(seed)
+    B, T = 5, 2000
+    lengths = rng.integers(1, T + 1, size=B)
+    x = rng.standard_normal((B, T)) * rng.choice([1e-3, 0.1, 10.0], size=(B, 1))
+    x[2] = 0.0  # a silent row
+    out = AF.normalize_level(torch.from_numpy(x), torch.from_numpy(lengths), mode=mode, target_db=target).numpy()
+    want_db = target if target is not None else (-20.0 if mode == "rms" else -1.0)
+    for b in range(B):
+        v = x[b, : lengths[b]]
+        level = np.sqrt(np.mean(v**2)) if mode == "rms" else np.max(np.abs(v))
+        want = v * (10 ** (want_db / 20) / level) if level > 0 else v
+        np.testing.assert_allclose(out[b, : lengths[b]], want, rtol=1e-9, atol=1e-12)
+        assert np.all(out[b, lengths[b]:] == 0)
+    assert np.all(out[2] == 0) and np.isfinite(out).all()
+
+
+def test_normalize_level_without_lengths_uses_the_whole_row_and_none_is_identity():
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.01], [1.0], [5.0]])
+    out = AF.normalize_level(x)
+    torch.testing.assert_close(out.pow(2).mean(-1).sqrt(), torch.full((3,), 0.1), rtol=1e-5, atol=0)
+    peak = AF.normalize_level(x, mode="peak")
+    torch.testing.assert_close(peak.abs().amax(-1), torch.full((3,), 10 ** (-1 / 20)), rtol=1e-6, atol=0)
+    assert AF.normalize_level(x, mode="none") is x
+    with pytest.raises(ValueError, match="mode"):
+        AF.normalize_level(x, mode="lufs")

@@ -400,3 +400,58 @@ def test_spectral_route_agrees_with_the_vocoder_route():
     got = spectral(x, params=ref.params)
     loud = ref.positive > ref.positive.amax() - 40
     assert float(torch.corrcoef(torch.stack([got.positive[loud], ref.positive[loud]]))[0, 1]) > 0.98
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random gain (off in every preset; BranchConfig(gain=GainConfig()))
+# ---------------------------------------------------------------------------------------------------------
+def test_random_gain_equals_numpy_and_draws_from_the_generator():
+    from augcl import GainConfig, RandomGain
+
+    block = RandomGain(GainConfig(p=0.5, gain_db=(-6.0, 6.0)))
+    x = torch.randn(64, 500, generator=cpu_generator(0))
+    params = block.sample(64, 500, cpu_generator(1))
+    again = block.sample(64, 500, cpu_generator(1))
+    assert all(torch.equal(params[k], again[k]) for k in ("gain_db", "gain_applied"))
+    g, on = params["gain_db"].numpy(), params["gain_applied"].numpy()
+    assert g.min() >= -6.0 and g.max() <= 6.0 and 0 < on.sum() < 64
+    want = np.where(on[:, None], x.numpy() * 10 ** (g[:, None] / 20), x.numpy())
+    np.testing.assert_allclose(block(x, params=params).numpy(), want, rtol=1e-6, atol=0)
+    off = RandomGain(GainConfig(p=0.0))
+    assert torch.equal(off(x, generator=cpu_generator(2)), x)
+    with pytest.raises(ValueError, match="gain_db"):
+        RandomGain(GainConfig(gain_db=(6.0, -6.0)))
+
+
+@pytest.mark.parametrize("positive", [
+    BranchConfig(stretch=StretchConfig(), mask=MaskConfig()),  # spectral route: the gain goes into the divisor
+    BranchConfig(mask=MaskConfig()),  # waveform route
+])
+def test_branch_gain_equals_scaling_the_clip(positive):
+    from dataclasses import replace
+
+    from augcl import GainConfig
+
+    with_gain = PairAugmenter(PairConfig(positive=replace(positive, gain=GainConfig(p=0.5))))
+    plain = PairAugmenter(PairConfig(positive=positive))
+    assert with_gain.positive.spectral == plain.positive.spectral
+    x = torch.randn(6, 40000, generator=cpu_generator(3)) * 0.1
+    pair = with_gain(x, generator=cpu_generator(4))
+    p = pair.params
+    factor = 10 ** (p["positive.gain_db"] * p["positive.gain_applied"] / 20)
+    ref = plain(x * factor[:, None], params=p)
+    torch.testing.assert_close(pair.positive, ref.positive, atol=1e-3, rtol=0)  # 0.1 % of a mel energy
+    assert torch.equal(pair.anchor, plain(x, params=p).anchor)  # the anchor has no gain
+
+
+def test_branch_gain_runs_on_fake_cuda():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from augcl import GainConfig
+
+    aug = PairAugmenter(PairConfig(positive=BranchConfig(stretch=StretchConfig(), mask=MaskConfig(), gain=GainConfig()),
+                                   anchor=BranchConfig(noise=NoiseConfig(), gain=GainConfig())))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        aug = aug.to("cuda")
+        pair = aug(torch.randn(4, 160000, device="cuda"), lengths=torch.tensor([160000, 800, 9000, 4], device="cuda"))
+        assert pair.positive.device.type == "cuda"
