@@ -126,9 +126,14 @@ def run(args) -> dict:
                                  clip_seconds=args.clip_seconds, normalize=args.normalize,
                                  checkpoint_every=max(steps // 4, 1))
             ckpt = _pretrained(cfg, pretrain_store)
+            if args.pretrain_only:
+                continue
             runs.setdefault(preset, {})[seed] = {
                 mode: _probed(probe_base, run_dir / mode, stores, checkpoint=ckpt, mode=mode, seed=seed)
                 for mode in ("linear", "finetune")}
+    if args.pretrain_only:
+        print(f"pretrained every (seed, preset) under {out}; the same command without --pretrain-only probes them")
+        return {}
     # the baselines draw their own seeds inside one probe call: each seed a new initialisation and split
     for key, mode in (("supervised", "supervised"), ("random_init", "random")):
         res = _probed(probe_base, out / key, stores, mode=mode, seed=args.seed, seeds=args.seeds * args.probe_seeds)
@@ -252,6 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--builtin-train", type=int, default=100, help="built-in labeled clips for the probes")
     p.add_argument("--builtin-test", type=int, default=200, help="built-in clips the probes are scored on")
     p.add_argument("--out", default="outputs/ablation")
+    p.add_argument("--pretrain-only", action="store_true",
+                   help="only pretrain every (seed, preset), e.g. on a GPU machine; probe later without this flag")
     p.add_argument("--report", default=None, help="also write the table (and plot beside it) here, e.g. docs/...")
     args = p.parse_args(argv)
     try:

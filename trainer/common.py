@@ -134,6 +134,9 @@ def claim_run_dir(folder: Union[str, Path], record: dict) -> None:
     folder = Path(folder)
     path = folder / "fingerprint.json"
     record = json.loads(json.dumps(record))  # tuples -> lists, as stored
+    if not path.is_file() and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"out folder {str(folder)!r} holds files but no fingerprint.json, so nothing says what "
+                         "they were computed from; pass a new --out, or delete that folder")
     if path.is_file():
         old = json.loads(path.read_text())
         if old != record:
