@@ -63,7 +63,7 @@ def bench_read(store: Path, batch: int, batches: int, repeats: int, num_workers:
             epoch += 1
             sampler.set_epoch(epoch)
             ds.set_epoch(epoch)
-            for clips, _lengths, _targets in loader:
+            for clips, *_ in loader:
                 n += clips.shape[0]
                 if n >= batches * batch:
                     break

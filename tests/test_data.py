@@ -262,7 +262,8 @@ def small_store(tmp_path, rng):
 
 def test_packed_clips_random_crop_is_a_window_and_short_clips_are_zero_padded(small_store):
     ds = PackedClips(small_store, clip_seconds=1.0, seed=3)
-    clips, lengths, targets = ds.__getitems__(list(range(len(ds))))
+    clips, lengths, targets, gains = ds.__getitems__(list(range(len(ds))))
+    assert (gains == 1).all()  # normalize="none"
     assert clips.dtype == torch.int16 and clips.shape == (len(ds), min(SR, int(small_store.length.max())))
     assert targets.tolist() == [0, 1] * 4
     assert lengths.tolist() == np.minimum(small_store.length, SR).tolist()
@@ -278,7 +279,7 @@ def test_packed_clips_random_crop_is_a_window_and_short_clips_are_zero_padded(sm
 
 def test_packed_clips_crops_depend_on_seed_epoch_index_only(small_store):
     ds = PackedClips(small_store, clip_seconds=0.5, seed=7)
-    together, lengths, _ = ds.__getitems__([5, 1, 3])
+    together, lengths, _, _ = ds.__getitems__([5, 1, 3])
     for row, i in enumerate([5, 1, 3]):
         alone, n, _ = ds[i]
         assert n == lengths[row] == len(alone)
@@ -295,6 +296,21 @@ def test_crop_uniforms_are_in_unit_interval_and_spread(seed, epoch):
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.03  # 4096 uniforms: std of the mean is 0.0045
     assert np.histogram(u, bins=8, range=(0, 1))[0].min() > 400  # about 512 per bin
+
+
+@pytest.mark.parametrize("mode", ["rms", "peak"])
+def test_level_gains_equal_normalize_level_over_each_whole_clip(small_store, mode):
+    """The store's per-clip gain (recorded at pack time, or measured for older stores) folded into to_float gives
+    what augcl.functional.normalize_level gives on the zero-padded float batch with the clips' lengths."""
+    from augcl.functional import normalize_level
+
+    ds = PackedClips(small_store, clip_seconds=10.0, crop="start", normalize=mode)
+    batch = ds.__getitems__(list(range(len(ds))))
+    got = to_float(batch.clips, gains=batch.gains)
+    want = normalize_level(to_float(batch.clips), batch.lengths, mode)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    small_store._levels = {}  # as a store packed before levels were recorded: measured clip by clip
+    torch.testing.assert_close(torch.from_numpy(small_store.gains(mode)).float(), batch.gains, rtol=1e-6, atol=0)
 
 
 def test_to_float_inverts_the_packer_scaling():

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .pack import FORMAT, INT16_SCALE
+from .pack import FORMAT, INT16_SCALE, clip_levels
 
 
 class PackedStore:
@@ -46,6 +46,7 @@ class PackedStore:
             self.length = z["length"]
             self.label_ptr = z["label_ptr"]
             self.label_ids = z["label_ids"]
+            self._levels = {k: z[k] for k in ("rms", "peak") if k in z}
         self.sample_rate: int = self.meta["sample_rate"]
         self.classes: tuple[str, ...] = tuple(self.meta["classes"])
         self.multi_label: bool = self.meta["multi_label"]
@@ -69,6 +70,25 @@ class PackedStore:
         """The whole clip ``i`` as an int16 view of the shard (no copy)."""
         off = int(self.offset[i])
         return self.shard_array(int(self.shard[i]))[off:off + int(self.length[i])]
+
+    def levels(self, mode: str) -> np.ndarray:
+        """Each clip's level over its whole valid length: ``"rms"`` or ``"peak"`` (full scale 1), from the index
+        (computed once, clip by clip, for stores packed before the packer recorded them)."""
+        if mode not in ("rms", "peak"):
+            raise ValueError(f"mode must be 'rms' or 'peak', got {mode!r}")
+        if mode not in self._levels:
+            both = np.asarray([clip_levels(self.clip(i)) for i in range(len(self))], np.float64).reshape(-1, 2)
+            self._levels = {"rms": both[:, 0], "peak": both[:, 1]}
+        return self._levels[mode]
+
+    def gains(self, normalize: str) -> np.ndarray:
+        """Per-clip factors that bring each whole clip to the level of :func:`augcl.functional.normalize_level`
+        (``"rms"``: -20 dBFS RMS; ``"peak"``: -1 dBFS peak; ``"none"``: 1). A silent clip keeps factor 1."""
+        if normalize == "none":
+            return np.ones(len(self))
+        level = self.levels(normalize)
+        target = 10 ** ((-20.0 if normalize == "rms" else -1.0) / 20)
+        return np.where(level > 1e-10, target / np.maximum(level, 1e-10), 1.0)
 
     def labels(self, i: int) -> tuple[int, ...]:
         return tuple(int(k) for k in self.label_ids[self.label_ptr[i]:self.label_ptr[i + 1]])
@@ -117,11 +137,14 @@ def crop_uniforms(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
 
 
 class Batch(NamedTuple):
-    """``clips`` ``(B, T)`` int16, zero past each row's ``lengths`` ``(B,)`` (valid samples, int64); ``targets``."""
+    """``clips`` ``(B, T)`` int16, zero past each row's ``lengths`` ``(B,)`` (valid samples, int64); ``targets``;
+    ``gains`` ``(B,)`` float32: each clip's level-normalisation factor (see :meth:`PackedStore.gains`), which
+    :func:`to_float` folds into the int16 -> float conversion."""
 
     clips: Tensor
     lengths: Tensor
     targets: Tensor
+    gains: Tensor
 
 
 class PackedClips(Dataset):
@@ -130,13 +153,15 @@ class PackedClips(Dataset):
     ``crop``: ``"random"`` (a uniform window of clips longer than ``clip_seconds``, new each epoch; call
     :meth:`set_epoch`) or ``"start"`` (the first ``clip_seconds``). Shorter clips are zero-padded at the end and
     keep their own length: the padding is not signal, and the trainer never draws a segment from it. A batch is as
-wide as its longest (cropped) clip.
+wide as its longest (cropped) clip. ``normalize`` (``"rms"``, ``"peak"``, ``"none"``): each clip's level over
+its whole length is brought to the target by a per-clip gain (``Batch.gains``), measured once per store.
     ``__getitems__(indices)`` returns a :class:`Batch`.
     """
 
     def __init__(self, store: Union[PackedStore, str, Path], clip_seconds: float = 10.0, crop: str = "random",
-                 seed: int = 0):
+                 seed: int = 0, normalize: str = "none"):
         self.store = store if isinstance(store, PackedStore) else PackedStore(store)
+        self.gains = self.store.gains(normalize).astype(np.float32)
         if crop not in ("random", "start"):
             raise ValueError(f"crop must be 'random' or 'start', got {crop!r}")
         if not clip_seconds > 0:
@@ -151,7 +176,7 @@ wide as its longest (cropped) clip.
         self.epoch = epoch
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        clips, lengths, targets = self.__getitems__([i])
+        clips, lengths, targets, _ = self.__getitems__([i])
         return clips[0, :lengths[0]], lengths[0], targets[0]
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
@@ -172,14 +197,18 @@ wide as its longest (cropped) clip.
         for row, (i, s, m) in enumerate(zip(idx.tolist(), starts.tolist(), take.tolist(), strict=True)):
             off = int(st.offset[i]) + s
             out[row, :m] = st.shard_array(int(st.shard[i]))[off:off + m]
-        return Batch(torch.from_numpy(out), torch.from_numpy(take.astype(np.int64)), st._targets(idx))
+        return Batch(torch.from_numpy(out), torch.from_numpy(take.astype(np.int64)), st._targets(idx),
+                     torch.from_numpy(self.gains[idx]))
 
 
-def to_float(clips: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """int16 clips (on any device) to float in [-1, 1): the inverse of the packer's scaling."""
+def to_float(clips: Tensor, dtype: torch.dtype = torch.float32, gains: Optional[Tensor] = None) -> Tensor:
+    """int16 clips (on any device) to float in [-1, 1): the inverse of the packer's scaling; ``gains`` ``(B,)``
+    (e.g. ``Batch.gains``) scale each row in the same pass."""
     if clips.dtype != torch.int16:
         raise TypeError(f"clips must be int16 (from PackedClips), got {clips.dtype}")
-    return clips.to(dtype) * (1.0 / INT16_SCALE)
+    if gains is None:
+        return clips.to(dtype) * (1.0 / INT16_SCALE)
+    return clips.to(dtype) * (gains.to(device=clips.device, dtype=dtype) * (1.0 / INT16_SCALE)).reshape(-1, 1)
 
 
 def dist_rank_world() -> tuple[int, int]:

@@ -5,7 +5,7 @@ Layout of a packed store ``OUT/``::
     plan.json            the source's files cut into shards; written first, so a rerun knows the work
     shards/00000.npy     int16 samples of the shard's clips, end to end (np.load(..., mmap_mode="r"))
     shards/00000.json    the shard's entries [path, offset, length, labels] and its failures [path, reason]
-    index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR)  -- written last
+    index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR), rms and peak level -- last
     paths.txt            the source path of each entry, in index order
     groups.txt           each entry's group (source recording), in index order; only when the source names groups
     report.tsv           every file skipped, with the reason
@@ -95,6 +95,12 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
+def clip_levels(x: np.ndarray) -> list[float]:
+    """``[rms, peak]`` of an int16 clip on the float scale (full scale 1): what level normalisation divides by."""
+    f = x.astype(np.float32) / INT16_SCALE
+    return [float(np.sqrt(np.dot(f, f) / max(f.size, 1))), float(np.max(np.abs(f), initial=0.0))]
+
+
 def atomic_write(path: Path, write) -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -120,7 +126,7 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: 
     """Decode one shard's files and write it (runs in a worker). Returns (shard, packed, skipped).
 
     ``items``: ``[path, labels]`` or ``[path, labels, group]``; entries keep the group as a fifth field."""
-    clips, entries, failed, offset = [], [], [], 0
+    clips, entries, failed, offset, levels = [], [], [], 0, []
     for path, labels, *group in items:
         try:
             x = to_int16(decode(path, sample_rate))
@@ -131,11 +137,12 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: 
             continue
         clips.append(x)
         entries.append([path, offset, int(x.size), list(labels), *group])
+        levels.append(clip_levels(x))
         offset += x.size
     data = np.concatenate(clips) if clips else np.zeros(0, np.int16)
     base = Path(shard_dir) / f"{shard:05d}"
     atomic_write(base.with_suffix(".npy"), lambda f: np.save(f, data))
-    write_json(base.with_suffix(".json"), {"entries": entries, "failed": failed})
+    write_json(base.with_suffix(".json"), {"entries": entries, "failed": failed, "levels": levels})
     return shard, len(entries), len(failed)
 
 
@@ -243,6 +250,9 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
         index = dict(shard=np.asarray(shard_of, np.int32), offset=np.asarray(offset, np.int64),
                      length=np.asarray(length, np.int64), label_ptr=np.asarray(label_ptr, np.int64),
                      label_ids=np.asarray(label_ids, np.int32))
+        if all("levels" in s for s in shards):  # shards packed before levels were recorded have none
+            levels = np.asarray([lv for s in shards for lv in s["levels"]], np.float64).reshape(-1, 2)
+            index.update(rms=levels[:, 0], peak=levels[:, 1])
         atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
         atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
         if any(groups):

@@ -28,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from augcl import PRESETS, PairAugmenter
-from augcl.functional import normalize_level
 from augcl.kernels import BACKENDS
 
 from . import common
@@ -51,7 +50,7 @@ class PretrainConfig:
     batch_size: int = 128          # clips per rank per step (the paper: 128)
     lr: float = 1e-3               # Adam (the paper)
     clip_seconds: float = 10.0     # longest clip a batch holds: longer clips are randomly cropped to it
-    normalize: str = "rms"         # per-clip level over its valid samples: rms (-20 dBFS), peak (-1 dBFS) or none
+    normalize: str = "rms"         # each clip's level over its whole length: rms (-20 dBFS), peak (-1 dBFS) or none
     encoder: str = "efficientnet_b0"  # the paper's; "small" is a 0.13 M-parameter CNN for CPU studies (model.py)
     dim: int = 512
     pooling: str = "avg"           # "avg" (the paper) or "max" (COLA's code)
@@ -69,7 +68,7 @@ class PretrainConfig:
 def build(cfg: PretrainConfig, device: torch.device, rank: int):
     """Data, augmenter, model and optimizer, as the config says."""
     store = common.resolve_store(cfg.data, "unlabeled", Path(cfg.out), BuiltinConfig(n_unlabeled=cfg.builtin_clips))
-    dataset = PackedClips(store, clip_seconds=cfg.clip_seconds, seed=cfg.seed)
+    dataset = PackedClips(store, clip_seconds=cfg.clip_seconds, seed=cfg.seed, normalize=cfg.normalize)
     sampler = DistributedBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
     loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     augment = PairAugmenter.from_preset(cfg.preset, sample_rate=dataset.store.sample_rate, backend=cfg.backend).to(device)
@@ -82,17 +81,17 @@ def build(cfg: PretrainConfig, device: torch.device, rank: int):
     return dataset, sampler, loader, augment, model, optimizer, generator
 
 
-def augment_batch(augment, clips, lengths, generator, normalize: str, device):
-    """A batch of int16 clips and their valid lengths -> the anchor/positive pair, on ``device``."""
-    wave = to_float(clips.to(device, non_blocking=True))
-    lengths = lengths.to(device, non_blocking=True)
+def augment_batch(augment, batch, generator, device):
+    """A :class:`~trainer.data.Batch` (int16 clips, valid lengths, level gains) -> the anchor/positive pair, on
+    ``device``: the level normalisation rides on the int16 -> float conversion (one pass over the batch)."""
+    wave = to_float(batch.clips.to(device, non_blocking=True), gains=batch.gains.to(device, non_blocking=True))
     with torch.no_grad():
-        return augment(normalize_level(wave, lengths, normalize), generator=generator, lengths=lengths)
+        return augment(wave, generator=generator, lengths=batch.lengths.to(device, non_blocking=True))
 
 
 def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
     """One step; ``model`` may be DDP-wrapped. Returns loss and positive-retrieval accuracy (tensors)."""
-    pair = augment_batch(augment, batch.clips, batch.lengths, generator, cfg.normalize, device)
+    pair = augment_batch(augment, batch, generator, device)
     return forward_backward(model, optimizer, pair, cfg, device)
 
 
