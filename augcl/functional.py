@@ -130,11 +130,15 @@ def pad_to_length(wave: Tensor, length: int) -> Tensor:
     return F.pad(wave, (0, short)) if short > 0 else wave
 
 
-def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tensor] = None) -> Tensor:
-    """``out[b, ..., i] = wave[rows[b], start[b, ...] + i]`` with zeros outside ``[0, T)``.
+def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tensor] = None,
+                    limit: Optional[Tensor] = None) -> Tensor:
+    """``out[b, ..., i] = wave[rows[b], start[b, ...] + i]`` with zeros outside ``[0, min(T, limit[b]))``.
 
     ``start``: integer tensor ``(B, ...)``; ``rows``: ``(B,)`` rows of ``wave`` to read (default: all, in order);
-    returns ``(B, ..., width)``.
+    ``limit``: ``(B,)`` long, the end of each output row's valid samples (indexed like ``start``: with ``rows``,
+    ``limit[b]`` belongs to ``wave[rows[b]]``, i.e. pass ``lengths[rows]``); samples at or past it read as zeros,
+    whatever ``wave`` holds there (default: none, only ``T``). Returns ``(B, ..., width)``. The limit costs a pass
+    over the output (over the windows that cross it, on a CPU), never one over ``wave``.
     """
     T = wave.shape[-1]
     B = start.shape[0]
@@ -149,23 +153,35 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tens
         edge = (inner != start).reshape(B, -1).any(-1).nonzero().flatten()
         if len(edge):
             out[edge] = _gather_samples(wave[index[edge]], start[edge], width)
+        if limit is not None:  # zero the tails of the windows that cross the limit (host-side choice, as above)
+            valid = limit.to(torch.long).reshape((B,) + (1,) * (start.ndim - 1)) - start  # valid samples per window
+            flat, valid = out.reshape(-1, width), valid.reshape(-1)
+            cut = (valid < width).nonzero().flatten()
+            if len(cut):
+                flat[cut] = flat[cut].masked_fill(torch.arange(width) >= valid[cut, None], 0.0)
         return out
-    return _gather_samples(wave if rows is None else wave[rows], start, width)
+    return _gather_samples(wave if rows is None else wave[rows], start, width, limit)
 
 
-def _gather_samples(wave: Tensor, start: Tensor, width: int) -> Tensor:
-    """:func:`_gather_windows` by an index per sample (any device, any window)."""
+def _gather_samples(wave: Tensor, start: Tensor, width: int, limit: Optional[Tensor] = None) -> Tensor:
+    """:func:`_gather_windows` by an index per sample (any device, any window); ``limit`` ``(B,)`` as there."""
     B, T = wave.shape
     idx = start.unsqueeze(-1) + torch.arange(width, device=wave.device)
-    inside = (idx >= 0) & (idx < T)
+    end = T if limit is None else limit.to(torch.long).clamp_max(T).reshape((B,) + (1,) * start.ndim)
+    inside = (idx >= 0) & (idx < end)
     flat = idx.clamp(0, T - 1).reshape(B, -1)
     out = torch.gather(wave, 1, flat).reshape(idx.shape)
     return out * inside.to(out.dtype)
 
 
-def crop_segments(wave: Tensor, start: Tensor, length: int) -> Tensor:
-    """Per-example segments ``wave[b, start[b] : start[b] + length]`` as ``(B, length)``; zeros past the end."""
-    return _gather_windows(wave, start.to(device=wave.device, dtype=torch.long), length)
+def crop_segments(wave: Tensor, start: Tensor, length: int, lengths: Optional[Tensor] = None) -> Tensor:
+    """Per-example segments ``wave[b, start[b] : start[b] + length]`` as ``(B, length)``; zeros past the end.
+
+    ``lengths`` ``(B,)``: valid samples per row; samples at or past ``lengths[b]`` read as zeros (default: ``T``).
+    """
+    dev = wave.device
+    limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
+    return _gather_windows(wave, start.to(device=dev, dtype=torch.long), length, limit=limit)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,29 +217,32 @@ def _nearest_peak(mag: Tensor) -> Tensor:
     return torch.where(has_left | has_right, nearest, bins)
 
 
-def _frames_at(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None) -> Tensor:
-    """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)``.
+def _frames_at(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None,
+               limit: Optional[Tensor] = None) -> Tensor:
+    """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)`` and
+    at or past ``limit[b]`` (``(B,)``, indexed like ``first``: see :func:`_gather_windows`).
 
     Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. On a CPU the windows come straight
     out of the clip's ``unfold`` view (:func:`_gather_windows`); elsewhere through :func:`_frames_in_region`.
     """
     if wave.device.type == "cpu":
-        return _gather_windows(wave, first, width, rows)
-    return _frames_in_region(wave, first, width, span, rows)
+        return _gather_windows(wave, first, width, rows, limit)
+    return _frames_in_region(wave, first, width, span, rows, limit)
 
 
-def _frames_in_region(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None) -> Tensor:
+def _frames_in_region(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None,
+                      limit: Optional[Tensor] = None) -> Tensor:
     """:func:`_frames_at` by cutting one region of ``span`` samples per row, then indexing the windows out of a
     zero-copy ``unfold`` view of it (no index per sample of every window: one per sample of the region)."""
     lo = first[:, :1]
-    region = _gather_windows(wave, lo[:, 0], span, rows)
+    region = _gather_windows(wave, lo[:, 0], span, rows, limit)  # the limit costs a pass over the region only
     index = torch.arange(first.shape[0], device=wave.device)[:, None]
     return region.unfold(-1, width, 1)[index, (first - lo).clamp(0, span - width)]
 
 
 def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, hop_length: int, width: int,
                      max_rate: Optional[float] = None, centre: Optional[int] = None,
-                     rows: Optional[Tensor] = None) -> Tensor:
+                     rows: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
     """Analysis frames of the *stretched* timeline read straight from the source clip: ``(B, n_frames, width)``.
 
     Frame ``k`` of row ``b`` covers stretched samples ``[first[b] + k * hop, ... + width)``; its centre ``c``
@@ -233,7 +252,9 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
     ``c * rate``, so a log-mel of these frames is the log-mel of the stretched clip without resynthesis (no
     vocoder, no phase): ``rate == 1`` gives exactly the frames of the plain clip. ``max_rate`` bounds
     ``rate`` (read from ``rate`` when omitted: one host sync on an accelerator). ``rows`` ``(B,)``: the rows of
-    ``wave`` that ``rate`` and ``first`` are for (default: all); the others are not read or copied.
+    ``wave`` that ``rate`` and ``first`` are for (default: all); the others are not read or copied. ``lengths``
+    ``(B,)``: valid samples of each row's *source* clip, indexed like ``rate`` (with ``rows``: ``lengths[rows]``);
+    source samples at or past it read as zeros (default: ``T``), at the cost of the frames, not of the clip.
     """
     dev = wave.device
     rate = rate.to(device=dev, dtype=torch.float64)
@@ -244,11 +265,13 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
     if max_rate is None:
         max_rate = float(rate.max())
     span = math.ceil((n_frames - 1) * hop_length * max_rate) + width + 2
-    return _frames_at(wave, src_first, width, span, rows)
+    limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
+    return _frames_at(wave, src_first, width, span, rows, limit)
 
 
 def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop_length: int,
-                      max_rate: Optional[float], rows: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                      max_rate: Optional[float], rows: Optional[Tensor] = None,
+                      lengths: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Spectra of the analysis frames and of the frames ``n_fft // 8`` later: two ``(B, K, n_fft // 2 + 1)``."""
     dev, dtype = wave.device, work_dtype(wave.dtype)
     pad_frames = n_fft // hop_length
@@ -258,7 +281,7 @@ def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     # the first n_fft samples are the analysis frame, the last n_fft the frame d samples later
     first = start.to(device=dev, dtype=torch.long) - pad_frames * hop_length - n_fft // 2
     frames = stretched_frames(wave.to(dtype), rate, first, n_frames, hop_length, n_fft + d, max_rate, n_fft // 2,
-                              rows)
+                              rows, lengths)
     window = torch.hann_window(n_fft, periodic=True, dtype=dtype, device=dev)
     spec0 = torch.fft.rfft(frames[..., :n_fft] * window)
     spec1 = torch.fft.rfft(frames[..., d:] * window)
@@ -329,6 +352,7 @@ def time_stretch_segment(
     hop_length: int = 128,
     max_rate: Optional[float] = None,
     rows: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
 ) -> Tensor:
     """Samples ``[start, start + length)`` of each row time-stretched by ``rate``, shape ``(B, length)``.
 
@@ -354,8 +378,11 @@ def time_stretch_segment(
         max_rate: an upper bound of ``rate`` (read from ``rate`` when omitted: a host sync on an accelerator).
         rows: ``(R,)`` indices of the rows of ``wave`` to stretch, ``rate`` and ``start`` then being ``(R,)``
             (default: every row). Cheaper than ``wave[rows]``, which copies whole clips.
+        lengths: ``(B,)`` valid samples of each source row, indexed like ``rate`` (with ``rows``: ``(R,)``,
+            ``lengths[rows]``); source samples at or past it are read as zeros (default: ``T``). Masked where the
+            analysis frames are read: it costs the frames, not a pass over the clip.
     """
-    spec0, spec1 = _vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate, rows)
+    spec0, spec1 = _vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate, rows, lengths)
     return _vocoder_synthesis(_vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)
 
 

@@ -140,16 +140,18 @@ class Branch(nn.Module):
         """The branch's log-mels of clips ``x`` with ``params``; ``divisor`` ``(B, 1)`` scales each clip by
         ``1 / divisor`` (applied to the segment: the same as dividing the clip, without a pass over it).
 
-        ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; the noise is then measured over and
-        added to the samples of the segment inside the clip only. ``x`` must be zero past them.
+        ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
+        (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
+        only.
         """
+        lengths = params.get("lengths")
         if self.spectral:
             if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
                 scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
                 divisor = 1.0 / scale if divisor is None else divisor / scale
-            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor)
+            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths)
             return self.mask.apply(spec, params) if self.mask is not None else spec
-        y = self.segment.apply(x, params)
+        y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
             y = y / divisor
         if self.gain is not None:
@@ -160,7 +162,6 @@ class Branch(nn.Module):
         if self.rir is not None:
             y = self.rir.apply(y, params)
         if self.noise is not None:
-            lengths = params.get("lengths")
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
             y = self.noise.apply(y, params, valid)
         spec = self.mel(y)
@@ -275,11 +276,16 @@ class PairAugmenter(nn.Module):
             lengths = AF.check_lengths(lengths, x, check_values=check)
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
-        if lengths is not None:  # samples past a row's length count as zeros, whatever the caller left there
-            x = x * AF.valid_mask(lengths, T).to(x.dtype)
+        # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
+        # frames, vocoder analysis) mask the windows they read, so lengths cost the segments, not a pass over the batch
         # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
         # the cut, instead of the whole 10-s clip; the crop and the stretch commute with a per-clip scale
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8) if self.config.normalize_clip else None
+        norm = None
+        if self.config.normalize_clip:
+            # the norm reads the whole row anyway: with caller's lengths it reads it masked (a full-size temporary
+            # this preset alone pays); without, the row as is
+            row = x if lengths is None else torch.where(AF.valid_mask(lengths, T), x, 0.0)
+            norm = torch.linalg.vector_norm(row, dim=-1, keepdim=True).clamp_min(1e-8)
         x = AF.pad_to_length(x, self._source_length(T))
         if params is None:
             params = self.sample(B, T, generator, x.device, lengths)

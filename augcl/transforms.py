@@ -243,9 +243,11 @@ class RandomSegment(WaveBlock):
         params["start"] = _randint_below(span, generator, device)
         return params
 
-    def apply(self, x: Tensor, params: Params) -> Tensor:
+    def apply(self, x: Tensor, params: Params, lengths: Optional[Tensor] = None) -> Tensor:
+        """The segments ``(B, output_samples)``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as
+        zeros (masked in the windows read, not in the clip)."""
         start, length = params["start"] - self.context, self.output_samples
-        plain = AF.crop_segments(x, start, length)
+        plain = AF.crop_segments(x, start, length, lengths=lengths)
         if self.stretch is None:
             return plain
         cfg = self.stretch
@@ -256,9 +258,10 @@ class RandomSegment(WaveBlock):
             rows = applied.nonzero().flatten()
             out = plain.clone()
             if len(rows):
-                out[rows] = stretch(x, rate[rows], start[rows], length, rows=rows, **kw).to(out.dtype)
+                part = None if lengths is None else lengths[rows]
+                out[rows] = stretch(x, rate[rows], start[rows], length, rows=rows, lengths=part, **kw).to(out.dtype)
             return out
-        return _select(applied, stretch(x, rate, start, length, **kw), plain)
+        return _select(applied, stretch(x, rate, start, length, lengths=lengths, **kw), plain)
 
     def valid_mask(self, params: Params, lengths: Tensor) -> Tensor:
         """``(B, output_samples)`` bool: which samples of each output row lie inside the (stretched) clip.
@@ -275,11 +278,11 @@ class RandomSegment(WaveBlock):
         return (pos >= 0) & (pos < lengths.reshape(-1, 1))
 
     def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
-                          divisor: Optional[Tensor] = None) -> Tensor:
+                          divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
         """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
-        scales the clips by ``1 / divisor``."""
+        scales the clips by ``1 / divisor``; ``lengths`` ``(B,)``: valid samples per clip (as in :meth:`apply`)."""
         return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound,
-                           divisor)
+                           divisor, lengths=lengths)
 
 
 class AddNoise(WaveBlock):
@@ -428,13 +431,14 @@ class LogMel(nn.Module):
                           center=False, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
 
     def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
-                divisor: Optional[Tensor] = None) -> Tensor:
+                divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
         """``(B, 1, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at
         stretched position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
         ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``: the
-        log-mel of ``x / divisor``."""
+        log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros."""
         c = self.config
-        f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate)
+        f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate,
+                                lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
         if divisor is not None:
             f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))

@@ -240,3 +240,79 @@ def test_fake_cuda_forward_has_no_host_sync_and_no_device_mix(preset, with_lengt
         pair = aug(torch.randn(4, 160000, device="cuda"), lengths=lengths)
         assert pair.anchor.device.type == pair.positive.device.type == "cuda"
         assert pair.anchor.shape[0] == 4
+
+
+# ---------------------------------------------------------------------------------------------- readers mask
+def _garbage_and_zeroed(B, T, lengths, seed):
+    """Clips with garbage past ``lengths``, and the numpy-built copy with zeros there (the reference)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T)).astype(np.float32)
+    zeroed = np.where(np.arange(T) < lengths[:, None], x, 0.0).astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(zeroed)
+
+
+@given(B=st.integers(1, 4), T=st.integers(1, 300), width=st.integers(1, 120), seed=st.integers(0, 2**16))
+def test_crop_with_lengths_equals_the_crop_of_a_zeroed_copy(B, T, width, seed):
+    """Windows inside, straddling the length, wholly past it and across either end: ``lengths=`` reads zeros."""
+    rng = np.random.default_rng(seed + 1)
+    lengths = rng.integers(1, T + 1, size=B)
+    x, zeroed = _garbage_and_zeroed(B, T, lengths, seed)
+    L = torch.from_numpy(lengths)
+    start = torch.from_numpy(rng.integers(-width - 3, T + 3, size=B))
+    start[0] = int(lengths[0]) - width // 2  # straddles its length
+    np.testing.assert_array_equal(AF.crop_segments(x, start, width, lengths=L).numpy(),
+                                  AF.crop_segments(zeroed, start, width).numpy())
+    # many windows per row, both readers, every row and a reordered subset (limit indexed like start)
+    starts = torch.from_numpy(rng.integers(-width - 3, T + 3, size=(B, 5)))
+    ref = AF._gather_samples(zeroed, starts, width).numpy()
+    rows = torch.from_numpy(rng.permutation(B)[: max(1, B - 1)])
+    for got in (AF._gather_windows(x, starts, width, limit=L), AF._gather_samples(x, starts, width, L)):
+        np.testing.assert_array_equal(got.numpy(), ref)
+    np.testing.assert_array_equal(AF._gather_windows(x, starts[rows], width, rows, L[rows]).numpy(), ref[rows.numpy()])
+    first = starts.sort(dim=1).values
+    span = int((first - first[:, :1]).max()) + width
+    for read in (AF._frames_at, AF._frames_in_region):
+        np.testing.assert_array_equal(read(x, first[rows], width, span, rows, L[rows]).numpy(),
+                                      read(zeroed, first[rows], width, span, rows).numpy())
+
+
+def _stretch_case(seed, B=4, T=6000):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[0] = 200  # short: the segment's frames lie wholly past the length
+    x, zeroed = _garbage_and_zeroed(B, T, lengths, seed)
+    rate = torch.from_numpy(rng.uniform(0.5, 1.5, size=B))
+    start = torch.from_numpy(rng.integers(-300, 3000, size=B))
+    start[0] = 1500
+    start[1] = int(np.ceil(lengths[1] / float(rate[1]))) - 300  # straddles the stretched length
+    return x, zeroed, torch.from_numpy(lengths), rate, start
+
+
+@given(seed=st.integers(0, 2**16), width=st.sampled_from([64, 400, 576]))
+def test_stretched_frames_with_lengths_equal_those_of_a_zeroed_copy(seed, width):
+    x, zeroed, L, rate, start = _stretch_case(seed)
+    rows = torch.tensor([3, 0, 1])
+    for r in (None, rows):  # every row, and a subset (rate, first and lengths indexed like the subset)
+        sel = slice(None) if r is None else r
+        got = AF.stretched_frames(x, rate[sel], start[sel], 20, 160, width, 1.5, rows=r, lengths=L[sel])
+        want = AF.stretched_frames(zeroed, rate[sel], start[sel], 20, 160, width, 1.5, rows=r)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("backend", ["torch", "kernels"])
+@given(seed=st.integers(0, 2**16))
+def test_time_stretch_segment_with_lengths_equals_that_of_a_zeroed_copy(backend, seed):
+    from augcl import kernels
+
+    if backend == "kernels" and not kernels.available("cpu"):
+        pytest.skip("needs numba")
+    stretch = AF.time_stretch_segment if backend == "torch" else kernels.time_stretch_segment
+    x, zeroed, L, rate, start = _stretch_case(seed)
+    rows = torch.tensor([3, 0, 1])
+    for r in (None, rows):
+        sel = slice(None) if r is None else r
+        kw = dict(n_fft=256, hop_length=64, max_rate=1.5, rows=r)
+        got = stretch(x, rate[sel], start[sel], 1000, lengths=L[sel], **kw)
+        want = stretch(zeroed, rate[sel], start[sel], 1000, **kw)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+        assert torch.all(got[0 if r is None else 1] == 0)  # row 0 is read wholly past its length

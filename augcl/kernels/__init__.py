@@ -105,11 +105,11 @@ def vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) -> 
 
 def time_stretch_segment(wave: Tensor, rate: Tensor, start: Tensor, length: int, *, n_fft: int = 512,
                          hop_length: int = 128, max_rate: Optional[float] = None,
-                         rows: Optional[Tensor] = None) -> Tensor:
+                         rows: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
     """:func:`augcl.functional.time_stretch_segment` with the phase step in a kernel (same arguments, same result
     to float32 rounding). float64 input, or a device without a kernel, runs the reference."""
     if wave.dtype == torch.float64 or not available(wave.device):
         return AF.time_stretch_segment(wave, rate, start, length, n_fft=n_fft, hop_length=hop_length,
-                                       max_rate=max_rate, rows=rows)
-    spec0, spec1 = AF._vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate, rows)
+                                       max_rate=max_rate, rows=rows, lengths=lengths)
+    spec0, spec1 = AF._vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate, rows, lengths)
     return AF._vocoder_synthesis(vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)
