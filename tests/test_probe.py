@@ -157,9 +157,10 @@ def blobs(n_per_class: int, rng, means) -> tuple[np.ndarray, np.ndarray]:
     return means[y] + rng.standard_normal((len(y), means.shape[1])), y
 
 
-def test_fit_linear_converges_and_matches_scikit_learn():
+@pytest.mark.parametrize("dims", [200, 600])  # 600 > 400 examples: the solver's row-space path
+def test_fit_linear_converges_and_matches_scikit_learn(dims):
     rng = np.random.default_rng(0)
-    means = rng.standard_normal((10, 200)) * 0.25  # overlapping: neither solver reaches 100 %
+    means = rng.standard_normal((10, dims)) * 0.25 * math.sqrt(200 / dims)  # overlapping: neither solver reaches 100 %
     x, y = blobs(40, rng, means)
     x_test, y_test = blobs(100, rng, means)
     mu, sd = x.mean(0), x.std(0, ddof=1)

@@ -220,30 +220,38 @@ def fit_linear(x: Tensor, y: Tensor, n_classes: int, multi: bool, lam: float, in
     full-batch L-BFGS (strong Wolfe) in float64 until the largest gradient entry is below ``tol`` or ``max_iter``.
     Returns ``W (C, D)``, ``b (C,)`` and ``{"iterations", "grad_norm", "objective"}``."""
     x = x.double()
-    y = y.double() if multi else y.long()
-    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64) if init is None else init[0].clone()
-    b = torch.zeros(n_classes, dtype=torch.float64) if init is None else init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
+    y = y.double() if multi else F.one_hot(y.long(), n_classes).double()
+    n = x.shape[0]
+    basis = None
+    if n < x.shape[1]:  # the optimal W lies in x's row space (lam W = -residual^T x): solve in n dimensions, exactly
+        _, _, basis = torch.linalg.svd(x, full_matrices=False)  # (n, D), orthonormal rows
+        x = x @ basis.T
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, device=x.device) if init is None else init[0].clone()
+    if basis is not None and init is not None:
+        w = w @ basis.T
+    b = torch.zeros(n_classes, dtype=torch.float64, device=x.device) if init is None else init[1].clone()
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=20,
                             tolerance_grad=tol, tolerance_change=1e-15, line_search_fn="strong_wolfe")
 
-    def objective() -> Tensor:
-        return _loss(x @ w.T + b, y, multi) + 0.5 * lam * w.square().sum()
+    def closure() -> Tensor:  # objective and its analytic gradient (no autograd: this runs ~10^5 times in a CV)
+        logits = x @ w.T + b
+        if multi:
+            loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / n
+            residual = (torch.sigmoid(logits) - y) / n
+        else:
+            logp = torch.log_softmax(logits, 1)
+            loss = -(logp * y).sum() / n
+            residual = (logp.exp() - y) / n
+        w.grad, b.grad = residual.T @ x + lam * w, residual.sum(0)
+        return loss + 0.5 * lam * w.square().sum()
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        value = objective()
-        value.backward()
-        return value
-
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
         value = closure()
-    grad_norm = torch.cat([w.grad.flatten(), b.grad]).norm().item()
+    grad_norm = torch.cat([w.grad.flatten(), b.grad]).norm().item()  # the same in D dimensions: W is in the span
     info = {"iterations": opt.state[opt._params[0]].get("n_iter", 0), "grad_norm": grad_norm,
             "objective": value.item()}
-    return w.detach(), b.detach(), info
+    return (w if basis is None else w @ basis), b, info
 
 
 def standardise(h: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,7 +264,7 @@ def linear_head(h: Tensor, y: Tensor, n_classes: int, multi: bool, lam: float, i
     """Fit on standardised ``h`` and fold the standardisation in: one plain float64 linear layer on h."""
     mu, sd = standardise(h)
     w, b, info = fit_linear((h.double() - mu) / sd, y, n_classes, multi, lam, init)
-    head = nn.Linear(h.shape[1], n_classes, dtype=torch.float64)
+    head = nn.Linear(h.shape[1], n_classes, dtype=torch.float64, device=h.device)
     with torch.no_grad():
         head.weight.copy_(w / sd)
         head.bias.copy_(b - (w * (mu / sd)).sum(1))
@@ -300,7 +308,7 @@ def select_lambda(h: Tensor, clip: np.ndarray, targets: Tensor, groups: Sequence
     classes = class_of(targets, multi)
     k = n_folds(groups, classes)
     fold = group_folds(groups, classes, k, seed)
-    y_win = targets[torch.from_numpy(clip)]
+    y_win = targets[torch.from_numpy(clip)].to(h.device)
     scores = torch.zeros(len(lams), n_clips, n_classes, dtype=torch.float64)
     for f in range(k):
         held = fold[clip] == f
@@ -310,7 +318,7 @@ def select_lambda(h: Tensor, clip: np.ndarray, targets: Tensor, groups: Sequence
             head, info = linear_head(h[fit_idx], y_win[fit_idx], n_classes, multi, lams[j], init)
             init = (info["w"], info["b"])
             with torch.no_grad():
-                p = _probs(head(h[held_idx].double()), multi)
+                p = _probs(head(h[held_idx].double()), multi).cpu()
             scores[j] += clip_scores(p, clip[held_idx.numpy()], n_clips)  # each clip is held out once
     y_true = targets.numpy() if multi else targets.numpy().astype(np.int64)
     f1 = [clip_metrics(y_true, scores[j].numpy())["macro_f1"] for j in range(len(lams))]  # pooled out-of-fold
@@ -441,11 +449,12 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) 
     h = window_features(encoder, window_batches(train, clip, start, gains, windows, cfg.window_batch, device),
                         "features (train)")
     targets, groups, multi = train.targets(), train.groups(), train.multi_label
+    h = h.double().to(device if device.type == "cuda" else "cpu")  # the solver runs in float64
     fits = []
     for s in range(cfg.seeds):
         cv = select_lambda(h, clip, targets, groups, len(train.classes), multi, cfg.seed + s)
-        head, info = linear_head(h, targets[torch.from_numpy(clip)], len(train.classes), multi, cv["lam"])
-        fits.append((head, cv | {k: info[k] for k in ("iterations", "grad_norm", "objective")}))
+        head, info = linear_head(h, targets[torch.from_numpy(clip)].to(h.device), len(train.classes), multi, cv["lam"])
+        fits.append((head.cpu(), cv | {k: info[k] for k in ("iterations", "grad_norm", "objective")}))
     # the test store is read only now, after every fit
     test_gains = clip_gains(test, normalize)
     test_clip, test_start = tiles(test, windows)
