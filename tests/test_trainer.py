@@ -23,7 +23,7 @@ from trainer.metrics import clip_metrics
 from trainer.model import Bilinear, ContrastiveModel, Encoder, Projection
 from trainer.pack import pack
 from trainer.pretrain import PretrainConfig, pretrain
-from trainer.probe import ProbeConfig, Windows, probe
+from trainer.probe import ProbeConfig, Windows, probe, window_starts
 from trainer.sources import csv_manifest
 
 TINY = dict(builtin_clips=16, clip_seconds=2.0, batch_size=4, device="cpu", checkpoint_every=2)
@@ -213,20 +213,27 @@ def test_torchrun_two_cpu_processes_with_gathered_negatives(tmp_path):
 
 def test_windows_tile_the_clip_with_the_pair_front_end():
     win = Windows("ts+mask", SR)
-    wave = torch.randn(2, 3 * SR)
-    w = win(wave)
-    assert w.shape == (2, 3, 1, 64, 96)  # 1 + 48000 // 160 = 301 frames -> 3 whole windows
-    start = 96 * 160 - win.mel.context  # window 1 starts at frame 96, whose centre is sample 96 * 160
-    torch.testing.assert_close(w[:, 1], win.mel(wave[:, start:start + win.segment_input]), rtol=1e-4, atol=1e-4)
+    wave = torch.randn(3 * SR)
+    clip, starts = window_starts([3 * SR], win.segment)
+    assert win.segment == 95 * 160 and len(starts) == 4  # ceil(48000 / 15200) windows spread over [0, 32800]
+    assert starts.tolist() == [0, 10933, 21867, 32800]
+    padded = torch.nn.functional.pad(wave, (win.mel.context, win.mel.context))
+    batch = torch.stack([padded[s:s + win.width] for s in starts.tolist()])
+    w = win(batch)
+    assert w.shape == (4, 1, 64, 96)
+    # the window's frames are those of the whole clip's log-mel at the window's start (hop-aligned start: 0)
+    whole = win.mel(padded[None])
+    torch.testing.assert_close(w[0], whole[0, :, :, :96], rtol=1e-4, atol=1e-4)
 
 
 def test_linear_probe_on_a_tiny_run_writes_every_metric_and_both_pngs(uninterrupted, tmp_path):
     res = probe(ProbeConfig(checkpoint=str(uninterrupted / "checkpoints" / "last.pt"), out=str(tmp_path / "lin"),
-                            epochs=2, builtin_train=20, builtin_test=10, device="cpu"))
+                            seeds=2, builtin_train=20, builtin_test=10, device="cpu"))
     saved = json.loads((tmp_path / "lin" / "metrics.json").read_text())
     for key in ("macro_f1", "wAP", "mAP", "accuracy", "per_class_f1", "confusion_normalized"):
         assert key in saved and key in res
     assert set(saved["per_class_f1"]) == set(builtin.CLASSES) and saved["n_clips"] == 10
+    assert saved["seeds"] == 2 and len(saved["per_seed"]) == 2 and "macro_f1_std" in saved and "lam" in saved
     assert np.allclose(np.asarray(saved["confusion_normalized"]).sum(1), 1.0)
     for png in ("per_class_f1.png", "confusion.png"):
         assert (tmp_path / "lin" / png).read_bytes()[:4] == b"\x89PNG"
@@ -243,9 +250,11 @@ def test_finetune_and_supervised_on_a_multi_label_store(uninterrupted, tmp_path)
     pack(csv_manifest(tmp_path / "m.csv"), store, jobs=1, progress=False)
     for mode, ckpt in (("finetune", str(uninterrupted / "checkpoints" / "last.pt")), ("supervised", None)):
         res = probe(ProbeConfig(checkpoint=ckpt, mode=mode, data=str(store), test_data=str(store),
-                                out=str(tmp_path / mode), epochs=1, batch_size=4, device="cpu"))
+                                out=str(tmp_path / mode), max_epochs=2, patience=1, seeds=1, batch_size=4,
+                                encoder="small", device="cpu"))
         assert res["multi_label"] and set(res["per_class_f1"]) == {"a", "b", "c"} and "accuracy" not in res
         assert 0 <= res["mAP"] <= 1 and (tmp_path / mode / "confusion.png").is_file()
+        assert res["early_stopping"] and 1 <= res["best_epoch"] <= res["stopped_epoch"] <= 2
     with pytest.raises(ValueError, match="--checkpoint"):
         probe(ProbeConfig(mode="linear", data=str(store), test_data=str(store)))
 
