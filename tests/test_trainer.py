@@ -260,18 +260,29 @@ def test_finetune_and_supervised_on_a_multi_label_store(uninterrupted, tmp_path)
 
 
 @pytest.mark.slow
-def test_ablation_tiny_writes_both_tables_and_the_plot(tmp_path):
+def test_ablation_tiny_writes_both_tables_and_refuses_a_mismatched_reuse(tmp_path):
     from trainer import ablation
 
-    res = ablation.main(["--presets", "noise", "ts+mask", "--steps", "1", "--batch-size", "4", "--builtin-clips", "16",
-                         "--builtin-train", "20", "--builtin-test", "10", "--device", "cpu",
-                         "--out", str(tmp_path / "abl"), "--report", str(tmp_path / "docs" / "abl.md")])
-    assert set(res["rows"]) == {"noise", "ts+mask", "supervised", "random_init"}
+    tiny = ["--presets", "noise", "ts+mask", "--steps", "1", "--batch-size", "4", "--builtin-clips", "16",
+            "--builtin-train", "20", "--builtin-test", "10", "--device", "cpu", "--seeds", "2", "--probe-seeds", "1",
+            "--max-epochs", "2", "--patience", "1", "--out", str(tmp_path / "abl")]
+    res = ablation.main(tiny + ["--report", str(tmp_path / "docs" / "abl.md")])
+    assert set(res["runs"]) == {"noise", "ts+mask", "supervised", "random_init"}
+    assert set(res["runs"]["ts+mask"]) == {0, 1} and len(res["runs"]["supervised"]) == 2
+    cell = res["summary"]["ts+mask"]["linear"]["macro_f1"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean(cell["values"]))
+    assert cell["std"] == pytest.approx(np.std(cell["values"], ddof=1))
+    diff = cell["vs_noise"]
+    noise = res["summary"]["noise"]["linear"]["macro_f1"]["values"]
+    assert diff["mean"] == pytest.approx(np.mean(np.subtract(cell["values"], noise)))
     text = (tmp_path / "abl" / "ablation.md").read_text()
     assert "## Macro F1" in text and "## wAP" in text and "| Time stretching + time/freq masking |" in text
+    assert " ± " in text and "2 pretraining seeds" in text
     assert (tmp_path / "abl" / "per_class_f1.png").is_file() and (tmp_path / "docs" / "abl_per_class_f1.png").is_file()
     assert "abl_per_class_f1.png" in (tmp_path / "docs" / "abl.md").read_text()
-    again = ablation.main(["--presets", "noise", "ts+mask", "--steps", "1", "--batch-size", "4", "--builtin-clips",
-                           "16", "--builtin-train", "20", "--builtin-test", "10", "--device", "cpu",
-                           "--out", str(tmp_path / "abl")])
-    assert again["rows"] == res["rows"]  # finished runs are reused, not redone
+    again = ablation.main(tiny)
+    assert again["summary"] == res["summary"]  # finished runs are reused, not redone
+    with pytest.raises(SystemExit):  # other settings into the same folder: refused, not silently reused
+        ablation.main(tiny + ["--normalize", "none"])
+    with pytest.raises(ValueError, match="differs in normalize"):
+        ablation.run(ablation.parser().parse_args(tiny + ["--normalize", "none"]))

@@ -116,7 +116,8 @@ def run(args) -> dict:
     stores = _probe_stores(args)
     probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, device=args.device,
                              seeds=args.probe_seeds, normalize=args.normalize, encoder=encoder,
-                             builtin_train=args.builtin_train, builtin_test=args.builtin_test)
+                             builtin_train=args.builtin_train, builtin_test=args.builtin_test,
+                             max_epochs=args.max_epochs, patience=args.patience)
     runs: dict[str, dict] = {}
     for seed in seeds:
         for preset in args.presets:
@@ -235,7 +236,7 @@ def table(result: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small",
@@ -252,6 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--seeds", type=int, default=3, help="pretraining seeds (seed, seed+1, ...)")
     p.add_argument("--probe-seeds", type=int, default=3, help="probe seeds per pretrained encoder")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--max-epochs", type=int, default=ProbeConfig.max_epochs,
+                   help="fine-tuning / supervised: most epochs (they stop early on a validation split)")
+    p.add_argument("--patience", type=int, default=ProbeConfig.patience,
+                   help="fine-tuning / supervised: epochs without a better validation macro F1 before stopping")
     p.add_argument("--device", default="auto")
     p.add_argument("--builtin-clips", type=int, default=1000, help="built-in unlabeled clips (pretraining)")
     p.add_argument("--builtin-train", type=int, default=100, help="built-in labeled clips for the probes")
@@ -260,9 +265,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--pretrain-only", action="store_true",
                    help="only pretrain every (seed, preset), e.g. on a GPU machine; probe later without this flag")
     p.add_argument("--report", default=None, help="also write the table (and plot beside it) here, e.g. docs/...")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    p = parser()
     try:
-        return run(args)
+        return run(p.parse_args(argv))
     except ValueError as e:
         p.error(str(e))
 
