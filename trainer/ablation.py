@@ -44,7 +44,7 @@ ROW_NAMES = {"noise": "Noise only (COLA baseline)", "ts": "Time stretching", "ri
              "all": "Time stretching + RIR + time/freq masking", "supervised": "Supervised",
              "random_init": "Random-init encoder, frozen (BN statistics from the data)"}
 BUDGETS = {  # pretraining steps and batch size, encoder
-    "small": dict(steps=600, batch_size=64, encoder="small"),
+    "small": dict(steps=300, batch_size=64, encoder="small"),
     "paper": dict(steps=100_000, batch_size=128, encoder="efficientnet_b0"),
 }
 #: settings that do not change what a run computes (where it writes, on which device, how often it checkpoints)
@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small",
-                   help="small: small CNN, 600 steps of 64 (CPU); paper: EfficientNet-B0, 100,000 steps of 128")
+                   help="small: small CNN, 300 steps of 64 (CPU); paper: EfficientNet-B0, 100,000 steps of 128")
     p.add_argument("--data", default="builtin", help="pretraining audio: builtin, a packed store or a folder")
     p.add_argument("--train-data", default="builtin", help="labeled packed store for the probes (builtin: its train split)")
     p.add_argument("--test-data", default=None, help="labeled packed store to score on (builtin: its test split)")
