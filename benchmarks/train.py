@@ -3,11 +3,12 @@
     python -m benchmarks.train                      # CPU, B=128, ts+mask, backends auto and torch
     python -m benchmarks.train --device cuda        # the same on a GPU (bf16 autocast, channels_last)
     python -m benchmarks.train --quick              # B=4, 2 steps: checks that it runs (writes nothing)
+    python -m benchmarks.train --encoders efficientnet_b0 small --presets ts+mask --backends auto
 
 The step is ``trainer.pretrain.train_step`` cut at its seams, each part synchronised and timed alone:
-``data`` (the next batch from the packed built-in store through the training loader, to the device, to float),
-``augment`` (``PairAugmenter`` on the batch), ``forward/backward`` (EfficientNet-B0 + projection on anchor and
-positive, bilinear InfoNCE, backward, Adam step). Warm-up steps excluded; medians over the measured steps.
+``data`` (the next batch from the packed built-in store through the training loader), ``augment`` (to the device,
+int16 to float with the clips' level gains, ``PairAugmenter`` with the clips' lengths: ``augment_batch``),
+``forward/backward`` (the encoder + projection on anchor and positive, bilinear InfoNCE, backward, Adam step). Warm-up steps excluded; medians over the measured steps.
 Writes docs/benchmarks/train[_cuda].{json,md,png}.
 """
 from __future__ import annotations
@@ -17,11 +18,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from benchmarks.throughput import machine_info, machine_text, save, sync
 from trainer import common
+from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, augment_batch, build, forward_backward
 
 PARTS = ("data", "augment", "forward/backward")
@@ -57,13 +60,15 @@ def measure(cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) 
 
 
 def run(presets, backends, batch: int, steps: int, warmup: int, device: torch.device, work: Path,
-        builtin_clips: int) -> dict:
+        builtin_clips: int, encoders: Sequence[str] = ("efficientnet_b0",)) -> dict:
     results = {}
-    for preset in presets:
-        for backend in backends:
-            cfg = PretrainConfig(preset=preset, backend=backend, batch_size=batch, out=str(work), device=str(device),
-                                 builtin_clips=builtin_clips)
-            results[f"{preset} [{backend}]"] = measure(cfg, steps, warmup, device)
+    for encoder in encoders:
+        for preset in presets:
+            for backend in backends:
+                cfg = PretrainConfig(preset=preset, backend=backend, batch_size=batch, out=str(work),
+                                     device=str(device), builtin_clips=builtin_clips, encoder=encoder)
+                name = f"{preset} [{backend}]" + ("" if encoder == "efficientnet_b0" else f" {encoder}")
+                results[name] = measure(cfg, steps, warmup, device)
     return {"batch": batch, "steps": steps, "warmup": warmup, "machine": machine_info(device), "results": results}
 
 
@@ -71,8 +76,8 @@ def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
     lines = ["# A pretraining step: data, augmentation, forward/backward", "",
              f"`python -m benchmarks.train --batch {res['batch']} --steps {res['steps']} --device {device}`", "",
-             f"{machine_text(m)}. B={res['batch']} 10-s clips from the packed built-in store, EfficientNet-B0 + "
-             "512-d projection, bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), "
+             f"{machine_text(m)}. B={res['batch']} clips from the packed built-in store (0.5-10 s, a batch padded to its "
+             "longest), EfficientNet-B0 (rows marked `small`: the small CNN) + 512-d projection, bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), "
              "each part synchronised.", "",
              "| preset [backend] | data (ms) | augment (ms) | forward/backward (ms) | step (ms) | clips/s | augment share |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -118,6 +123,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--builtin-clips", type=int, default=1000)
+    p.add_argument("--encoders", nargs="+", default=["efficientnet_b0"], choices=list(ENCODERS))
     p.add_argument("--quick", action="store_true", help="B=4, 1 warm-up + 2 steps, 16 built-in clips; writes nothing")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
@@ -126,7 +132,7 @@ def main(argv=None) -> dict:
     device = common.pick_device(args.device)
     with tempfile.TemporaryDirectory(prefix="augcl-bench-train-") as work:
         res = run(args.presets, args.backends, args.batch, args.steps, args.warmup, device, Path(work),
-                  args.builtin_clips)
+                  args.builtin_clips, args.encoders)
     if args.quick:
         for name, r in res["results"].items():
             print(name, {k: round(v * 1e3, 1) for k, v in r["median_s"].items()}, f"aug {r['augment_share']:.1%}")
