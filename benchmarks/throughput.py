@@ -65,24 +65,30 @@ def save(res: dict, text: str, out: Path, stem: str, device: str, plot=None, cap
 
 
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, seed: int = 0,
-        chunk_sizes=(None,)) -> dict:
-    """Seconds per batch of every preset (and chunk size: ``None`` is the device's default), interleaved."""
+        chunk_sizes=(None,), lengths: bool = False) -> dict:
+    """Seconds per batch of every preset (and chunk size: ``None`` is the device's default), interleaved.
+    ``lengths``: also each preset with ``lengths=`` (uniform in [0.5 s, seconds], zeros past them), row ``[lengths]``."""
     g = torch.Generator(device=device).manual_seed(seed)
-    wave = torch.randn(batch, int(seconds * 16000), generator=g, device=device) * 0.1
+    T = int(seconds * 16000)
+    wave = torch.randn(batch, T, generator=g, device=device) * 0.1
+    valid = torch.randint(min(8000, T), T + 1, (batch,), generator=g, device=device)
+    short = wave * (torch.arange(T, device=device) < valid[:, None])
     augs = {name if chunk is None else f"{name} [chunk {chunk}]":
             PairAugmenter.from_preset(name, chunk_size=chunk).to(device)
             for name in presets for chunk in chunk_sizes}
-    for aug in augs.values():  # warm-up (allocator, FFT plans, cached banks)
-        aug(wave, generator=g)
-    times = {name: [] for name in augs}
+    calls = {name: (lambda a=aug: a(wave, generator=g)) for name, aug in augs.items()}
+    if lengths:
+        calls |= {f"{name} [lengths]": (lambda a=aug: a(short, generator=g, lengths=valid)) for name, aug in augs.items()}
+    for call in calls.values():  # warm-up (allocator, FFT plans, cached banks)
+        call()
+    times = {name: [] for name in calls}
     order = random.Random(seed)
     for _ in range(repeats):  # interleaved, in a new random order each round: drifts of the machine hit all alike
-        for name in order.sample(list(augs), len(augs)):
-            aug = augs[name]
-            aug(wave, generator=g)  # untimed: each timed call follows one of its own (its steady state)
+        for name in order.sample(list(calls), len(calls)):
+            calls[name]()  # untimed: each timed call follows one of its own (its steady state)
             sync(device)
             t0 = time.perf_counter()
-            aug(wave, generator=g)
+            calls[name]()
             sync(device)
             times[name].append(time.perf_counter() - t0)
     results = {name: {"median_s": statistics.median(ts), "clips_per_s": batch / statistics.median(ts),
@@ -99,28 +105,34 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunk-sizes", nargs="+", type=int, default=None,
                    help="measure PairAugmenter(chunk_size=N) for each N instead (writes chunks[_cuda].*)")
+    p.add_argument("--lengths", action="store_true",
+                   help="also every preset with lengths= (uniform in [0.5 s, --seconds]; writes lengths[_cuda].*)")
     p.add_argument("--quick", action="store_true", help="tiny run (B=4, 2 s, 2 repeats) so the benchmark cannot rot")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.seconds, args.repeats = 4, 2.0, 2
     chunks = tuple(args.chunk_sizes) if args.chunk_sizes else (None,)
-    res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), chunk_sizes=chunks)
+    res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), chunk_sizes=chunks,
+              lengths=args.lengths)
     command = (f"python -m benchmarks.throughput --presets {' '.join(args.presets)} --batch {args.batch} "
                f"--seconds {args.seconds} --repeats {args.repeats} --device {args.device}" +
-               (f" --chunk-sizes {' '.join(map(str, chunks))}" if args.chunk_sizes else ""))
+               (f" --chunk-sizes {' '.join(map(str, chunks))}" if args.chunk_sizes else "") +
+               (" --lengths" if args.lengths else ""))
     lines = ["# PairAugmenter throughput" + (" by chunk size" if args.chunk_sizes else ""), "", f"`{command}`", "",
              f"{machine_text(res['machine'])}. Input ({args.batch}, {int(args.seconds * 16000)}) float32 on "
              f"{args.device}; output anchor + positive (B, 1, 64, 96). Median of the repetitions, interleaved in a "
              "new random order each round, each timed call right after an untimed one of its own, warm-up "
-             "excluded.", "",
+             "excluded." + (" Rows `[lengths]`: the same clips zero past random lengths uniform in [0.5 s, "
+             f"{args.seconds:g} s], passed as `lengths=`." if args.lengths else ""), "",
              "| preset | median (s/batch) | clips/s |", "| --- | --- | --- |"]
     for name, r in res["results"].items():
         lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        save(res, text, args.out, "chunks" if args.chunk_sizes else "throughput", args.device)
+        stem = "chunks" if args.chunk_sizes else "lengths" if args.lengths else "throughput"
+        save(res, text, args.out, stem, args.device)
     return res
 
 

@@ -40,8 +40,8 @@ def test_demo_on_short_padded_files_draws_segments_from_their_sound(tmp_path):
 
 
 def test_throughput_quick_reports_every_requested_preset():
-    res = throughput.main(["--quick", "--presets", "noise", "ts+mask"])
-    assert set(res["results"]) == {"noise", "ts+mask"}
+    res = throughput.main(["--quick", "--presets", "noise", "ts+mask", "--lengths"])
+    assert set(res["results"]) == {"noise", "ts+mask", "noise [lengths]", "ts+mask [lengths]"}
     assert all(r["clips_per_s"] > 0 for r in res["results"].values())
 
 
