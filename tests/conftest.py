@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from augcl import PairAugmenter, RIRBank
+
 settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
@@ -57,3 +59,20 @@ def rms_db(x) -> float:
 
 def cpu_generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def impulse_bank():
+    """A tiny RIR bank: a unit impulse and a decaying one, so the RIR presets need no simulation in tests."""
+    irs = torch.zeros(2, 800)
+    irs[0, 0] = 1.0
+    irs[1] = torch.exp(-torch.arange(800) / 200.0) * torch.randn(800, generator=cpu_generator(1))
+    irs[1] /= irs[1].norm()
+    return RIRBank(irs, torch.tensor([1, 800]), SR)
+
+
+def make(preset, impulse_bank=None, **kw):
+    """A preset's PairAugmenter at 16 kHz; the RIR presets get ``impulse_bank`` (the fixture) as their bank."""
+    if preset in ("rir", "all"):
+        kw.setdefault("rir_bank", impulse_bank)
+    return PairAugmenter.from_preset(preset, sample_rate=SR, **kw)

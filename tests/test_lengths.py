@@ -7,30 +7,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from augcl import PRESETS, NoiseConfig, PairAugmenter, RIRBank
+from augcl import PRESETS, NoiseConfig
 from augcl import functional as AF
 from augcl.transforms import AddNoise, RandomSegment, StretchConfig
 
-from .conftest import SR, cpu_generator
+from .conftest import SR, cpu_generator, make
 
 ALL_PRESETS = sorted(PRESETS)
 LOG_FLOOR = math.log(1e-6)
 
 
-@pytest.fixture(scope="module")
-def impulse_bank():
-    """A unit impulse and a decaying IR, so the RIR presets need no simulation."""
-    irs = torch.zeros(2, 800)
-    irs[0, 0] = 1.0
-    irs[1] = torch.exp(-torch.arange(800) / 200.0) * torch.randn(800, generator=cpu_generator(1))
-    irs[1] /= irs[1].norm()
-    return RIRBank(irs, torch.tensor([1, 800]), SR)
-
-
-def make(preset, bank=None, **kw):
-    if preset in ("rir", "all"):
-        kw.setdefault("rir_bank", bank)
-    return PairAugmenter.from_preset(preset, sample_rate=SR, **kw)
 
 
 def padded_batch(lengths, seed, garbage=True):

@@ -11,25 +11,11 @@ from augcl import PRESETS, BranchConfig, MaskConfig, NoiseConfig, PairAugmenter,
 from augcl import functional as AF
 from augcl.transforms import AddNoise, RandomSegment, SpecMask
 
-from .conftest import SR, cpu_generator, tone
+from .conftest import SR, cpu_generator, make, tone
 
 FAST_PRESETS = ["noise", "ts", "mask", "ts+mask", "cola"]
 
 
-@pytest.fixture(scope="module")
-def impulse_bank():
-    """A tiny RIR bank: a unit impulse and a decaying one, so RIR presets need no simulation here."""
-    irs = torch.zeros(2, 800)
-    irs[0, 0] = 1.0
-    irs[1] = torch.exp(-torch.arange(800) / 200.0) * torch.randn(800, generator=cpu_generator(1))
-    irs[1] /= irs[1].norm()
-    return RIRBank(irs, torch.tensor([1, 800]), SR)
-
-
-def make(preset, impulse_bank=None, **kw):
-    if preset in ("rir", "all"):
-        kw.setdefault("rir_bank", impulse_bank)
-    return PairAugmenter.from_preset(preset, sample_rate=SR, **kw)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -214,7 +214,7 @@ def test_recompute_batchnorm_gives_frozen_random_features_a_between_clip_spread(
 def test_lambda_is_chosen_on_the_training_split_before_the_test_store_is_read(stores, monkeypatch, tmp_path):
     _, train, test, ckpt = stores
     events = []
-    real_clip, real_head, real_select = PackedStore.clip, P.linear_head, P.select_lambda
+    real_clip, real_head = PackedStore.clip, P.linear_head
 
     def clip(self, i):
         events.append(("read", str(self.root)))

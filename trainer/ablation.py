@@ -37,6 +37,7 @@ from .builtin import BuiltinConfig
 from .model import ENCODERS
 from .pretrain import NORMALIZE, PretrainConfig, pretrain
 from .probe import ProbeConfig, probe
+from .probe import stores as probe_stores
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
 ROW_NAMES = {"noise": "Noise only (COLA baseline)", "ts": "Time stretching", "rir": "RIR filtering",
@@ -84,17 +85,11 @@ def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
     return probe(cfg)
 
 
-def _probe_stores(args) -> dict:
+def _probe_stores(probe_base: ProbeConfig) -> dict:
     """Fingerprints of the probe's training and test stores (the built-in ones are rendered on first use)."""
-    if args.train_data == "builtin":
-        bcfg = BuiltinConfig(n_train=args.builtin_train, n_test=args.builtin_test)
-        train = common.resolve_store("builtin", "train", Path(args.out), bcfg)
-        test = common.resolve_store("builtin", "test", Path(args.out), bcfg) if args.test_data is None else args.test_data
-    else:
-        if args.test_data is None:
-            raise ValueError("--test-data is required with --train-data (a labeled packed store held out for scoring)")
-        train, test = args.train_data, args.test_data
-    return {"train_fingerprint": common.store_fingerprint(train), "test_fingerprint": common.store_fingerprint(test)}
+    train, test = probe_stores(probe_base)
+    return {"train_fingerprint": common.store_fingerprint(train.root),
+            "test_fingerprint": common.store_fingerprint(test.root)}
 
 
 def run(args) -> dict:
@@ -113,11 +108,11 @@ def run(args) -> dict:
     out = Path(args.out)
     seeds = [args.seed + k for k in range(args.seeds)]
     pretrain_store = common.resolve_store(args.data, "unlabeled", out, BuiltinConfig(n_unlabeled=args.builtin_clips))
-    stores = _probe_stores(args)
     probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, device=args.device,
                              seeds=args.probe_seeds, normalize=args.normalize, encoder=encoder,
                              builtin_train=args.builtin_train, builtin_test=args.builtin_test,
-                             max_epochs=args.max_epochs, patience=args.patience)
+                             max_epochs=args.max_epochs, patience=args.patience, out=str(out))
+    stores = _probe_stores(probe_base)
     runs: dict[str, dict] = {}
     for seed in seeds:
         for preset in args.presets:

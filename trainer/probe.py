@@ -392,7 +392,8 @@ def load_encoder(checkpoint: str) -> tuple[nn.Module, str, str]:
     return model.encoder, cfg["preset"], cfg.get("normalize", "none")
 
 
-def _stores(cfg: ProbeConfig) -> tuple[PackedStore, PackedStore]:
+def stores(cfg: ProbeConfig) -> tuple[PackedStore, PackedStore]:
+    """The training and test stores ``cfg`` names (the built-in splits are rendered on first use), checked."""
     if cfg.data == "builtin":
         bcfg = BuiltinConfig(n_train=cfg.builtin_train, n_test=cfg.builtin_test)
         train = common.resolve_store("builtin", "train", Path(cfg.out), bcfg)
@@ -522,7 +523,7 @@ def probe(cfg: ProbeConfig) -> dict:
     device = common.pick_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = _stores(cfg)
+    train, test = stores(cfg)
     runs, extra = (run_linear if cfg.mode in ("linear", "random") else run_network)(cfg, train, test, device)
     y_true = test.targets().numpy()
     y_true = y_true if test.multi_label else y_true.astype(np.int64)
