@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -92,7 +93,7 @@ def _probe_stores(probe_base: ProbeConfig) -> dict:
             "test_fingerprint": common.store_fingerprint(test.root)}
 
 
-def run(args) -> dict:
+def run(args, command: str = "python -m trainer.ablation") -> dict:
     budget = BUDGETS[args.budget]
     steps = args.steps or budget["steps"]
     batch = args.batch_size or budget["batch_size"]
@@ -134,7 +135,7 @@ def run(args) -> dict:
     for key, mode in (("supervised", "supervised"), ("random_init", "random")):
         res = _probed(probe_base, out / key, stores, mode=mode, seed=args.seed, seeds=args.seeds * args.probe_seeds)
         runs[key] = {s["seed"]: {mode: s} for s in res["per_seed"]}
-    result = {"budget": args.budget, "steps": steps, "batch_size": batch, "encoder": encoder,
+    result = {"command": command, "budget": args.budget, "steps": steps, "batch_size": batch, "encoder": encoder,
               "clip_seconds": args.clip_seconds, "normalize": args.normalize, "data": args.data,
               "train_data": args.train_data, "test_data": args.test_data, "seeds": seeds,
               "probe_seeds": args.probe_seeds, "presets": list(args.presets), "runs": runs,
@@ -205,6 +206,8 @@ def table(result: dict) -> str:
     data = "the built-in dataset" if result["data"] == "builtin" else f"`{result['data']}`"
     head = [f"# Ablation: {result['steps']} pretraining steps of {result['batch_size']} clips on {data}",
             "",
+            f"Written by `{result.get('command', 'python -m trainer.ablation')}`.",
+            "",
             f"Encoder `{result['encoder']}`, clips of at most {result['clip_seconds']:g} s, level normalisation "
             f"`{result['normalize']}`; {n} pretraining seed{'s' if n > 1 else ''} ({', '.join(map(str, result['seeds']))}), "
             f"each probed with {result['probe_seeds']} probe seed{'s' if result['probe_seeds'] > 1 else ''}. "
@@ -265,8 +268,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(p.parse_args(argv))
+        return run(p.parse_args(argv), " ".join(["python -m trainer.ablation", *argv]))
     except ValueError as e:
         p.error(str(e))
 
