@@ -470,6 +470,10 @@ def noise_gain(wave: Tensor, noise: Tensor, snr_db: Tensor, valid: Optional[Tens
 # ----------------------------------------------------------------------------------------------------------
 # level
 # ----------------------------------------------------------------------------------------------------------
+#: :func:`normalize_level`'s default targets in dBFS, by mode (the trainer's per-clip gains use the same)
+LEVEL_TARGET_DB = {"rms": -20.0, "peak": -1.0}
+
+
 def gain(wave: Tensor, gain_db: Tensor) -> Tensor:
     """Each row of ``wave`` ``(B, T)`` times ``10 ** (gain_db[b] / 20)``; ``gain_db``: ``(B,)`` in dB. One pass."""
     dtype = work_dtype(wave.dtype)
@@ -491,7 +495,7 @@ def normalize_level(wave: Tensor, lengths: Optional[Tensor] = None, mode: str = 
     if mode == "none":
         return wave
     if target_db is None:
-        target_db = -20.0 if mode == "rms" else -1.0
+        target_db = LEVEL_TARGET_DB[mode]
     dtype = work_dtype(wave.dtype)
     x = wave.to(dtype)
     if lengths is not None:

@@ -334,10 +334,11 @@ class AddNoise(WaveBlock):
             noise = params["noise"]
         dtype = AF.work_dtype(x.dtype)
         x, noise = x.to(dtype), noise.to(dtype)
-        if valid is not None:
-            noise = noise * valid.to(dtype)
+        if valid is not None:  # mask both once here; noise_gain then needs no mask of its own (it would redo both)
+            v = valid.to(dtype)
+            noise = noise * v
         if cfg.std is None:
-            gain = AF.noise_gain(x, noise, params["snr_db"], valid)
+            gain = AF.noise_gain(x if valid is None else x * v, noise, params["snr_db"])
         else:
             gain = torch.full((len(x), 1), cfg.std, dtype=dtype, device=x.device)
         # a row the coin skipped gets gain 0 (x + 0 * noise == x): one pass, no second full-size tensor to select

@@ -407,8 +407,7 @@ def test_builtin_lengths_and_levels_spread_like_real_collections():
 
 def test_builtin_classes_sound_different_and_splits_are_balanced():
     """An independent classifier (scikit-learn's logistic regression on scipy band energies, level removed)
-    separates the classes far above chance (0.1), though 0.5-s clips hold only a piece of one event: measured
-    0.70 with 300 training clips, 0.68 with the default 100."""
+    separates the classes far above chance (0.1), though 0.5-s clips hold only a piece of one event."""
     from sklearn.linear_model import LogisticRegression
 
     cfg = builtin.BuiltinConfig(n_train=300, n_test=100)

@@ -103,7 +103,7 @@ def test_read_windows_is_the_normalised_clip_with_context_and_zeros_beyond_its_e
     windows = P.Windows("ts+mask", SR)
     c = windows.context
     for mode in ("rms", "peak", "none"):
-        gains = P.clip_gains(train, mode)
+        gains = train.gains(mode)
         for i in (0, 7, len(train) - 1):
             n = int(train.length[i])
             x = to_float(torch.from_numpy(train.clip(i).copy()))[None]
@@ -263,7 +263,7 @@ def test_early_stopping_stops_before_max_epochs_and_restores_the_best_weights(st
     torch.manual_seed(0)
     model = Classifier(build_encoder("small"), len(train.classes))
     windows = P.Windows("ts+mask", SR)
-    gains = P.clip_gains(train, "rms")
+    gains = train.gains("rms")
     val = P.validation_split(train.groups(), P.class_of(train.targets(), False), 0)
     train_clips, val_clips = np.flatnonzero(~val), np.flatnonzero(val)
     record = P.train_network(model, windows, train, train_clips, val_clips, gains, False, cfg, 0, "cpu")

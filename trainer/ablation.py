@@ -36,7 +36,8 @@ from augcl import PRESETS
 from . import common, plots
 from .builtin import BuiltinConfig
 from .model import ENCODERS
-from .pretrain import NORMALIZE, PretrainConfig, pretrain
+from .data import NORMALIZE
+from .pretrain import PretrainConfig, pretrain
 from .probe import ProbeConfig, probe
 from .probe import stores as probe_stores
 

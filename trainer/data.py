@@ -24,7 +24,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from augcl.functional import LEVEL_TARGET_DB
+
 from .pack import FORMAT, INT16_SCALE, clip_levels
+
+#: level normalisation modes of the data path (:meth:`PackedStore.gains`)
+NORMALIZE = ("rms", "peak", "none")
 
 
 class PackedStore:
@@ -84,10 +89,12 @@ class PackedStore:
     def gains(self, normalize: str) -> np.ndarray:
         """Per-clip factors that bring each whole clip to the level of :func:`augcl.functional.normalize_level`
         (``"rms"``: -20 dBFS RMS; ``"peak"``: -1 dBFS peak; ``"none"``: 1). A silent clip keeps factor 1."""
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if normalize == "none":
             return np.ones(len(self))
         level = self.levels(normalize)
-        target = 10 ** ((-20.0 if normalize == "rms" else -1.0) / 20)
+        target = 10 ** (LEVEL_TARGET_DB[normalize] / 20)
         return np.where(level > 1e-10, target / np.maximum(level, 1e-10), 1.0)
 
     def labels(self, i: int) -> tuple[int, ...]:

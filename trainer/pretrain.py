@@ -32,12 +32,9 @@ from augcl.kernels import BACKENDS
 
 from . import common
 from .builtin import BuiltinConfig
-from .data import DistributedBatchSampler, PackedClips, make_loader, to_float
+from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import ENCODERS, ContrastiveModel
-
-
-NORMALIZE = ("rms", "peak", "none")
 
 
 @dataclass

@@ -56,13 +56,12 @@ from augcl.transforms import LogMel
 
 from . import common, plots
 from .builtin import BuiltinConfig
-from .data import PackedStore
+from .data import NORMALIZE, PackedStore
 from .metrics import clip_metrics
 from .model import Classifier, ContrastiveModel, build_encoder
 from .pack import INT16_SCALE
 
 MODES = ("linear", "finetune", "supervised", "random")
-NORMALIZE = ("rms", "peak", "none")
 LAMBDAS = tuple(np.logspace(-5, 1, 12).tolist())  # the L2 grid the linear probe's CV searches
 
 
@@ -120,15 +119,6 @@ def window_starts(lengths: np.ndarray, segment: int) -> tuple[np.ndarray, np.nda
     span, kc = np.maximum(n - segment, 0)[clip], k[clip]
     start = np.where(kc > 1, (2 * j * span + (kc - 1)) // np.maximum(2 * (kc - 1), 1), 0)
     return clip, start.astype(np.int64)
-
-
-def clip_gains(store: PackedStore, mode: str) -> np.ndarray:
-    """Per clip, the gain that :func:`augcl.functional.normalize_level` applies over the clip's valid samples
-    (:meth:`trainer.data.PackedStore.gains`, the same the pretraining data path uses): RMS to -20 dBFS, peak to
-    -1 dBFS, 1 for ``none``."""
-    if mode not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {mode!r}")
-    return store.gains(mode)
 
 
 def read_windows(store: PackedStore, clips: np.ndarray, starts: np.ndarray, gains: np.ndarray,
@@ -437,7 +427,7 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) 
     encoder, preset, normalize = _encoder(cfg, cfg.seed)
     encoder = encoder.to(device)
     windows = Windows(preset, train.sample_rate).to(device)
-    gains = clip_gains(train, normalize)
+    gains = train.gains(normalize)
     clip, start = tiles(train, windows)
     recompute_batchnorm(encoder, window_batches(train, clip, start, gains, windows, cfg.window_batch, device))
     h = window_features(encoder, window_batches(train, clip, start, gains, windows, cfg.window_batch, device),
@@ -450,7 +440,7 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) 
         head, info = linear_head(h, targets[torch.from_numpy(clip)].to(h.device), len(train.classes), multi, cv["lam"])
         fits.append((head.cpu(), cv | {k: info[k] for k in ("iterations", "grad_norm", "objective")}))
     # the test store is read only now, after every fit
-    test_gains = clip_gains(test, normalize)
+    test_gains = test.gains(normalize)
     test_clip, test_start = tiles(test, windows)
     test_h = window_features(encoder, window_batches(test, test_clip, test_start, test_gains, windows,
                                                      cfg.window_batch, device), "features (test)")
@@ -474,7 +464,7 @@ def run_network(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device)
         common.seed_everything(seed)
         model = Classifier(encoder, len(train.classes)).to(device)
         windows = Windows(preset, train.sample_rate).to(device)
-        gains = clip_gains(train, normalize)
+        gains = train.gains(normalize)
         if n_groups >= 2:
             val = validation_split(groups, class_of(targets, multi), seed)
             train_clips, val_clips = np.flatnonzero(~val), np.flatnonzero(val)
@@ -484,7 +474,7 @@ def run_network(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device)
             stopping = {"early_stopping": False, "why": f"the training store has {n_groups} group(s): no grouped "
                         f"validation split; trained the full max_epochs={cfg.max_epochs}"}
         record = train_network(model, windows, train, train_clips, val_clips, gains, multi, cfg, seed, device)
-        test_gains = clip_gains(test, normalize)
+        test_gains = test.gains(normalize)
         scores = predict_clips(model, test, np.arange(len(test)), test_gains, windows, multi, cfg.window_batch, device)
         runs.append((scores, stopping | record))
     extra = {"preset": preset, "normalize": normalize, "train_windows": None,
