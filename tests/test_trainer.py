@@ -160,9 +160,10 @@ def test_pretrain_writes_config_metrics_checkpoint_and_plot(uninterrupted):
     rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["clips_per_s"] > 0 for r in rows)
-    ckpt = torch.load(uninterrupted / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    assert ckpt["step"] == 6 and {"model", "optimizer", "epoch", "batch", "config"} <= set(ckpt)
-    assert (uninterrupted / "checkpoints" / "rng-rank0.pt").is_file()
+    ckpt = torch.load(uninterrupted / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 6 and {"model", "optimizer", "epoch", "batch", "config", "rng", "store"} <= set(ckpt)
+    assert len(ckpt["rng"]) == 1 and {"rng", "augment"} <= set(ckpt["rng"][0])  # RNG states inside: one file
+    assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == ["last.pt"]
     assert (uninterrupted / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -204,7 +205,8 @@ def test_torchrun_two_cpu_processes_with_gathered_negatives(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["gather_negatives"]
-    assert (out / "checkpoints" / "rng-rank0.pt").is_file() and (out / "checkpoints" / "rng-rank1.pt").is_file()
+    ckpt = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["augment"], ckpt["rng"][1]["augment"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
 

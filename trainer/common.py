@@ -54,10 +54,12 @@ def atomic_save(obj, path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: torch.save(obj, f))
+    fsync_dir(path.parent)
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's global RNG states (torch, numpy, python, CUDA), as tensors and plain values only."""
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -65,7 +67,7 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    set_numpy_rng_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -145,3 +147,130 @@ def claim_run_dir(folder: Union[str, Path], record: dict) -> None:
                              f"{', '.join(diff)}); pass a new --out, or delete that folder to redo it")
         return
     write_json(path, record)
+
+
+# --- argument errors, threads, checkpoints, run folders -------------------------------------------------------------
+
+class UsageError(ValueError):
+    """A mistake in a command's arguments or in the files it names. The CLIs print it as one line (``error: ...``)
+    and exit with status 2, without a traceback; the message names the argument or file and the fix."""
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def resolve_threads(threads: int) -> int:
+    """``threads`` >= 1 as given; 0 (the CLIs' default) is 1 thread per process: measured best on a shared CPU
+    (docs/training.md, "Threads"), and what a GPU run needs (the device does the work)."""
+    require(isinstance(threads, int) and threads >= 0,
+            f"--threads must be >= 1 (or 0 for the default, 1), got {threads!r}")
+    return threads or 1
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads (``resolve_threads``); returns the number set. Inter-op threads are set too
+    when torch still allows it (only before its first parallel work)."""
+    n = resolve_threads(threads)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set, or parallel work already ran in this process: intra-op is what matters
+        pass
+    return n
+
+
+#: the format tag of a pretraining checkpoint: one file holding model, optimizer, position and every RNG state
+CHECKPOINT_FORMAT = "augcl-pretrain-v2"
+
+
+def read_checkpoint(path: Union[str, Path], arg: str = "--checkpoint", for_resume: bool = False) -> dict:
+    """The one loader of pretraining checkpoints: a :class:`UsageError` that names the file and what is wrong
+    with it (missing, truncated, not a torch file, not a pretraining checkpoint, too old to resume).
+
+    Loaded with ``weights_only=True``: a checkpoint holds tensors and plain values only, so a foreign pickle
+    cannot run code. ``for_resume``: also require what resuming needs (optimizer, position, RNG states)."""
+    path = Path(path)
+    require(path.is_file(), f"{arg} {str(path)!r} does not exist or is not a file; pass the last.pt that "
+                            "`python -m trainer.pretrain` wrote (OUT/checkpoints/last.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every way a file can fail to load is reported the same way
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(f"{arg} {str(path)!r} cannot be read as a torch checkpoint ({type(e).__name__}: "
+                         f"{detail[:200]}); it is truncated or not a file written by trainer.pretrain") from None
+    missing = [k for k in ("model", "config", "step") if not isinstance(ckpt, dict) or k not in ckpt]
+    require(not missing, f"{arg} {str(path)!r} is not an augcl pretraining checkpoint (no {', '.join(missing)}); "
+                         "pass the last.pt that `python -m trainer.pretrain` wrote")
+    if for_resume:
+        require(ckpt.get("format") == CHECKPOINT_FORMAT,
+                f"{arg} {str(path)!r} was written by an older augcl (format {ckpt.get('format', 'v1')!r}, RNG "
+                f"states in separate files); it can be probed but not resumed: start the run over with --overwrite")
+        missing = [k for k in ("optimizer", "epoch", "batch", "rng", "device_type", "store") if k not in ckpt]
+        require(not missing, f"{arg} {str(path)!r} lacks {', '.join(missing)}; it cannot be resumed: start the "
+                             "run over with --overwrite")
+    return ckpt
+
+
+def numpy_rng_state() -> tuple:
+    """``np.random.get_state()`` with its key array as a tensor (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def fsync_dir(folder: Union[str, Path]) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Union[str, Path]) -> list[Path]:
+    """Delete the ``*.tmp`` files an atomic write leaves when its process is killed mid-write; returns them.
+    Safe only while no other process writes ``folder``: callers hold :func:`lock_run_dir`."""
+    folder = Path(folder)
+    stale = sorted(folder.glob("*.tmp")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def lock_run_dir(folder: Union[str, Path]):
+    """An exclusive lock on ``folder`` for this process's lifetime (``folder/.lock``, flock: released by the
+    kernel when the process dies, even by kill -9). A second run in the same folder is refused."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UsageError(f"out folder {str(folder)!r} is in use by another running process; wait for it, stop it, "
+                         "or pass another --out") from None
+    return f
+
+
+def run_cli(fn, argv=None, prog: str = ""):
+    """Call ``fn(argv)``; a :class:`UsageError` becomes one line on stderr and exit status 2."""
+    import sys
+
+    try:
+        return fn(argv)
+    except UsageError as e:
+        print(f"{prog + ': ' if prog else ''}error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 
@@ -40,6 +39,8 @@ class Encoder(nn.Module):
         super().__init__()
         if pooling not in ("avg", "max"):
             raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        import torchvision  # here, not at the top: importing it costs seconds that a small-encoder run need not pay
+
         features = torchvision.models.efficientnet_b0(weights=None).features
         stem = features[0][0]
         features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)

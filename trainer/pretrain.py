@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -31,10 +33,12 @@ from augcl import PRESETS, PairAugmenter
 from augcl.kernels import BACKENDS
 
 from . import common
-from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import ENCODERS, ContrastiveModel
+
+POOLINGS = ("avg", "max")              # model.Encoder's global pooling
+BILINEAR_INITS = ("identity", "cola")  # model.Bilinear's start
 
 
 @dataclass
@@ -59,13 +63,21 @@ class PretrainConfig:
     num_workers: int = 0           # packed reads are fastest in the main process (docs/data.md)
     builtin_clips: int = 1000      # size of the built-in unlabeled split
     bf16: bool = True              # autocast on CUDA (ignored on the CPU)
-    resume: bool = False
+    threads: int = 0               # torch CPU threads of each process; 0: the default, 1 (docs/training.md, "Threads")
+    resume: bool = False           # continue OUT's run from checkpoints/last.pt (the configuration must match)
+    overwrite: bool = False        # start over in an OUT that holds a run (its checkpoint and metrics are deleted)
 
 
 def build(cfg: PretrainConfig, device: torch.device, rank: int):
     """Data, augmenter, model and optimizer, as the config says."""
+    from .builtin import BuiltinConfig  # here: the built-in dataset's renderer imports scipy.signal (a second)
+
     store = common.resolve_store(cfg.data, "unlabeled", Path(cfg.out), BuiltinConfig(n_unlabeled=cfg.builtin_clips))
     dataset = PackedClips(store, clip_seconds=cfg.clip_seconds, seed=cfg.seed, normalize=cfg.normalize)
+    world = common.dist_rank_world()[1]
+    common.require(len(dataset) >= cfg.batch_size * world,
+                   f"--data {cfg.data!r} holds {len(dataset)} clips, fewer than one batch (--batch-size "
+                   f"{cfg.batch_size} x {world} process(es)); lower --batch-size or add clips")
     sampler = DistributedBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
     loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     augment = PairAugmenter.from_preset(cfg.preset, sample_rate=dataset.store.sample_rate, backend=cfg.backend).to(device)
@@ -123,56 +135,203 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+#: configuration fields a resumed run may change; any other difference is refused (:func:`check_resumable`)
+MAY_CHANGE = ("steps", "checkpoint_every", "threads", "num_workers", "device", "resume", "overwrite", "out")
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Every argument checked before anything runs: a :class:`~trainer.common.UsageError` naming the argument and
+    the fix."""
+    req = common.require
+    req(cfg.preset in PRESETS, f"--preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
+    req(cfg.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    req(cfg.normalize in NORMALIZE, f"--normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
+    req(cfg.encoder in ENCODERS, f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+    req(cfg.pooling in POOLINGS, f"--pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
+    req(cfg.bilinear_init in BILINEAR_INITS, f"--bilinear-init must be one of {BILINEAR_INITS}, got {cfg.bilinear_init!r}")
+    req(cfg.steps >= 1, f"--steps must be >= 1 (optimizer steps in all), got {cfg.steps}")
+    req(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (steps between checkpoints), got {cfg.checkpoint_every}")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    req(cfg.batch_size >= 2 or (cfg.batch_size == 1 and cfg.gather_negatives and world > 1),
+        f"--batch-size must be >= 2: the other clips of a batch are the negatives (with 1 the loss is 0 and there is "
+        f"nothing to learn), got {cfg.batch_size}")
+    req(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
+    req(math.isfinite(cfg.clip_seconds) and cfg.clip_seconds > 0, f"--clip-seconds must be > 0, got {cfg.clip_seconds}")
+    req(cfg.dim >= 1, f"--dim must be >= 1 (the projection's size; the paper: 512), got {cfg.dim}")
+    req(cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}")
+    req(cfg.builtin_clips >= 2, f"--builtin-clips must be >= 2, got {cfg.builtin_clips}")
+    req(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    common.resolve_threads(cfg.threads)
+    req(not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one of them")
+    if cfg.data != "builtin":
+        path = Path(cfg.data)
+        req(path.is_dir(), f"--data {cfg.data!r} is neither 'builtin', a packed store nor a folder of audio files; "
+                           "pass an existing folder")
+
+
+def check_resumable(ckpt: dict, cfg: PretrainConfig, world: int, device: torch.device) -> None:
+    """Refuse to resume a checkpoint under another configuration: every field but :data:`MAY_CHANGE` must be
+    equal (``data`` may name another path to a store with the same contents; checked once the store is open)."""
+    old, new = ckpt["config"], asdict(cfg)
+    defaults = asdict(PretrainConfig())
+    diff = [k for k in new if k not in MAY_CHANGE and k != "data" and old.get(k, defaults[k]) != new[k]]
+    if diff:
+        what = ", ".join(f"--{k.replace('_', '-')} ({old.get(k, defaults[k])!r} in the checkpoint, {new[k]!r} now)"
+                         for k in diff)
+        raise common.UsageError(f"--resume: the checkpoint's run differs in {what}; pass the checkpoint's values, or "
+                                "start a new run (--overwrite, or another --out)")
+    common.require(cfg.steps >= ckpt["step"], f"--steps {cfg.steps} is below the checkpoint's step {ckpt['step']}; "
+                                              f"pass --steps >= {ckpt['step']}")
+    common.require(len(ckpt["rng"]) == world, f"--resume: the checkpoint was written by {len(ckpt['rng'])} "
+                                              f"process(es), this run has {world}; resume with the same process count")
+    common.require(ckpt["device_type"] == device.type,
+                   f"--resume: the checkpoint's augmentation RNG is a {ckpt['device_type']} generator but --device is "
+                   f"{device.type}; resume on a {ckpt['device_type']} device")
+
+
+def check_same_data(ckpt: dict, cfg: PretrainConfig, fingerprint: str) -> None:
+    old = ckpt["config"]["data"]
+    if fingerprint != ckpt["store"]:
+        how = "" if old == cfg.data else f" (the checkpoint's run read --data {old!r})"
+        raise common.UsageError(f"--resume: --data {cfg.data!r} is not the data the checkpoint was trained on{how}: "
+                                f"store fingerprint {ckpt['store']} in the checkpoint, {fingerprint} now (files were "
+                                "added, removed or changed); restore that data, or start a new run (--overwrite)")
+
+
 def save_checkpoint(path: Path, model, optimizer, generator, step: int, epoch: int, batch: int,
-                    cfg: PretrainConfig, rank: int) -> None:
-    """Rank 0 writes the model and optimizer; every rank writes its own RNG states (its own augmentations)."""
-    module = model.module if isinstance(model, DistributedDataParallel) else model
+                    cfg: PretrainConfig, rank: int, world: int, device: torch.device, store: str) -> None:
+    """One file, ``path/last.pt``, written atomically by rank 0: model, optimizer, position, configuration, the
+    store's fingerprint and every rank's RNG states (gathered). The previous ``last.pt`` stays in place until
+    the new one is complete (rename), so a kill at any instant leaves one whole checkpoint."""
+    rng = {"rng": common.rng_state(), "augment": generator.get_state()}
+    if world > 1:
+        states = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(rng, states, dst=0)
+    else:
+        states = [rng]
     if rank == 0:
-        common.atomic_save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "epoch": epoch, "batch": batch, "config": asdict(cfg)}, path / "last.pt")
-    common.atomic_save({"rng": common.rng_state(), "augment": generator.get_state(), "step": step},
-                       path / f"rng-rank{rank}.pt")
+        module = model.module if isinstance(model, DistributedDataParallel) else model
+        common.atomic_save({"format": common.CHECKPOINT_FORMAT, "model": module.state_dict(),
+                            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch": batch,
+                            "config": asdict(cfg), "store": store, "device_type": device.type, "rng": states},
+                           path / "last.pt")
 
 
-def load_checkpoint(path: Path, model, optimizer, generator, rank: int, device) -> tuple[int, int, int]:
-    ckpt = torch.load(path / "last.pt", map_location=device, weights_only=False)
-    rng = torch.load(path / f"rng-rank{rank}.pt", map_location="cpu", weights_only=False)
-    if rng["step"] != ckpt["step"]:
-        raise ValueError(f"{path}: rng-rank{rank}.pt is from step {rng['step']} but last.pt from {ckpt['step']}; "
-                         "the run was killed between the two writes; resume from an earlier copy or start over")
+def load_checkpoint(ckpt: dict, model, optimizer, generator, rank: int) -> tuple[int, int, int]:
+    """Restore what :func:`save_checkpoint` wrote (``ckpt`` from :func:`trainer.common.read_checkpoint`)."""
     module = model.module if isinstance(model, DistributedDataParallel) else model
     module.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    common.set_rng_state(rng["rng"])
-    generator.set_state(rng["augment"])  # a CPU ByteTensor for CPU and CUDA generators alike
+    common.set_rng_state(ckpt["rng"][rank]["rng"])
+    generator.set_state(ckpt["rng"][rank]["augment"])  # a CPU ByteTensor for CPU and CUDA generators alike
     return ckpt["step"], ckpt["epoch"], ckpt["batch"]
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "loss.png")
+
+
+def _holds_run(out: Path) -> bool:
+    return (out / "checkpoints" / "last.pt").is_file() or any((out / f).is_file() for f in RUN_FILES)
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove the run's files (the packed copy of a --data folder, a cache, is kept)."""
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for f in RUN_FILES:
+        (out / f).unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric rows of steps <= ``step`` (the checkpoint's): rows logged after it are redone on resume,
+    and a row cut short by a kill is dropped."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", math.inf) <= step:
+            keep.append(line + "\n")
+    common.atomic_write(path, lambda f: f.write("".join(keep).encode()))
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) pretraining; returns the output folder."""
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
-    if cfg.normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
-    device = common.pick_device(cfg.device)
+    """Run (or resume) pretraining; returns the output folder. Argument and file errors raise
+    :class:`~trainer.common.UsageError` before any work."""
+    validate(cfg)
+    common.set_threads(cfg.threads)
+    try:
+        device = common.pick_device(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise common.UsageError(f"--device: {e}") from None
     rank, world = common.init_distributed(device)
+    out = Path(cfg.out)
+    lock = common.lock_run_dir(out) if rank == 0 else None
+    try:
+        return _pretrain(cfg, progress, device, rank, world)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: int, world: int) -> Path:
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
-    dataset, sampler, loader, augment, model, optimizer, generator = build(cfg, device, rank)
+    if rank == 0:
+        removed = common.remove_stale_temporaries(ckpt_dir) + common.remove_stale_temporaries(out)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by a killed run: {', '.join(p.name for p in removed)}")
+    ckpt = None
+    if _holds_run(out):
+        if cfg.overwrite:
+            if rank == 0:
+                _clear_run(out)
+        elif not cfg.resume:
+            at = ""
+            if (ckpt_dir / "last.pt").is_file():
+                try:
+                    at = f" (checkpoint at step {common.read_checkpoint(ckpt_dir / 'last.pt', '--out')['step']})"
+                except common.UsageError:
+                    at = " (its checkpoint is unreadable)"
+            raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "
+                                    "start over, or another --out")
+        elif (ckpt_dir / "last.pt").is_file():
+            ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
+            check_resumable(ckpt, cfg, world, device)
+            if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
+                raise common.UsageError(
+                    f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
+                    "of audio would be packed anew: pass the checkpoint's --data (or a packed store of the same "
+                    "clips), or start a new run (--overwrite)")
+        elif rank == 0:
+            print(f"--resume: no checkpoint in {ckpt_dir} (killed before the first one), starting from step 0")
+    common.barrier()
+    try:
+        dataset, sampler, loader, augment, model, optimizer, generator = build(cfg, device, rank)
+    except common.UsageError:
+        raise
+    except ValueError as e:  # the store: not a packed store, unfinished, empty
+        raise common.UsageError(f"--data: {e}") from None
+    fingerprint = common.store_fingerprint(dataset.store.root)
     step, epoch, batch = 0, 0, 0
-    if cfg.resume and (ckpt_dir / "last.pt").is_file():
-        step, epoch, batch = load_checkpoint(ckpt_dir, model, optimizer, generator, rank, device)
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {ckpt_dir}, starting from step 0")
+    if ckpt is not None:
+        check_same_data(ckpt, cfg, fingerprint)
+        step, epoch, batch = load_checkpoint(ckpt, model, optimizer, generator, rank)
+        del ckpt
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
-        common.write_json(out / "config.json", asdict(cfg) | {"world_size": world, "device": str(device)})
+        common.write_json(out / "config.json", asdict(cfg) | {"world_size": world, "device": str(device),
+                                                              "store": fingerprint})
+        _truncate_metrics(out / "metrics.jsonl", step)
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     stop = _StopFlag()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.preset}", disable=not progress or rank != 0,
                dynamic_ncols=True)
+    save = dict(cfg=cfg, rank=rank, world=world, device=device, store=fingerprint)
     try:
         while step < cfg.steps and not stop.raised:
             sampler.set_epoch(epoch, start_batch=batch)
@@ -193,7 +352,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
                     metrics.flush()
                 stopping = common.any_rank(stop.raised, device) if world > 1 else stop.raised
                 if stopping or step % cfg.checkpoint_every == 0 or step >= cfg.steps:
-                    save_checkpoint(ckpt_dir, model, optimizer, generator, step, epoch, batch, cfg, rank)
+                    save_checkpoint(ckpt_dir, model, optimizer, generator, step, epoch, batch, **save)
                 if stopping:
                     stop.raised = True
                     break
@@ -223,7 +382,12 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics_path.read_text().splitlines() if metrics_path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
     if not rows:
         return
     last = {r["step"]: r for r in rows}  # a resumed run may have logged a step twice; the later one counts
@@ -234,7 +398,7 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     ax[1].plot(steps, [last[s]["acc"] for s in steps])
     ax[1].set(xlabel="step", ylabel="accuracy", title="anchor -> positive retrieval in the batch")
     fig.tight_layout()
-    fig.savefig(png, dpi=80)
+    common.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
 
@@ -247,13 +411,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS}
+            choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
+                       "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS}
             p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
     return PretrainConfig(**vars(p.parse_args(argv)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    return pretrain(parse_args(argv))
+    return common.run_cli(lambda a: pretrain(parse_args(a)), argv, "trainer.pretrain")
 
 
 if __name__ == "__main__":
