@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from augcl import PRESETS
 
@@ -38,7 +37,9 @@ from .builtin import BuiltinConfig
 from .model import ENCODERS
 from .data import NORMALIZE
 from .pretrain import PretrainConfig, pretrain
+from .pretrain import validate as pretrain_validate
 from .probe import ProbeConfig, probe
+from .probe import check as probe_check
 from .probe import stores as probe_stores
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
@@ -51,7 +52,8 @@ BUDGETS = {  # pretraining steps and batch size, encoder
     "paper": dict(steps=100_000, batch_size=128, encoder="efficientnet_b0"),
 }
 #: settings that do not change what a run computes (where it writes, on which device, how often it checkpoints)
-_NOT_FINGERPRINTED = ("out", "resume", "device", "checkpoint_every", "num_workers", "steps", "backend")
+_NOT_FINGERPRINTED = ("out", "resume", "overwrite", "device", "checkpoint_every", "num_workers", "steps", "backend",
+                      "threads")
 
 
 def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
@@ -61,7 +63,7 @@ def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
 
 def _steps_done(out: Path) -> int:
     ckpt = out / "checkpoints" / "last.pt"
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.is_file() else 0
+    return common.read_checkpoint(ckpt, "checkpoint")["step"] if ckpt.is_file() else 0
 
 
 def _pretrained(cfg: PretrainConfig, store: Path) -> str:
@@ -99,30 +101,49 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
     steps = args.steps or budget["steps"]
     batch = args.batch_size or budget["batch_size"]
     encoder = args.encoder or budget["encoder"]
-    if args.budget == "paper" and args.data == "builtin":
-        raise ValueError("--budget paper needs --data (unlabeled audio or a packed store) and labeled "
-                         "--train-data/--test-data; the built-in dataset is for --budget small")
-    if args.seeds < 1 or args.probe_seeds < 1:
-        raise ValueError(f"--seeds and --probe-seeds must be >= 1, got {args.seeds} and {args.probe_seeds}")
+    req = common.require
+    req(not (args.budget == "paper" and args.data == "builtin"),
+        "--budget paper needs --data (unlabeled audio or a packed store) and labeled --train-data/--test-data; the "
+        "built-in dataset is for --budget small")
+    req(args.seeds >= 1 and args.probe_seeds >= 1,
+        f"--seeds and --probe-seeds must be >= 1, got {args.seeds} and {args.probe_seeds}")
+    req(args.steps >= 0 and args.batch_size >= 0,
+        f"--steps and --batch-size must be >= 1 (or 0: the budget's), got {args.steps} and {args.batch_size}")
+    req(min(args.builtin_clips, args.builtin_train, args.builtin_test) >= 2,
+        "--builtin-clips, --builtin-train and --builtin-test must be >= 2")
     unknown = sorted(set(args.presets) - set(PRESETS))
-    if unknown:
-        raise ValueError(f"--presets: unknown {unknown}; choose from {sorted(PRESETS)}")
+    req(not unknown, f"--presets: unknown {unknown}; choose from {sorted(PRESETS)}")
     out = Path(args.out)
     seeds = [args.seed + k for k in range(args.seeds)]
-    pretrain_store = common.resolve_store(args.data, "unlabeled", out, BuiltinConfig(n_unlabeled=args.builtin_clips))
     probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, device=args.device,
                              seeds=args.probe_seeds, normalize=args.normalize, encoder=encoder,
                              builtin_train=args.builtin_train, builtin_test=args.builtin_test,
-                             max_epochs=args.max_epochs, patience=args.patience, out=str(out))
+                             max_epochs=args.max_epochs, patience=args.patience, out=str(out), threads=args.threads)
+
+    def pretrain_config(preset: str, seed: int, data: str) -> PretrainConfig:
+        run_dir = out / preset.replace("+", "_") / f"seed{seed}"
+        return PretrainConfig(data=data, preset=preset, out=str(run_dir / "pretrain"), steps=steps,
+                              batch_size=batch, seed=seed, device=args.device, resume=True, encoder=encoder,
+                              clip_seconds=args.clip_seconds, normalize=args.normalize, threads=args.threads,
+                              checkpoint_every=max(steps // 4, 1))
+
+    # every argument checked before the first run starts (a bad one must not surface hours in)
+    for preset in args.presets:
+        pretrain_validate(pretrain_config(preset, args.seed, args.data))
+    probe_check(replace(probe_base, mode="supervised"))
+    common.set_threads(args.threads)
+    try:
+        pretrain_store = common.resolve_store(args.data, "unlabeled", out, BuiltinConfig(n_unlabeled=args.builtin_clips))
+    except common.UsageError:
+        raise
+    except ValueError as e:
+        raise common.UsageError(f"--data: {e}") from None
     stores = _probe_stores(probe_base)
     runs: dict[str, dict] = {}
     for seed in seeds:
         for preset in args.presets:
             run_dir = out / preset.replace("+", "_") / f"seed{seed}"
-            cfg = PretrainConfig(data=str(pretrain_store), preset=preset, out=str(run_dir / "pretrain"), steps=steps,
-                                 batch_size=batch, seed=seed, device=args.device, resume=True, encoder=encoder,
-                                 clip_seconds=args.clip_seconds, normalize=args.normalize,
-                                 checkpoint_every=max(steps // 4, 1))
+            cfg = pretrain_config(preset, seed, str(pretrain_store))
             ckpt = _pretrained(cfg, pretrain_store)
             if args.pretrain_only:
                 continue
@@ -257,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=ProbeConfig.patience,
                    help="fine-tuning / supervised: epochs without a better validation macro F1 before stopping")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads; 0: the default, 1 (measured best on a shared CPU: docs/training.md)")
     p.add_argument("--builtin-clips", type=int, default=1000, help="built-in unlabeled clips (pretraining)")
     p.add_argument("--builtin-train", type=int, default=100, help="built-in labeled clips for the probes")
     p.add_argument("--builtin-test", type=int, default=200, help="built-in clips the probes are scored on")
@@ -272,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(p.parse_args(argv), " ".join(["python -m trainer.ablation", *argv]))
-    except ValueError as e:
+    except common.UsageError as e:
         p.error(str(e))
 
 

@@ -58,7 +58,7 @@ from . import common, plots
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
 from .metrics import clip_metrics
-from .model import Classifier, ContrastiveModel, build_encoder
+from .model import ENCODERS, Classifier, ContrastiveModel, build_encoder
 from .pack import INT16_SCALE
 
 MODES = ("linear", "finetune", "supervised", "random")
@@ -82,6 +82,7 @@ class ProbeConfig:
     max_epochs: int = 200             # fine-tuning / supervised
     patience: int = 15                # epochs without a better validation macro F1 before stopping
     device: str = "auto"
+    threads: int = 0                  # torch CPU threads; 0: the default, 1 (docs/training.md, "Threads")
     builtin_train: int = 100
     builtin_test: int = 200
 
@@ -374,7 +375,7 @@ def train_network(model: Classifier, windows: Windows, store: PackedStore, train
 def load_encoder(checkpoint: str) -> tuple[nn.Module, str, str]:
     """The pretrained encoder f (the one the checkpoint names), its preset (mel front end) and its level
     normalisation (``"none"`` for checkpoints from before ``normalize`` existed)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = common.read_checkpoint(checkpoint, "--checkpoint")
     cfg = ckpt["config"]
     model = ContrastiveModel(cfg["dim"], cfg["pooling"], cfg.get("bilinear_init", "identity"),
                              cfg.get("encoder", "efficientnet_b0"))
@@ -383,32 +384,67 @@ def load_encoder(checkpoint: str) -> tuple[nn.Module, str, str]:
 
 
 def stores(cfg: ProbeConfig) -> tuple[PackedStore, PackedStore]:
-    """The training and test stores ``cfg`` names (the built-in splits are rendered on first use), checked."""
+    """The training and test stores ``cfg`` names (the built-in splits are rendered on first use), checked: both
+    labeled, the same classes and task, and in a single-label task every clip labeled."""
     if cfg.data == "builtin":
         bcfg = BuiltinConfig(n_train=cfg.builtin_train, n_test=cfg.builtin_test)
         train = common.resolve_store("builtin", "train", Path(cfg.out), bcfg)
         test = common.resolve_store("builtin", "test", Path(cfg.out), bcfg) if cfg.test_data is None else cfg.test_data
     else:
-        if cfg.test_data is None:
-            raise ValueError("--test-data is required with --data (a labeled packed store held out for evaluation)")
+        common.require(cfg.test_data is not None,
+                       "--test-data is required with --data (a labeled packed store held out for evaluation)")
         train, test = cfg.data, cfg.test_data
-    train, test = PackedStore(train), PackedStore(test)
-    if not train.classes:
-        raise ValueError(f"data {cfg.data!r} is not labeled; pack it from a labeled layout (docs/data.md)")
-    if train.classes != test.classes or train.multi_label != test.multi_label:
-        raise ValueError("--data and --test-data must have the same classes and task type")
+    opened = []
+    for arg, root in (("--data", train), ("--test-data", test)):
+        try:
+            opened.append(PackedStore(root))
+        except ValueError as e:
+            raise common.UsageError(f"{arg}: {e}") from None
+    train, test = opened
+    common.require(bool(train.classes), f"--data {cfg.data!r} is not labeled; pack it from a labeled layout "
+                                        "(docs/data.md)")
+    if train.classes != test.classes:
+        missing = [c for c in train.classes if c not in test.classes]
+        extra = [c for c in test.classes if c not in train.classes]
+        what = (f"--test-data lacks {missing} and has {extra} that --data lacks" if missing or extra else
+                "they list the same classes in another order (class indices differ)")
+        raise common.UsageError(f"--data and --test-data must have the same classes: {what}; pack both with the "
+                                "same class list (a manifest's classes, or the same class folders)")
+    common.require(train.multi_label == test.multi_label,
+                   f"--data is {'multi' if train.multi_label else 'single'}-label but --test-data is "
+                   f"{'multi' if test.multi_label else 'single'}-label; pack both from the same layout")
+    for arg, store in (("--data", train), ("--test-data", test)):
+        if not store.multi_label:
+            unlabeled = np.flatnonzero(store.targets().numpy() < 0)
+            if len(unlabeled):
+                names = [store.paths()[i] for i in unlabeled[:3]]
+                raise common.UsageError(
+                    f"{arg} {str(store.root)!r}: {len(unlabeled)} clip(s) have no label in a single-label task "
+                    f"(e.g. {names}; the pack's report.tsv lists them); label them or drop them from the source "
+                    "and pack again")
     return train, test
 
 
-def _check(cfg: ProbeConfig) -> None:
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
-    if cfg.mode in ("linear", "finetune") and cfg.checkpoint is None:
-        raise ValueError(f"--mode {cfg.mode} needs --checkpoint (a pretrain last.pt); or use --mode supervised/random")
-    if cfg.normalize is not None and cfg.normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
-    if cfg.seeds < 1 or cfg.window_batch < 1 or cfg.batch_size < 1:
-        raise ValueError("seeds, window_batch and batch_size must be >= 1")
+def check(cfg: ProbeConfig) -> None:
+    """Every argument checked before any work: a :class:`~trainer.common.UsageError` naming it and the fix."""
+    req = common.require
+    req(cfg.mode in MODES, f"--mode must be one of {MODES}, got {cfg.mode!r}")
+    req(cfg.mode not in ("linear", "finetune") or cfg.checkpoint is not None,
+        f"--mode {cfg.mode} needs --checkpoint (a pretrain last.pt); or use --mode supervised/random")
+    if cfg.mode in ("linear", "finetune"):
+        common.read_checkpoint(cfg.checkpoint, "--checkpoint")  # missing, truncated or foreign: said now
+    req(cfg.encoder in ENCODERS, f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+    req(cfg.normalize is None or cfg.normalize in NORMALIZE, f"--normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
+    for name in ("seeds", "window_batch", "batch_size", "max_epochs", "patience", "builtin_train", "builtin_test"):
+        value = getattr(cfg, name)
+        req(value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    req(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    req(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
+    common.resolve_threads(cfg.threads)
+    for arg, path in (("--data", cfg.data), ("--test-data", cfg.test_data)):
+        if path not in (None, "builtin"):
+            req(Path(path).is_dir(), f"{arg} {path!r} does not exist; pass a labeled packed store "
+                                     "(python -m trainer.pack) or 'builtin'")
 
 
 def _encoder(cfg: ProbeConfig, seed: int) -> tuple[nn.Module, str, str]:
@@ -508,9 +544,13 @@ def seed_summary(per_seed: list[dict]) -> dict:
 
 def probe(cfg: ProbeConfig) -> dict:
     """Run the mode over ``cfg.seeds`` seeds; write metrics.json, scores.npz and both plots; return the metrics."""
-    _check(cfg)
+    check(cfg)
+    common.set_threads(cfg.threads)
     t0 = time.perf_counter()
-    device = common.pick_device(cfg.device)
+    try:
+        device = common.pick_device(cfg.device)
+    except (ValueError, RuntimeError) as e:
+        raise common.UsageError(f"--device: {e}") from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = stores(cfg)
@@ -542,13 +582,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ProbeConfig:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(ProbeConfig):
         kind = {"int": int, "float": float, "str": str, "Optional[str]": str}[f.type]
-        choices = {"mode": MODES, "normalize": NORMALIZE}.get(f.name)
+        choices = {"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS}.get(f.name)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices)
     return ProbeConfig(**vars(p.parse_args(argv)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return probe(parse_args(argv))
+    return common.run_cli(lambda a: probe(parse_args(a)), argv, "trainer.probe")
 
 
 if __name__ == "__main__":
