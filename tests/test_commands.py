@@ -115,3 +115,14 @@ def test_train_benchmark_quick_splits_the_step(tmp_path):
         assert abs(r["step_s"] - sum(r["median_s"].values())) < 1e-12
     text = train.write(res, tmp_path, "cpu")
     assert (tmp_path / "train.png").stat().st_size > 0 and "augment share" in text
+
+
+def test_threads_benchmark_quick_measures_each_count_in_both_conditions(tmp_path):
+    from benchmarks import threads
+
+    res = threads.run([1], "small", 4, 1, 1, tmp_path / "work", 16)
+    assert set(res["results"]) == {"idle", "busy"}
+    for rows in res["results"].values():
+        assert rows["1"]["clips_per_s"] > 0 and rows["1"]["ratio_to_1"] == 1.0
+    text = threads.write(res, tmp_path, "python -m benchmarks.threads")
+    assert (tmp_path / "threads.png").stat().st_size > 0 and "| busy | 1 |" in text

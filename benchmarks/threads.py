@@ -1,0 +1,139 @@
+"""Pretraining throughput by torch CPU thread count, on an idle CPU and beside a busy process: ``--threads``' default.
+
+    python -m benchmarks.threads                          # small CNN, B=64 (the ablation's budget), threads 1 and 2
+    python -m benchmarks.threads --encoder efficientnet_b0 --batch 16 --threads 1 2 4
+
+Whole steps of ``trainer.pretrain.train_step`` (data, augmentation, forward/backward, Adam) in one process, the
+thread counts interleaved round by round (``torch.set_num_threads`` between rounds) so that a change in the
+machine's load hits every count alike. Two conditions: ``idle`` (no load from this command) and ``busy``: one
+other process runs float32 matrix products on one thread the whole time (another user's job on a shared
+machine). Reports clips/s (median over rounds) and each count's ratio to 1 thread.
+Writes docs/benchmarks/threads.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.throughput import machine_info, machine_text, save
+from trainer.model import ENCODERS
+from trainer.pretrain import PretrainConfig, build, train_step
+
+BUSY = ("import os, torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
+        "while True:\n    a = torch.tanh(a @ a * 1e-3)\n")
+
+
+def _steps_per_s(state, cfg, device, steps: int) -> float:
+    dataset, loader, augment, model, optimizer, generator, it = state
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        try:
+            batch = next(it[0])
+        except StopIteration:
+            it[0] = iter(loader)
+            batch = next(it[0])
+        train_step(model, augment, optimizer, batch, generator, cfg, device)["loss"].item()
+    return steps / (time.perf_counter() - t0)
+
+
+def run(threads, encoder: str, batch: int, steps: int, rounds: int, work: Path, builtin_clips: int) -> dict:
+    device = torch.device("cpu")
+    cfg = PretrainConfig(preset="ts+mask", batch_size=batch, out=str(work), device="cpu", encoder=encoder,
+                         builtin_clips=builtin_clips, clip_seconds=10.0)
+    dataset, _, loader, augment, model, optimizer, generator = build(cfg, device, rank=0)
+    state = (dataset, loader, augment, model, optimizer, generator, [iter(loader)])
+    results = {}
+    for condition in ("idle", "busy"):
+        busy = None
+        if condition == "busy":
+            busy = subprocess.Popen([sys.executable, "-c", BUSY], env=dict(os.environ, OMP_NUM_THREADS="1"))
+            time.sleep(2.0)  # let it start
+        try:
+            torch.set_num_threads(max(threads))
+            _steps_per_s(state, cfg, device, 2)  # warm-up
+            rates = {n: [] for n in threads}
+            for _ in range(rounds):
+                for n in threads:
+                    torch.set_num_threads(n)
+                    rates[n].append(_steps_per_s(state, cfg, device, steps) * batch)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        med = {n: statistics.median(r) for n, r in rates.items()}
+        results[condition] = {str(n): {"clips_per_s": med[n], "ratio_to_1": med[n] / med[threads[0]],
+                                       "rounds": rates[n]} for n in threads}
+    return {"encoder": encoder, "batch": batch, "steps": steps, "rounds": rounds, "threads": list(threads),
+            "load_before": os.getloadavg()[0], "machine": machine_info(device), "results": results}
+
+
+def write(res: dict, out: Path, command: str) -> str:
+    lines = ["# Pretraining throughput by CPU thread count (`--threads`)", "", f"`{command}`", "",
+             f"{machine_text(res['machine'])}. {res['encoder']}, B={res['batch']}, ts+mask, built-in store; "
+             f"{res['steps']} whole steps per round, {res['rounds']} rounds, thread counts interleaved; median "
+             f"clips/s. 1-min load average before the run: {res['load_before']:.2f}. busy: one other process "
+             "multiplies matrices on one thread throughout.", "",
+             "| condition | threads | clips/s | ratio to 1 thread |", "| --- | --- | --- | --- |"]
+    for condition, rows in res["results"].items():
+        for n, r in rows.items():
+            lines.append(f"| {condition} | {n} | {r['clips_per_s']:.1f} | {r['ratio_to_1']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    save(res, text, out, "threads", "cpu", _plot, "clips/s by thread count")
+    return text
+
+
+def _plot(res: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / len(res["threads"])
+    for k, n in enumerate(res["threads"]):
+        vals = [res["results"][c][str(n)]["clips_per_s"] for c in res["results"]]
+        ax.bar([i + k * width for i in range(len(vals))], vals, width, label=f"{n} thread{'s' if n > 1 else ''}")
+    ax.set_xticks([i + width * (len(res["threads"]) - 1) / 2 for i in range(len(res["results"]))],
+                  list(res["results"]))
+    ax.set_ylabel("clips/s")
+    ax.set_title(f"pretraining, {res['encoder']}, B={res['batch']}, CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--encoder", choices=ENCODERS, default="small")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="whole steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--builtin-clips", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--quick", action="store_true", help="B=4, 1 step x 1 round, 16 clips; writes nothing")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.rounds, args.builtin_clips = 4, 1, 1, 16
+    threads = sorted(set(args.threads))
+    with tempfile.TemporaryDirectory(prefix="augcl-bench-threads-") as work:
+        res = run(threads, args.encoder, args.batch, args.steps, args.rounds, Path(work), args.builtin_clips)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        print({c: {n: round(r["clips_per_s"], 1) for n, r in rows.items()} for c, rows in res["results"].items()})
+    else:
+        print(write(res, args.out, f"python -m benchmarks.threads {argv_text}".strip()))
+    return res
+
+
+if __name__ == "__main__":
+    main()
