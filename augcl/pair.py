@@ -94,6 +94,12 @@ PRESETS: dict[str, Callable[[int], PairConfig]] = {
 CPU_CHUNK = 32
 
 
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; pass "
+                        f"torch.Generator(device=wave.device).manual_seed(seed)")
+
+
 class Pair(NamedTuple):
     """Anchor and positive log-mels ``(B, 1, n_mels, frames)`` and every per-example parameter applied."""
 
@@ -126,6 +132,12 @@ class Branch(nn.Module):
         self.mel = mel
         self.mask = SpecMask(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
+
+    @property
+    def param_keys(self) -> tuple:
+        """The keys ``sample`` returns."""
+        blocks = (self.segment, self.gain, self.rir, self.noise, self.mask)
+        return tuple(k for block in blocks if block is not None for k in block.param_keys)
 
     def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> dict:
         params = dict(self.segment.sample(batch, length, generator, device, lengths))
@@ -239,33 +251,80 @@ class PairAugmenter(nn.Module):
         """Pad short clips so that every segment (stretched or not) lies inside the clip."""
         return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
+    def param_keys(self, lengths: bool = False) -> set:
+        """The keys of :meth:`sample`'s dict (with ``lengths``: of a batch drawn with ``lengths=``)."""
+        keys = {f"{name}.{k}" for name, branch in (("anchor", self.anchor), ("positive", self.positive))
+                for k in branch.param_keys}
+        return keys | {"length"} | ({"lengths"} if lengths else set())
+
     def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None,
                lengths: Optional[Tensor] = None) -> dict:
         """Draw every per-example parameter for a batch of ``batch`` clips of ``length`` samples.
 
         ``lengths`` ``(B,)``: valid samples per clip (default: ``length`` for all); each segment starts inside its
         clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
-        ``positive.``, plus ``lengths`` when given; values are tensors with leading dimension ``batch``.
+        ``positive.``, plus ``length`` (an empty ``(batch, 0, length)`` tensor: its shape records the clip length, so
+        that a replay checks it without reading device memory, and it follows the params through indexing and
+        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``.
         """
+        _check_generator(generator)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             drawn = branch.sample(batch, length, generator, device, full if lengths is None else lengths)
             out.update({f"{name}.{k}": v for k, v in drawn.items()})
+        out["length"] = torch.empty((batch, 0, length), dtype=torch.bool, device=device)
         if lengths is not None:
             out["lengths"] = lengths.to(torch.long)
         return out
 
+    def check_params(self, params, wave: Tensor) -> None:
+        """Raise a named error unless ``params`` were drawn by this augmenter for ``wave`` ``(B, T)``: the keys
+        :meth:`sample` gives, a tensor per key with ``B`` rows on ``wave``'s device, drawn for clips of ``T`` samples.
+        Shapes and keys only: no host sync."""
+        redraw = "pass params drawn by this augmenter for this batch (pair.params), or params=None to draw new ones"
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}; {redraw}")
+        expected = self.param_keys(lengths="lengths" in params)
+        missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected)
+        if missing == ["length"] and not extra:
+            raise ValueError("params have no 'length' (the clip length they were drawn for): they come from an older "
+                             "augcl; draw them again with this version (aug.sample(B, T, generator)), or pass "
+                             "params=None")
+        if missing or extra:
+            found = "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("not its own", extra)) if keys)
+            raise ValueError(f"params do not match this augmenter ({found}); {redraw}")
+        for k, v in params.items():
+            if not isinstance(v, Tensor) or v.ndim == 0:
+                raise TypeError(f"params[{k!r}] must be a tensor with one row per clip, got "
+                                f"{type(v).__name__ if not isinstance(v, Tensor) else 'a 0-d tensor'}; {redraw}")
+        if params["length"].ndim != 3:
+            raise ValueError(f"params['length'] must be the empty (B, 0, T) tensor aug.sample records, got shape "
+                             f"{tuple(params['length'].shape)}; {redraw}")
+        B, T = wave.shape
+        drawn = params["length"].shape
+        if drawn[0] != B or drawn[-1] != T:
+            raise ValueError(f"params were drawn for a batch of {drawn[0]} clips of {drawn[-1]} samples, but wave is "
+                             f"({B}, {T}); {redraw}")
+        for k, v in params.items():
+            if v.shape[0] != B:
+                raise ValueError(f"params[{k!r}] has {v.shape[0]} rows but wave has {B} clips; {redraw}")
+            if v.device != wave.device:
+                raise ValueError(f"params[{k!r}] is on {v.device} but wave is on {wave.device}; move them with "
+                                 f"{{k: v.to(wave.device) for k, v in params.items()}}")
+
     def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None,
                 lengths: Optional[Tensor] = None) -> Pair:
         """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before (with its
-        ``lengths``, if it has them); ``lengths`` ``(B,)``: valid samples per row (default: all)."""
+        ``lengths``, if it has them; checked first by :meth:`check_params`); ``lengths`` ``(B,)``: valid samples per
+        row (default: all)."""
         x = AF.as_batch(wave)
+        _check_generator(generator)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device} but wave is on {x.device}; "
                              f"create it with torch.Generator(device=wave.device)")
-        if params is not None and not isinstance(params, dict):
-            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}")
+        if params is not None:
+            self.check_params(params, x)
         check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
         if check:
             AF.check_finite(x)

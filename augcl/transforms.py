@@ -168,6 +168,9 @@ def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
 class WaveBlock(nn.Module):
     """Base of the waveform blocks: ``forward`` draws parameters for ``x`` unless given, then applies them."""
 
+    #: the keys ``sample`` returns (PairAugmenter checks replayed params against them)
+    param_keys: tuple = ()
+
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         raise NotImplementedError
 
@@ -210,6 +213,10 @@ class RandomSegment(WaveBlock):
         self.backend = backend
         if stretch is not None:
             self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
+
+    @property
+    def param_keys(self) -> tuple:
+        return ("start", "stretch_rate", "stretch_applied") if self.stretch is not None else ("start",)
 
     @property
     def output_samples(self) -> int:
@@ -310,6 +317,13 @@ class AddNoise(WaveBlock):
         self.config = config
         self.bank = bank if config.kind == "bank" else None
 
+    @property
+    def param_keys(self) -> tuple:
+        cfg = self.config
+        drawn = ("noise_index", "noise_start") if cfg.kind == "bank" else ("noise",)
+        return (("noise_applied",) + (("snr_db",) if cfg.std is None else ()) + drawn
+                + (("color_exponent",) if cfg.kind == "colored" else ()))
+
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         cfg = self.config
         params = {"noise_applied": _coin(cfg.p, batch, generator, device)}
@@ -351,6 +365,8 @@ class RandomGain(WaveBlock):
     Params: ``gain_db`` (drawn for every row), ``gain_applied``.
     """
 
+    param_keys = ("gain_applied", "gain_db")
+
     def __init__(self, config: GainConfig = GainConfig()):
         super().__init__()
         if not 0.0 <= config.p <= 1.0:
@@ -379,6 +395,8 @@ class RandomGain(WaveBlock):
 
 class RIRFilter(WaveBlock):
     """Convolution of each example with an IR gathered from a :class:`RIRBank`. Params: ``rir_index``, ``rir_applied``."""
+
+    param_keys = ("rir_applied", "rir_index")
 
     def __init__(self, config: RIRConfig = RIRConfig(), bank: Optional[RIRBank] = None, sample_rate: int = 16000):
         super().__init__()
@@ -448,6 +466,8 @@ class LogMel(nn.Module):
 
 class SpecMask(nn.Module):
     """SpecAugment masks on ``(B, 1, n_mels, frames)``. Params: ``time_mask_start/width``, ``freq_mask_start/width`` ``(B, n)``."""
+
+    param_keys = ("time_mask_width", "time_mask_start", "freq_mask_width", "freq_mask_start")
 
     def __init__(self, config: MaskConfig = MaskConfig()):
         super().__init__()
