@@ -87,6 +87,11 @@ PRESETS: dict[str, Callable[[int], PairConfig]] = {
 }
 
 
+#: Rows whose L2 norm exceeds this are augmented divided by a power of two, their log-mels shifted back. Below it every
+#: power stays far inside float32: a frame's spectrum is at most ||window|| ||x|| < 13 * 2 ** 40, times
+#: ||rir||_1 <= sqrt(16000) for an IR of 1 s, 2 (+6 dB gain) and 32 (an SNR of -30 dB): squared, < 1e36 < 3.4e38.
+SCALE_ABOVE = 2.0 ** 40
+
 #: Clips a branch processes at a time on a CPU. The whole batch's temporaries (B=128: ~20 MB each) outrun the
 #: caches and make the allocator map fresh pages on every call; chunks of 32 were the fastest of 8-128 for
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
@@ -154,14 +159,21 @@ class Branch(nn.Module):
 
         ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
         (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
-        only.
+        only. ``params["clip_scale"]`` ``(B,)`` (optional): ``x`` holds the clips divided by it (powers of two, see
+        :func:`augcl.functional.power_of_two_scale`); the log-mels are those of the clips (the extra transforms see
+        the divided segments).
         """
         lengths = params.get("lengths")
+        clip_scale = params.get("clip_scale")
+        log_gain = None
+        if clip_scale is not None:
+            log_gain = self.mel.config.power * torch.log(clip_scale.to(AF.work_dtype(x.dtype)))
         if self.spectral:
             if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
                 scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
                 divisor = 1.0 / scale if divisor is None else divisor / scale
-            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths)
+            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
+                                                  log_gain=log_gain)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
@@ -175,8 +187,8 @@ class Branch(nn.Module):
             y = self.rir.apply(y, params)
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
-            y = self.noise.apply(y, params, valid)
-        spec = self.mel(y)
+            y = self.noise.apply(y, params, valid, scale=clip_scale)
+        spec = self.mel(y, log_gain)
         if self.mask is not None:
             spec = self.mask.apply(spec, params)
         return spec
@@ -206,7 +218,8 @@ class PairAugmenter(nn.Module):
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
         check_finite: raise on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default: on CPU only (on an
-            accelerator the checks are host syncs).
+            accelerator the checks are host syncs). Finite input of any magnitude gives finite output either way: rows
+            too loud for float32 powers are augmented divided by a power of two (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
             whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
             not depend on it; it only bounds the size of the temporaries.
@@ -326,15 +339,23 @@ class PairAugmenter(nn.Module):
         if params is not None:
             self.check_params(params, x)
         check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
-        if check:
-            AF.check_finite(x)
+        out_dtype = x.dtype
+        x = x.to(AF.work_dtype(x.dtype))
+        # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
+        row_norm = torch.linalg.vector_norm(x, dim=-1)
+        if check and not bool(torch.isfinite(row_norm).all()):
+            AF.check_finite(x)  # raises on NaN/Inf; finite rows whose squares overflow pass
         if lengths is None and params is not None:
             lengths = params.get("lengths")
         B, T = x.shape
         if lengths is not None:
             lengths = AF.check_lengths(lengths, x, check_values=check)
-        out_dtype = x.dtype
-        x = x.to(AF.work_dtype(x.dtype))
+        # rows too loud for float32 powers (|x| ** 2 overflows from |x| ~ 1.8e19) are augmented divided by a power of two
+        # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any
+        clip_scale = None
+        if x.device.type != "cpu" or not bool((row_norm <= SCALE_ABOVE).all()):
+            clip_scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
+            x = x / clip_scale.reshape(-1, 1)
         # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
         # frames, vocoder analysis) mask the windows they read, so lengths cost the segments, not a pass over the batch
         # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
@@ -355,6 +376,8 @@ class PairAugmenter(nn.Module):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             p["lengths"] = valid
+            if clip_scale is not None and norm is None:  # with normalize_clip the scale cancels in x / norm
+                p["clip_scale"] = clip_scale
             specs.append(torch.cat([branch.apply(*chunk) for chunk in self.chunks(x, p, norm)]))
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 

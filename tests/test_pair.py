@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from augcl import PRESETS, BranchConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank, StretchConfig
+from augcl import (PRESETS, BranchConfig, GainConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank,
+                   StretchConfig)
 from augcl import functional as AF
 from augcl.transforms import AddNoise, RandomSegment, SpecMask
 
@@ -239,6 +240,92 @@ def test_silent_short_single_and_loud_clips_give_finite_output(preset, impulse_b
         pair = aug(x, generator=g)
         assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
         assert pair.anchor.shape[0] == x.shape[0]
+
+
+VOCODER = PairConfig(positive=BranchConfig(stretch=StretchConfig(p=1.0, method="vocoder"), mask=MaskConfig()))
+FIXED_STD = PairConfig(anchor=BranchConfig(noise=NoiseConfig(std=1e-3)), positive=BranchConfig(gain=GainConfig()))
+LOUD_CASES = [(p, "torch") for p in sorted(PRESETS)] + [("all", "kernels"), ("vocoder", "torch"), ("vocoder", "kernels"),
+                                                       ("fixed_std", "torch")]
+
+
+def _loud_case(name, backend, impulse_bank, **kw):
+    if backend == "kernels":
+        pytest.importorskip("numba")
+    if name in PRESETS:
+        return make(name, impulse_bank, backend=backend, **kw)
+    return PairAugmenter(VOCODER if name == "vocoder" else FIXED_STD, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name, backend", LOUD_CASES)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(exponent=st.floats(-30, 38), seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_finite_input_of_any_magnitude_gives_finite_pairs(name, backend, exponent, seed, dtype, impulse_bank):
+    """|x| from 1e-30 to 1e38 (float32's range): finite log-mels; the normal-level row beside the loud one is bit for
+    bit what it is beside a normal row (where a row is scaled, the others take the scaled route with scale 1: the route
+    every row takes on a GPU)."""
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(2, 20000, generator=cpu_generator(seed), dtype=torch.float64)
+    x = (x / x.abs().amax(-1, keepdim=True) * torch.tensor([[10.0 ** exponent], [0.3]], dtype=torch.float64)).to(dtype)
+    assert torch.isfinite(x).all()
+    pair = aug(x, generator=cpu_generator(seed), lengths=torch.tensor([20000, 9000]))
+    assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
+    normal = x.clone()
+    normal[0] = x[1].flip(0)
+    ref = aug(normal, params=pair.params)
+    assert torch.equal(ref.anchor[1], pair.anchor[1]) and torch.equal(ref.positive[1], pair.positive[1])
+
+
+@pytest.mark.parametrize("name, backend", LOUD_CASES)
+def test_scaling_a_loud_clip_changes_only_the_rounding(name, backend, impulse_bank, monkeypatch):
+    """Clips just above the level where rows are scaled (L2 norm 2 ** 40) are still computable as they are: the
+    pair of the scaled route equals the pair computed without scaling, up to the rounding of the log."""
+    import augcl.pair
+
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(3, 40000, generator=cpu_generator(1)) * torch.tensor([[2.0 ** 35], [2.0 ** 30], [0.1]])
+    assert torch.linalg.vector_norm(x[0]) > augcl.pair.SCALE_ABOVE > torch.linalg.vector_norm(x[1])
+    pair = aug(x, generator=cpu_generator(2))
+    monkeypatch.setattr(augcl.pair, "SCALE_ABOVE", math.inf)
+    ref = aug(x, params=pair.params)
+    # log-mels near 70 (row 0): float32's spacing there is 8e-6; the log rounds differently on the two routes
+    torch.testing.assert_close(pair.anchor, ref.anchor, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pair.positive, ref.positive, atol=1e-4, rtol=0)
+    assert torch.equal(pair.anchor[1:], ref.anchor[1:]) and torch.equal(pair.positive[1:], ref.positive[1:])
+
+
+@pytest.mark.parametrize("name, backend", [("noise", "torch"), ("ts+mask", "torch"), ("all", "torch"),
+                                           ("all", "kernels"), ("vocoder", "kernels")])
+def test_a_clip_at_float32s_top_has_the_log_mels_of_a_normal_clip_shifted_by_its_level(name, backend, impulse_bank):
+    """log-mel(c x) = log-mel(x) + 2 ln c where the mel energy is far above log_eps: at c = 2 ** 125 (|x| ~ 1e37),
+    whose powers float32 cannot hold."""
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(3, 40000, generator=cpu_generator(3)) * 0.1
+    ref = aug(x, generator=cpu_generator(4))
+    loud = aug(x * 2.0 ** 125, params=ref.params)
+    shift = 2 * 125 * math.log(2.0)
+    for got, want in ((loud.anchor, ref.anchor), (loud.positive, ref.positive)):
+        far = want > math.log(1e-6) + 8  # log(m + eps) - log(m) < 4e-4 there
+        assert far.float().mean() > 0.95
+        torch.testing.assert_close(got[far], want[far] + shift, atol=2e-3, rtol=0)
+
+
+def test_the_cola_preset_is_exactly_scale_free_at_any_level():
+    """normalize_clip divides each clip by its norm: the power of two a loud clip is divided by cancels exactly."""
+    aug = make("cola")
+    x = torch.randn(2, 40000, generator=cpu_generator(5)) * 0.1
+    ref = aug(x, generator=cpu_generator(6))
+    for level in (2.0 ** 40, 2.0 ** 125):
+        pair = aug(x * level, params=ref.params)
+        assert torch.equal(pair.anchor, ref.anchor) and torch.equal(pair.positive, ref.positive)
+
+
+def test_inf_beside_a_loud_finite_row_is_still_refused():
+    x = torch.randn(2, 20000, generator=cpu_generator(0)) * 1e37
+    x[1, 7] = float("inf")
+    with pytest.raises(ValueError, match="wave contains NaN or Inf"):
+        make("noise")(x, generator=cpu_generator(0))
+    x[1, 7] = 1e37
+    assert torch.isfinite(make("noise")(x, generator=cpu_generator(0)).anchor).all()
 
 
 def test_short_clip_is_zero_padded_at_the_end():
