@@ -28,6 +28,7 @@ __all__ = [
     "valid_mask",
     "work_dtype",
     "pad_to_length",
+    "power_of_two_scale",
     "crop_segments",
     "stretched_length",
     "time_stretch",
@@ -128,6 +129,23 @@ def pad_to_length(wave: Tensor, length: int) -> Tensor:
     """Zero-pad ``(B, T)`` at the end to at least ``length`` samples (the policy for clips shorter than a segment)."""
     short = length - wave.shape[-1]
     return F.pad(wave, (0, short)) if short > 0 else wave
+
+
+def power_of_two_scale(wave: Tensor, limit: float, norm: Optional[Tensor] = None) -> Tensor:
+    """``(B,)`` per row of ``wave`` ``(B, T)``: 1 where the row's L2 norm is at most ``limit``, else the power of two
+    ``2 ** (e - 1)`` that brings the row's peak ``|x|`` into ``[1, 2)`` (NaN for a row holding NaN or Inf).
+
+    Dividing a row by a power of two is exact, and a linear pipeline's output scales back exactly: a row too loud for
+    float32 powers (``|x| ** 2`` overflows from ``|x| ~ 1.8e19``) is augmented divided by it and its log-mels shifted
+    back (``log_mel(..., log_gain=)``). ``norm`` ``(B,)``: the rows' L2 norms, if already computed. Cost: one pass for
+    the norm (unless given) and two for the peak; no host sync.
+    """
+    if norm is None:
+        norm = torch.linalg.vector_norm(wave, dim=-1)
+    peak = torch.maximum(wave.amax(dim=-1), -wave.amin(dim=-1))
+    mantissa, _ = torch.frexp(peak)  # peak = mantissa * 2 ** e, mantissa in [0.5, 1)
+    scale = peak / (2 * mantissa)  # exactly 2 ** (e - 1): the exact quotient is representable (2 ** e may not be)
+    return torch.where(norm <= limit, torch.ones_like(scale), scale)
 
 
 def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tensor] = None,
@@ -601,6 +619,7 @@ def log_mel(
     power: float = 2.0,
     log_eps: float = 1e-6,
     log_mode: str = "offset",
+    log_gain: Optional[Tensor] = None,
 ) -> Tensor:
     """Log-mel spectrogram ``(B, n_mels, frames)`` of ``(B, T)`` clips.
 
@@ -610,6 +629,10 @@ def log_mel(
     ``win_length`` samples from ``t * hop``, zero-padded at the end to ``n_fft`` (``tf.signal.stft``, COLA),
     ``1 + (T - win_length) // hop`` frames. Value: ``log(mel + log_eps)`` (``log_mode="offset"``) or
     ``log(max(mel, log_eps))`` (``"clamp"``) where ``mel = filterbank.T @ |STFT| ** power``.
+
+    ``log_gain`` ``(B,)``: the log-mel of the rows' mel energies times ``exp(log_gain)``, computed in the log domain
+    (``logaddexp(log(mel) + log_gain, log(log_eps))``), so the product may exceed the dtype's range; rows with 0
+    get exactly the value without it (see :func:`power_of_two_scale`).
     """
     dtype = work_dtype(wave.dtype)
     x = wave.to(dtype)
@@ -619,8 +642,8 @@ def log_mel(
                           pad_mode="constant", return_complex=True)  # (B, F, frames)
     else:
         return log_mel_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power,
-                              log_eps=log_eps, log_mode=log_mode)
-    return _mel_log(spec, filterbank, power, log_eps, log_mode)
+                              log_eps=log_eps, log_mode=log_mode, log_gain=log_gain)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
 
 
 def _spectral_power(spec: Tensor, power: float) -> Tensor:
@@ -628,17 +651,27 @@ def _spectral_power(spec: Tensor, power: float) -> Tensor:
     the largest single cost of the CPU log-mel; docs/guide.md)."""
     re, im = spec.real, spec.imag
     energy = torch.square(re).addcmul_(im, im)
-    # |z| ** p = (re² + im²) ** (p / 2): no overflow for audio (|z|² < 3e38 holds for |z| < 1.8e19)
+    # |z| ** p = (re² + im²) ** (p / 2): |z|² overflows float32 from |z| ~ 1.8e19; PairAugmenter divides rows that loud
+    # by a power of two first (power_of_two_scale) and adds the scale back in the log (log_mel's log_gain)
     return energy if power == 2.0 else energy.sqrt_() if power == 1.0 else energy.pow(power / 2)
 
 
-def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str) -> Tensor:
-    """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``."""
+def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str,
+             log_gain: Optional[Tensor] = None) -> Tensor:
+    """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``, times ``exp(log_gain)``
+    ``(B,)`` per row if given (see :func:`log_mel`)."""
     if log_mode not in ("offset", "clamp"):
         raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
     pw = _spectral_power(spec, power)
     mel = torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
-    return torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+    gained = None
+    if log_gain is not None:
+        g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
+        floor = mel.new_tensor(math.log(log_eps))
+        scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
+        gained = torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
+    out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+    return out if gained is None else torch.where(g != 0, gained, out)
 
 
 def log_mel_frames(
@@ -650,6 +683,7 @@ def log_mel_frames(
     power: float = 2.0,
     log_eps: float = 1e-6,
     log_mode: str = "offset",
+    log_gain: Optional[Tensor] = None,
 ) -> Tensor:
     """Log-mel ``(B, n_mels, K)`` of analysis frames ``(B, K, win_length)`` (e.g. :func:`stretched_frames`).
 
@@ -658,15 +692,15 @@ def log_mel_frames(
     """
     dtype = work_dtype(frames.dtype)
     win = window.to(device=frames.device, dtype=dtype)
-    return _log_mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power, log_eps, log_mode)
+    return _log_mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power, log_eps, log_mode, log_gain)
 
 
 def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
-                      log_mode: str) -> Tensor:
+                      log_mode: str, log_gain: Optional[Tensor] = None) -> Tensor:
     """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
     windows them in place: one full-size temporary fewer)."""
     spec = torch.fft.rfft(windowed, n=n_fft).transpose(-1, -2)
-    return _mel_log(spec, filterbank, power, log_eps, log_mode)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -87,11 +87,22 @@ PRESETS: dict[str, Callable[[int], PairConfig]] = {
 }
 
 
+#: Rows whose L2 norm exceeds this are augmented divided by a power of two, their log-mels shifted back. Below it every
+#: power stays far inside float32: a frame's spectrum is at most ||window|| ||x|| < 13 * 2 ** 40, times
+#: ||rir||_1 <= sqrt(16000) for an IR of 1 s, 2 (+6 dB gain) and 32 (an SNR of -30 dB): squared, < 1e36 < 3.4e38.
+SCALE_ABOVE = 2.0 ** 40
+
 #: Clips a branch processes at a time on a CPU. The whole batch's temporaries (B=128: ~20 MB each) outrun the
 #: caches and make the allocator map fresh pages on every call; chunks of 32 were the fastest of 8-128 for
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; pass "
+                        f"torch.Generator(device=wave.device).manual_seed(seed)")
 
 
 class Pair(NamedTuple):
@@ -127,6 +138,12 @@ class Branch(nn.Module):
         self.mask = SpecMask(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
 
+    @property
+    def param_keys(self) -> tuple:
+        """The keys ``sample`` returns."""
+        blocks = (self.segment, self.gain, self.rir, self.noise, self.mask)
+        return tuple(k for block in blocks if block is not None for k in block.param_keys)
+
     def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> dict:
         params = dict(self.segment.sample(batch, length, generator, device, lengths))
         for block in (self.gain, self.rir, self.noise):
@@ -142,14 +159,21 @@ class Branch(nn.Module):
 
         ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
         (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
-        only.
+        only. ``params["clip_scale"]`` ``(B,)`` (optional): ``x`` holds the clips divided by it (powers of two, see
+        :func:`augcl.functional.power_of_two_scale`); the log-mels are those of the clips (the extra transforms see
+        the divided segments).
         """
         lengths = params.get("lengths")
+        clip_scale = params.get("clip_scale")
+        log_gain = None
+        if clip_scale is not None:
+            log_gain = self.mel.config.power * torch.log(clip_scale.to(AF.work_dtype(x.dtype)))
         if self.spectral:
             if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
                 scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
                 divisor = 1.0 / scale if divisor is None else divisor / scale
-            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths)
+            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
+                                                  log_gain=log_gain)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
@@ -163,8 +187,8 @@ class Branch(nn.Module):
             y = self.rir.apply(y, params)
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
-            y = self.noise.apply(y, params, valid)
-        spec = self.mel(y)
+            y = self.noise.apply(y, params, valid, scale=clip_scale)
+        spec = self.mel(y, log_gain)
         if self.mask is not None:
             spec = self.mask.apply(spec, params)
         return spec
@@ -194,7 +218,8 @@ class PairAugmenter(nn.Module):
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
         check_finite: raise on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default: on CPU only (on an
-            accelerator the checks are host syncs).
+            accelerator the checks are host syncs). Finite input of any magnitude gives finite output either way: rows
+            too loud for float32 powers are augmented divided by a power of two (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
             whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
             not depend on it; it only bounds the size of the temporaries.
@@ -239,43 +264,98 @@ class PairAugmenter(nn.Module):
         """Pad short clips so that every segment (stretched or not) lies inside the clip."""
         return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
+    def param_keys(self, lengths: bool = False) -> set:
+        """The keys of :meth:`sample`'s dict (with ``lengths``: of a batch drawn with ``lengths=``)."""
+        keys = {f"{name}.{k}" for name, branch in (("anchor", self.anchor), ("positive", self.positive))
+                for k in branch.param_keys}
+        return keys | {"length"} | ({"lengths"} if lengths else set())
+
     def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None,
                lengths: Optional[Tensor] = None) -> dict:
         """Draw every per-example parameter for a batch of ``batch`` clips of ``length`` samples.
 
         ``lengths`` ``(B,)``: valid samples per clip (default: ``length`` for all); each segment starts inside its
         clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
-        ``positive.``, plus ``lengths`` when given; values are tensors with leading dimension ``batch``.
+        ``positive.``, plus ``length`` (an empty ``(batch, 0, length)`` tensor: its shape records the clip length, so
+        that a replay checks it without reading device memory, and it follows the params through indexing and
+        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``.
         """
+        _check_generator(generator)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             drawn = branch.sample(batch, length, generator, device, full if lengths is None else lengths)
             out.update({f"{name}.{k}": v for k, v in drawn.items()})
+        out["length"] = torch.empty((batch, 0, length), dtype=torch.bool, device=device)
         if lengths is not None:
             out["lengths"] = lengths.to(torch.long)
         return out
 
+    def check_params(self, params, wave: Tensor) -> None:
+        """Raise a named error unless ``params`` were drawn by this augmenter for ``wave`` ``(B, T)``: the keys
+        :meth:`sample` gives, a tensor per key with ``B`` rows on ``wave``'s device, drawn for clips of ``T`` samples.
+        Shapes and keys only: no host sync."""
+        redraw = "pass params drawn by this augmenter for this batch (pair.params), or params=None to draw new ones"
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}; {redraw}")
+        expected = self.param_keys(lengths="lengths" in params)
+        missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected)
+        if missing == ["length"] and not extra:
+            raise ValueError("params have no 'length' (the clip length they were drawn for): they come from an older "
+                             "augcl; draw them again with this version (aug.sample(B, T, generator)), or pass "
+                             "params=None")
+        if missing or extra:
+            found = "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("not its own", extra)) if keys)
+            raise ValueError(f"params do not match this augmenter ({found}); {redraw}")
+        for k, v in params.items():
+            if not isinstance(v, Tensor) or v.ndim == 0:
+                raise TypeError(f"params[{k!r}] must be a tensor with one row per clip, got "
+                                f"{type(v).__name__ if not isinstance(v, Tensor) else 'a 0-d tensor'}; {redraw}")
+        if params["length"].ndim != 3:
+            raise ValueError(f"params['length'] must be the empty (B, 0, T) tensor aug.sample records, got shape "
+                             f"{tuple(params['length'].shape)}; {redraw}")
+        B, T = wave.shape
+        drawn = params["length"].shape
+        if drawn[0] != B or drawn[-1] != T:
+            raise ValueError(f"params were drawn for a batch of {drawn[0]} clips of {drawn[-1]} samples, but wave is "
+                             f"({B}, {T}); {redraw}")
+        for k, v in params.items():
+            if v.shape[0] != B:
+                raise ValueError(f"params[{k!r}] has {v.shape[0]} rows but wave has {B} clips; {redraw}")
+            if v.device != wave.device:
+                raise ValueError(f"params[{k!r}] is on {v.device} but wave is on {wave.device}; move them with "
+                                 f"{{k: v.to(wave.device) for k, v in params.items()}}")
+
     def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None,
                 lengths: Optional[Tensor] = None) -> Pair:
         """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before (with its
-        ``lengths``, if it has them); ``lengths`` ``(B,)``: valid samples per row (default: all)."""
+        ``lengths``, if it has them; checked first by :meth:`check_params`); ``lengths`` ``(B,)``: valid samples per
+        row (default: all)."""
         x = AF.as_batch(wave)
+        _check_generator(generator)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device} but wave is on {x.device}; "
                              f"create it with torch.Generator(device=wave.device)")
-        if params is not None and not isinstance(params, dict):
-            raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}")
+        if params is not None:
+            self.check_params(params, x)
         check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
-        if check:
-            AF.check_finite(x)
+        out_dtype = x.dtype
+        x = x.to(AF.work_dtype(x.dtype))
+        # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
+        row_norm = torch.linalg.vector_norm(x, dim=-1)
+        if check and not bool(torch.isfinite(row_norm).all()):
+            AF.check_finite(x)  # raises on NaN/Inf; finite rows whose squares overflow pass
         if lengths is None and params is not None:
             lengths = params.get("lengths")
         B, T = x.shape
         if lengths is not None:
             lengths = AF.check_lengths(lengths, x, check_values=check)
-        out_dtype = x.dtype
-        x = x.to(AF.work_dtype(x.dtype))
+        # rows too loud for float32 powers (|x| ** 2 overflows from |x| ~ 1.8e19) are augmented divided by a power of two
+        # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any
+        clip_scale = None
+        if x.device.type != "cpu" or not bool((row_norm <= SCALE_ABOVE).all()):
+            clip_scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
+            x = x / clip_scale.reshape(-1, 1)
         # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
         # frames, vocoder analysis) mask the windows they read, so lengths cost the segments, not a pass over the batch
         # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
@@ -296,6 +376,8 @@ class PairAugmenter(nn.Module):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             p["lengths"] = valid
+            if clip_scale is not None and norm is None:  # with normalize_clip the scale cancels in x / norm
+                p["clip_scale"] = clip_scale
             specs.append(torch.cat([branch.apply(*chunk) for chunk in self.chunks(x, p, norm)]))
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 

@@ -168,6 +168,9 @@ def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
 class WaveBlock(nn.Module):
     """Base of the waveform blocks: ``forward`` draws parameters for ``x`` unless given, then applies them."""
 
+    #: the keys ``sample`` returns (PairAugmenter checks replayed params against them)
+    param_keys: tuple = ()
+
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         raise NotImplementedError
 
@@ -210,6 +213,10 @@ class RandomSegment(WaveBlock):
         self.backend = backend
         if stretch is not None:
             self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
+
+    @property
+    def param_keys(self) -> tuple:
+        return ("start", "stretch_rate", "stretch_applied") if self.stretch is not None else ("start",)
 
     @property
     def output_samples(self) -> int:
@@ -278,11 +285,13 @@ class RandomSegment(WaveBlock):
         return (pos >= 0) & (pos < lengths.reshape(-1, 1))
 
     def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
-                          divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
+                          divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                          log_gain: Optional[Tensor] = None) -> Tensor:
         """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
-        scales the clips by ``1 / divisor``; ``lengths`` ``(B,)``: valid samples per clip (as in :meth:`apply`)."""
+        scales the clips by ``1 / divisor``; ``lengths`` ``(B,)``: valid samples per clip (as in :meth:`apply`);
+        ``log_gain`` ``(B,)``: as in :func:`augcl.functional.log_mel`."""
         return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound,
-                           divisor, lengths=lengths)
+                           divisor, lengths=lengths, log_gain=log_gain)
 
 
 class AddNoise(WaveBlock):
@@ -291,7 +300,8 @@ class AddNoise(WaveBlock):
     Params: ``snr_db``, ``noise_applied``; ``color_exponent`` (colored); ``noise_index``, ``noise_start``
     (bank). The white/colored noise samples themselves are drawn in ``sample`` too (``noise``), so a replay
     with the same params is exact. ``apply(x, params, valid)``: with a ``(B, T)`` bool mask, the SNR is measured
-    over the valid samples and noise (either kind) is added there only.
+    over the valid samples and noise (either kind) is added there only. ``apply(..., scale=)`` ``(B,)``: the rows of
+    ``x`` are the clips divided by ``scale``; a fixed-std noise is divided likewise (an SNR needs nothing).
     """
 
     KINDS = ("white", "colored", "bank")
@@ -310,6 +320,13 @@ class AddNoise(WaveBlock):
         self.config = config
         self.bank = bank if config.kind == "bank" else None
 
+    @property
+    def param_keys(self) -> tuple:
+        cfg = self.config
+        drawn = ("noise_index", "noise_start") if cfg.kind == "bank" else ("noise",)
+        return (("noise_applied",) + (("snr_db",) if cfg.std is None else ()) + drawn
+                + (("color_exponent",) if cfg.kind == "colored" else ()))
+
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         cfg = self.config
         params = {"noise_applied": _coin(cfg.p, batch, generator, device)}
@@ -324,7 +341,7 @@ class AddNoise(WaveBlock):
                 params["color_exponent"] = _uniform(batch, *cfg.color_exponent, generator, device)
         return params
 
-    def apply(self, x: Tensor, params: Params, valid: Optional[Tensor] = None) -> Tensor:
+    def apply(self, x: Tensor, params: Params, valid: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
         cfg = self.config
         if cfg.kind == "bank":
             noise = self.bank.read(params["noise_index"], params["noise_start"], x.shape[-1])
@@ -341,6 +358,8 @@ class AddNoise(WaveBlock):
             gain = AF.noise_gain(x if valid is None else x * v, noise, params["snr_db"])
         else:
             gain = torch.full((len(x), 1), cfg.std, dtype=dtype, device=x.device)
+            if scale is not None:
+                gain = gain / scale.to(dtype).reshape(-1, 1)
         # a row the coin skipped gets gain 0 (x + 0 * noise == x): one pass, no second full-size tensor to select
         return torch.addcmul(x, gain * params["noise_applied"].reshape(-1, 1).to(dtype), noise)
 
@@ -350,6 +369,8 @@ class RandomGain(WaveBlock):
 
     Params: ``gain_db`` (drawn for every row), ``gain_applied``.
     """
+
+    param_keys = ("gain_applied", "gain_db")
 
     def __init__(self, config: GainConfig = GainConfig()):
         super().__init__()
@@ -379,6 +400,8 @@ class RandomGain(WaveBlock):
 
 class RIRFilter(WaveBlock):
     """Convolution of each example with an IR gathered from a :class:`RIRBank`. Params: ``rir_index``, ``rir_applied``."""
+
+    param_keys = ("rir_applied", "rir_index")
 
     def __init__(self, config: RIRConfig = RIRConfig(), bank: Optional[RIRBank] = None, sample_rate: int = 16000):
         super().__init__()
@@ -426,28 +449,34 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank", fb, persistent=False)
         self.register_buffer("window", window, persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
+        """``log_gain`` ``(B,)``: the rows' mel energies times ``exp(log_gain)``, in the log domain (see
+        :func:`augcl.functional.log_mel`)."""
         c = self.config
-        return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length,
-                          center=False, power=c.power, log_eps=c.log_eps, log_mode=c.log_mode).unsqueeze(1)
+        return AF.log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
+                          power=c.power, log_eps=c.log_eps, log_mode=c.log_mode, log_gain=log_gain).unsqueeze(1)
 
     def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
-                divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
+                divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                log_gain: Optional[Tensor] = None) -> Tensor:
         """``(B, 1, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at
         stretched position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
         ``forward`` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``: the
-        log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros."""
+        log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
+        ``log_gain`` ``(B,)``: as in :meth:`forward`."""
         c = self.config
         f = AF.stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate,
                                 lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
         if divisor is not None:
             f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))
-        return AF._log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode).unsqueeze(1)
+        return AF._log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain).unsqueeze(1)
 
 
 class SpecMask(nn.Module):
     """SpecAugment masks on ``(B, 1, n_mels, frames)``. Params: ``time_mask_start/width``, ``freq_mask_start/width`` ``(B, n)``."""
+
+    param_keys = ("time_mask_width", "time_mask_start", "freq_mask_width", "freq_mask_start")
 
     def __init__(self, config: MaskConfig = MaskConfig()):
         super().__init__()

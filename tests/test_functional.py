@@ -223,6 +223,50 @@ def test_log_mel_of_tone_peaks_at_its_mel_band():
     assert band == int(fb[round(1000 * 400 / SR)].argmax())
 
 
+@pytest.mark.parametrize("center, power, log_mode", [(True, 2.0, "offset"), (False, 1.0, "clamp"), (True, 2.0, "clamp")])
+def test_log_gain_of_zero_is_exactly_the_plain_log_mel(center, power, log_mode, rng):
+    x = torch.from_numpy(rng.standard_normal((3, 8000)).astype(np.float32))
+    x[1, 2000:] = 0  # silent frames: mel 0
+    fb = AF.mel_filterbank(SR, 400, 64, 60, 7800)
+    kw = dict(n_fft=400, hop_length=160, center=center, power=power, log_mode=log_mode)
+    plain = AF.log_mel(x, fb, torch.hann_window(400), **kw)
+    assert torch.equal(AF.log_mel(x, fb, torch.hann_window(400), log_gain=torch.zeros(3), **kw), plain)
+    # a row with a gain leaves the others bit for bit
+    mixed = AF.log_mel(x, fb, torch.hann_window(400), log_gain=torch.tensor([0.0, 0.0, 90.0]), **kw)
+    assert torch.equal(mixed[:2], plain[:2])
+
+
+@pytest.mark.parametrize("log_mode, power", [("offset", 2.0), ("clamp", 1.0)])
+def test_log_gain_equals_the_log_mel_of_the_scaled_input(log_mode, power, rng):
+    """Oracle: float64 has the range to scale the input itself (2 ** 300 ** 2 = 2 ** 600); silent frames included."""
+    x = torch.from_numpy(rng.standard_normal((3, 6000))) * 0.1
+    x[:, 3000:] = 0
+    k = torch.tensor([0.0, 30.0, 300.0], dtype=torch.float64)
+    fb = AF.mel_filterbank(SR, 400, 64, 60, 7800, dtype=torch.float64)
+    win = torch.hann_window(400, dtype=torch.float64)
+    kw = dict(n_fft=400, hop_length=160, power=power, log_mode=log_mode)
+    want = AF.log_mel(x * torch.pow(2.0, k)[:, None], fb, win, **kw)
+    got = AF.log_mel(x, fb, win, log_gain=power * k * math.log(2.0), **kw)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[:, :, -5:], torch.full_like(got[:, :, -5:], math.log(1e-6)), rtol=0, atol=1e-12)
+
+
+@given(exponents=st.lists(st.floats(-30, 38), min_size=1, max_size=4), T=st.integers(1, 2000), seed=st.integers(0, 2**16))
+def test_power_of_two_scale_is_one_below_the_limit_and_brings_the_peak_into_one_two(exponents, T, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((len(exponents), T))
+    x = (x / np.abs(x).max(axis=1, keepdims=True) * 10.0 ** np.array(exponents)[:, None]).astype(np.float32)
+    limit = 2.0 ** 40
+    scale = AF.power_of_two_scale(torch.from_numpy(x), limit).numpy()
+    x64 = x.astype(np.float64)
+    norm, peak = np.linalg.norm(x64, axis=1), np.abs(x64).max(axis=1)
+    want = np.where(norm <= limit, 1.0, 2.0 ** (np.frexp(peak)[1] - 1))  # numpy's frexp as the oracle
+    np.testing.assert_array_equal(scale, want.astype(np.float32))
+    big = norm > limit
+    assert np.all((peak[big] / scale[big] >= 1) & (peak[big] / scale[big] < 2))
+    assert np.all(np.isfinite(x / scale[:, None]))
+
+
 # ---------------------------------------------------------------------------------------------- masks
 @given(B=st.integers(1, 4), n=st.integers(1, 3), seed=st.integers(0, 2**16), axis=st.sampled_from([-1, -2]))
 def test_masks_cover_exactly_the_union_of_intervals(B, n, seed, axis):

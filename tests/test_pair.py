@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from augcl import PRESETS, BranchConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank, StretchConfig
+from augcl import (PRESETS, BranchConfig, GainConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank,
+                   StretchConfig)
 from augcl import functional as AF
 from augcl.transforms import AddNoise, RandomSegment, SpecMask
 
@@ -27,7 +28,9 @@ def test_every_preset_gives_finite_pairs_of_the_paper_shape(preset, shape, impul
     assert pair.anchor.shape == pair.positive.shape == (shape[0], 1, 64, frames)
     assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
     for k, v in pair.params.items():
-        assert k.startswith(("anchor.", "positive.")) and v.shape[0] == shape[0], k
+        assert k.startswith(("anchor.", "positive.")) or k == "length", k
+        assert v.shape[0] == shape[0], k
+    assert pair.params["length"].shape == (shape[0], 0, shape[-1])  # the clip length the params were drawn for
 
 
 def test_default_segment_is_96_frames_of_0_95_seconds():
@@ -239,6 +242,92 @@ def test_silent_short_single_and_loud_clips_give_finite_output(preset, impulse_b
         assert pair.anchor.shape[0] == x.shape[0]
 
 
+VOCODER = PairConfig(positive=BranchConfig(stretch=StretchConfig(p=1.0, method="vocoder"), mask=MaskConfig()))
+FIXED_STD = PairConfig(anchor=BranchConfig(noise=NoiseConfig(std=1e-3)), positive=BranchConfig(gain=GainConfig()))
+LOUD_CASES = [(p, "torch") for p in sorted(PRESETS)] + [("all", "kernels"), ("vocoder", "torch"), ("vocoder", "kernels"),
+                                                       ("fixed_std", "torch")]
+
+
+def _loud_case(name, backend, impulse_bank, **kw):
+    if backend == "kernels":
+        pytest.importorskip("numba")
+    if name in PRESETS:
+        return make(name, impulse_bank, backend=backend, **kw)
+    return PairAugmenter(VOCODER if name == "vocoder" else FIXED_STD, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name, backend", LOUD_CASES)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(exponent=st.floats(-30, 38), seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_finite_input_of_any_magnitude_gives_finite_pairs(name, backend, exponent, seed, dtype, impulse_bank):
+    """|x| from 1e-30 to 1e38 (float32's range): finite log-mels; the normal-level row beside the loud one is bit for
+    bit what it is beside a normal row (where a row is scaled, the others take the scaled route with scale 1: the route
+    every row takes on a GPU)."""
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(2, 20000, generator=cpu_generator(seed), dtype=torch.float64)
+    x = (x / x.abs().amax(-1, keepdim=True) * torch.tensor([[10.0 ** exponent], [0.3]], dtype=torch.float64)).to(dtype)
+    assert torch.isfinite(x).all()
+    pair = aug(x, generator=cpu_generator(seed), lengths=torch.tensor([20000, 9000]))
+    assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
+    normal = x.clone()
+    normal[0] = x[1].flip(0)
+    ref = aug(normal, params=pair.params)
+    assert torch.equal(ref.anchor[1], pair.anchor[1]) and torch.equal(ref.positive[1], pair.positive[1])
+
+
+@pytest.mark.parametrize("name, backend", LOUD_CASES)
+def test_scaling_a_loud_clip_changes_only_the_rounding(name, backend, impulse_bank, monkeypatch):
+    """Clips just above the level where rows are scaled (L2 norm 2 ** 40) are still computable as they are: the
+    pair of the scaled route equals the pair computed without scaling, up to the rounding of the log."""
+    import augcl.pair
+
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(3, 40000, generator=cpu_generator(1)) * torch.tensor([[2.0 ** 35], [2.0 ** 30], [0.1]])
+    assert torch.linalg.vector_norm(x[0]) > augcl.pair.SCALE_ABOVE > torch.linalg.vector_norm(x[1])
+    pair = aug(x, generator=cpu_generator(2))
+    monkeypatch.setattr(augcl.pair, "SCALE_ABOVE", math.inf)
+    ref = aug(x, params=pair.params)
+    # log-mels near 70 (row 0): float32's spacing there is 8e-6; the log rounds differently on the two routes
+    torch.testing.assert_close(pair.anchor, ref.anchor, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pair.positive, ref.positive, atol=1e-4, rtol=0)
+    assert torch.equal(pair.anchor[1:], ref.anchor[1:]) and torch.equal(pair.positive[1:], ref.positive[1:])
+
+
+@pytest.mark.parametrize("name, backend", [("noise", "torch"), ("ts+mask", "torch"), ("all", "torch"),
+                                           ("all", "kernels"), ("vocoder", "kernels")])
+def test_a_clip_at_float32s_top_has_the_log_mels_of_a_normal_clip_shifted_by_its_level(name, backend, impulse_bank):
+    """log-mel(c x) = log-mel(x) + 2 ln c where the mel energy is far above log_eps: at c = 2 ** 125 (|x| ~ 1e37),
+    whose powers float32 cannot hold."""
+    aug = _loud_case(name, backend, impulse_bank)
+    x = torch.randn(3, 40000, generator=cpu_generator(3)) * 0.1
+    ref = aug(x, generator=cpu_generator(4))
+    loud = aug(x * 2.0 ** 125, params=ref.params)
+    shift = 2 * 125 * math.log(2.0)
+    for got, want in ((loud.anchor, ref.anchor), (loud.positive, ref.positive)):
+        far = want > math.log(1e-6) + 8  # log(m + eps) - log(m) < 4e-4 there
+        assert far.float().mean() > 0.95
+        torch.testing.assert_close(got[far], want[far] + shift, atol=2e-3, rtol=0)
+
+
+def test_the_cola_preset_is_exactly_scale_free_at_any_level():
+    """normalize_clip divides each clip by its norm: the power of two a loud clip is divided by cancels exactly."""
+    aug = make("cola")
+    x = torch.randn(2, 40000, generator=cpu_generator(5)) * 0.1
+    ref = aug(x, generator=cpu_generator(6))
+    for level in (2.0 ** 40, 2.0 ** 125):
+        pair = aug(x * level, params=ref.params)
+        assert torch.equal(pair.anchor, ref.anchor) and torch.equal(pair.positive, ref.positive)
+
+
+def test_inf_beside_a_loud_finite_row_is_still_refused():
+    x = torch.randn(2, 20000, generator=cpu_generator(0)) * 1e37
+    x[1, 7] = float("inf")
+    with pytest.raises(ValueError, match="wave contains NaN or Inf"):
+        make("noise")(x, generator=cpu_generator(0))
+    x[1, 7] = 1e37
+    assert torch.isfinite(make("noise")(x, generator=cpu_generator(0)).anchor).all()
+
+
 def test_short_clip_is_zero_padded_at_the_end():
     aug = make("noise")
     x = torch.from_numpy(tone(1000.0, 0.2))[None]  # 3200 samples, shorter than a segment
@@ -284,11 +373,127 @@ def test_rir_bank_sample_rate_mismatch_is_refused(impulse_bank):
 
 
 def test_generator_on_another_device_type_is_refused():
-    class FakeGen:
-        device = torch.device("meta")
+    with pytest.raises(ValueError, match="generator is on cpu but wave is on meta"):
+        make("noise")(torch.randn(1, 16000, device="meta"), generator=cpu_generator(0))
 
-    with pytest.raises(ValueError, match="generator"):
-        make("noise")(torch.randn(1, 16000), generator=FakeGen())
+
+@pytest.mark.parametrize("generator", [0, 1234, "seed", np.random.default_rng(0), torch.Generator])
+def test_a_generator_that_is_not_a_torch_generator_gets_a_named_error(generator):
+    aug = make("noise")
+    for call in (lambda: aug(torch.randn(1, 16000), generator=generator), lambda: aug.sample(1, 16000, generator)):
+        with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got .*torch.Generator\(device"):
+            call()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# replayed params are checked before anything runs: keys, rows, the clip length they were drawn for, device
+# ---------------------------------------------------------------------------------------------------------
+def _other_batch(B, T, seed=0):
+    return torch.randn(B, T, generator=cpu_generator(seed)) * 0.1
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])  # chunks smaller than the batch used to take them silently
+@pytest.mark.parametrize("B, T", [(2, 32000), (6, 32000), (4, 40000), (4, 20000), (3, 64000)])
+def test_params_drawn_for_another_batch_or_clip_length_are_refused(B, T, chunk_size):
+    aug = make("ts+mask", chunk_size=chunk_size)
+    params = aug(_other_batch(4, 32000), generator=cpu_generator(0)).params
+    want = (f"params were drawn for a batch of 4 clips of 32000 samples, but wave is ({B}, {T}); pass params drawn "
+            f"by this augmenter for this batch (pair.params), or params=None to draw new ones")
+    with pytest.raises(ValueError) as info:
+        aug(_other_batch(B, T), params=params)
+    assert str(info.value) == want
+    with pytest.raises(ValueError, match=r"wave is \(2, 32000\)"):  # (B, 1, T) input: checked on its (B, T) view
+        aug(_other_batch(2, 32000)[:, None], params=params)
+
+
+@given(drawn=st.tuples(st.integers(1, 3), st.sampled_from([15000, 20000, 33333])),
+       given_=st.tuples(st.integers(1, 3), st.sampled_from([15000, 20000, 33333])), seed=st.integers(0, 2**16))
+def test_replay_runs_exactly_when_batch_and_clip_length_match_and_is_refused_otherwise(drawn, given_, seed):
+    aug = make("noise")
+    params = aug.sample(*drawn, cpu_generator(seed))
+    x = _other_batch(*given_, seed)
+    if drawn != given_:
+        with pytest.raises(ValueError, match=f"drawn for a batch of {drawn[0]} clips of {drawn[1]} samples"):
+            aug(x, params=params)
+        return
+    first = aug(x, generator=cpu_generator(seed))
+    again = aug(x, params=first.params)
+    assert torch.equal(first.anchor, again.anchor) and torch.equal(first.positive, again.positive)
+
+
+def test_params_of_another_augmenter_or_with_missing_keys_name_the_keys():
+    x = _other_batch(2, 32000)
+    noise, ts = make("noise"), make("ts+mask")
+    params = noise(x, generator=cpu_generator(0)).params
+    missing = {k: v for k, v in params.items() if k != "anchor.noise"}
+    with pytest.raises(ValueError, match=r"params do not match this augmenter \(missing \['anchor.noise'\]\); pass"):
+        noise(x, params=missing)
+    with pytest.raises(ValueError, match=r"not its own \['anchor.extra'\]\)"):
+        noise(x, params={**params, "anchor.extra": torch.zeros(2)})
+    with pytest.raises(ValueError) as info:  # another preset's params: both directions named
+        ts(x, params=params)
+    message = str(info.value)
+    assert "missing ['positive.freq_mask_start'," in message and "positive.stretch_rate" in message
+    assert "\n" not in message and "pair.params" in message
+
+
+def test_params_from_before_the_clip_length_was_recorded_ask_for_a_redraw():
+    aug = make("noise")
+    x = _other_batch(2, 32000)
+    old = {k: v for k, v in aug(x, generator=cpu_generator(0)).params.items() if k != "length"}
+    with pytest.raises(ValueError, match=r"no 'length' .* older augcl; draw them again .*aug.sample\(B, T, generator\)"):
+        aug(x, params=old)
+
+
+def test_params_with_a_bad_value_name_the_key():
+    aug = make("noise")
+    x = _other_batch(3, 32000)
+    params = aug(x, generator=cpu_generator(0)).params
+    for bad, exc, words in ((params["anchor.snr_db"].tolist(), TypeError, "params['anchor.snr_db'] must be a tensor"),
+                            (torch.tensor(1.0), TypeError, "params['anchor.snr_db'] must be a tensor"),
+                            (params["anchor.snr_db"][:2], ValueError, "params['anchor.snr_db'] has 2 rows but wave has 3"),
+                            (params["anchor.snr_db"].to("meta"), ValueError, "params['anchor.snr_db'] is on meta")):
+        with pytest.raises(exc) as info:
+            aug(x, params={**params, "anchor.snr_db": bad})
+        assert words in str(info.value)
+    with pytest.raises(ValueError, match=r"params\['length'\] must be the empty \(B, 0, T\) tensor"):
+        aug(x, params={**params, "length": torch.full((3,), 32000)})
+
+
+def test_param_keys_are_the_keys_sample_draws(impulse_bank):
+    from dataclasses import replace
+
+    from augcl import GainConfig, NoiseBank
+
+    bank = NoiseBank([torch.randn(3000), torch.randn(5000)], SR)
+    configs = [PRESETS[p](SR) for p in sorted(PRESETS)] + [
+        PairConfig(anchor=BranchConfig(noise=NoiseConfig(kind="colored"), gain=GainConfig())),
+        PairConfig(anchor=BranchConfig(noise=NoiseConfig(kind="bank"))),
+        PairConfig(anchor=BranchConfig(noise=NoiseConfig(std=1e-3), mask=MaskConfig(n_time_masks=0))),
+        replace(PRESETS["all"](SR), positive=BranchConfig(stretch=StretchConfig(mode="uniform"), gain=GainConfig())),
+    ]
+    for config in configs:
+        aug = PairAugmenter(config, rir_bank=impulse_bank, noise_bank=bank)
+        assert set(aug.sample(2, 20000, cpu_generator(0))) == aug.param_keys(), config
+        drawn = aug.sample(2, 20000, cpu_generator(0), lengths=torch.tensor([20000, 900]))
+        assert set(drawn) == aug.param_keys(lengths=True), config
+
+
+def test_replay_is_checked_on_fake_cuda_without_a_host_sync():
+    """The checks read shapes, keys and devices only: on a (fake) CUDA batch they run, and refuse, without a sync."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    aug = make("ts+mask")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        aug = aug.to("cuda")
+        x = torch.randn(4, 160000, device="cuda")
+        pair = aug(x)
+        again = aug(x, params=pair.params)
+        assert again.positive.shape == pair.positive.shape
+        with pytest.raises(ValueError, match=r"wave is \(2, 160000\)"):
+            aug(x[:2], params=pair.params)
+        with pytest.raises(ValueError, match="is on cpu but wave is on cuda"):
+            aug(x, params={k: v.to("cpu") for k, v in pair.params.items()})
 
 
 def test_default_rir_preset_works_without_files():
@@ -425,9 +630,10 @@ def test_branch_gain_equals_scaling_the_clip(positive):
     pair = with_gain(x, generator=cpu_generator(4))
     p = pair.params
     factor = 10 ** (p["positive.gain_db"] * p["positive.gain_applied"] / 20)
-    ref = plain(x * factor[:, None], params=p)
+    p_plain = {k: v for k, v in p.items() if not k.startswith("positive.gain")}  # plain refuses keys not its own
+    ref = plain(x * factor[:, None], params=p_plain)
     torch.testing.assert_close(pair.positive, ref.positive, atol=1e-3, rtol=0)  # 0.1 % of a mel energy
-    assert torch.equal(pair.anchor, plain(x, params=p).anchor)  # the anchor has no gain
+    assert torch.equal(pair.anchor, plain(x, params=p_plain).anchor)  # the anchor has no gain
 
 
 def test_branch_gain_runs_on_fake_cuda():

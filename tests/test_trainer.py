@@ -57,6 +57,37 @@ def test_bilinear_info_nce_against_a_naive_oracle(batch, dim, init, seed):
     assert acc.item() == pytest.approx(np.mean([int(np.argmax(s[i]) == i) for i in range(batch)]))
 
 
+@pytest.mark.parametrize("init", ["identity", "cola"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the projection's output may stay bfloat16
+def test_logits_and_loss_are_float32_under_bf16_autocast(init, dtype):
+    """CPU autocast stands in for CUDA's: the bilinear similarity and the loss leave it and compute in float32."""
+    g = torch.Generator().manual_seed(0)
+    a, p = ((torch.rand(32, 512, generator=g) * 2 - 1).to(dtype) for _ in range(2))
+    sim = Bilinear(512, init)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = sim(a, p)
+        loss, acc = contrastive_loss(sim, a, p)
+    want = sim(a.float(), p.float())  # float32, no autocast
+    assert logits.dtype == loss.dtype == torch.float32
+    torch.testing.assert_close(logits, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, info_nce(want), rtol=1e-6, atol=1e-6)
+    loss.backward()
+    assert sim.weight.grad.dtype == torch.float32
+
+
+def test_model_and_loss_run_on_fake_cuda():
+    """The model, the float32 similarity (its autocast-off block on a CUDA device) and the loss on (fake) CUDA tensors:
+    no device mix, no host sync. (The backward pass needs a real CUDA context: FakeTensorMode cannot run it.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = ContrastiveModel(dim=64, encoder="small")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to("cuda")
+        anchor, positive = torch.randn(4, 1, 64, 96, device="cuda"), torch.randn(4, 1, 64, 96, device="cuda")
+        loss, acc = contrastive_loss(model.similarity, *model(anchor, positive))
+        assert loss.device.type == acc.device.type == "cuda" and loss.dtype == torch.float32 and loss.requires_grad
+
+
 def test_model_shapes_and_ranges():
     enc = Encoder()
     h = enc(torch.randn(2, 1, 64, 96))

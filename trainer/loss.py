@@ -6,6 +6,8 @@ positives as negatives (the gather is differentiable, so each rank's positives g
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,11 +16,14 @@ from .model import Bilinear
 
 
 def info_nce(logits: Tensor, offset: int = 0) -> Tensor:
-    """Mean cross entropy of ``logits`` ``(B, N)`` with targets ``offset + arange(B)`` (computed in float32)."""
+    """Mean cross entropy of ``logits`` ``(B, N)`` with targets ``offset + arange(B)`` (computed in float32, under
+    autocast too)."""
     if logits.ndim != 2 or logits.shape[1] < logits.shape[0] + offset:
         raise ValueError(f"logits must be (B, N) with N >= B + offset, got {tuple(logits.shape)}, offset {offset}")
     targets = torch.arange(logits.shape[0], device=logits.device) + offset
-    return F.cross_entropy(logits.float(), targets)
+    device = logits.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        return F.cross_entropy(logits.float(), targets)
 
 
 def _gather(x: Tensor) -> tuple[Tensor, int]:

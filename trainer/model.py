@@ -17,6 +17,7 @@ space by sqrt(d), and the identity start makes s a scaled dot product until W ha
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -123,7 +124,11 @@ class Bilinear(nn.Module):
             raise ValueError(f"init must be 'identity' or 'cola', got {init!r}")
 
     def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
-        return (anchor @ self.weight @ positive.T) * self.scale
+        """Logits in float32, under autocast too (bfloat16 keeps 8 mantissa bits: logits off by several 1e-3 at init
+        with d = 512, noise in every logit the loss sees); the inputs may be bfloat16."""
+        device = anchor.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+            return (anchor.float() @ self.weight.float() @ positive.float().T) * self.scale
 
 
 class ContrastiveModel(nn.Module):
