@@ -97,6 +97,10 @@ def main(argv=None) -> Path:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/demo.png"))
     args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"--n must be >= 1 (clips to plot), got {args.n}")
+    if args.audio_dir is not None and not args.audio_dir.is_dir():
+        p.error(f"--audio-dir {str(args.audio_dir)!r} is not a folder; pass a folder of audio files")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sr = 16000
     if args.audio_dir:

@@ -333,3 +333,19 @@ def test_ablation_refuses_bad_arguments_before_any_run(argv, names, tmp_path, ca
     assert exc.value.code == 2
     assert names in capsys.readouterr().err
     assert not (tmp_path / "abl").exists()
+
+
+@pytest.mark.parametrize("module, argv, names", [
+    ("trainer.esc50", ["/no/esc50", "/tmp/x"], "src '/no/esc50' is not a folder"),
+    ("trainer.esc50", [".", "/tmp/x", "--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
+    ("trainer.esc50", [".", "/tmp/x", "--jobs", "0"], "--jobs must be >= 1"),
+    ("augcl.demo", ["--n", "0"], "--n must be >= 1"),
+    ("augcl.demo", ["--audio-dir", "/no/audio"], "--audio-dir '/no/audio' is not a folder"),
+])
+def test_the_other_clis_refuse_bad_arguments_in_one_line(module, argv, names, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    assert exc.value.code == 2
+    assert names in capsys.readouterr().err

@@ -65,6 +65,12 @@ def main(argv: Optional[Sequence[str]] = None) -> tuple[Path, Path]:
     p.add_argument("--seed", type=int, default=0, help="seed of the grouped split")
     p.add_argument("--jobs", type=int, default=None)
     args = p.parse_args(argv)
+    if not args.src.is_dir():
+        p.error(f"src {str(args.src)!r} is not a folder; pass ESC-50's folder (metadata.csv and audio/)")
+    if not 0 < args.test_fraction < 1:
+        p.error(f"--test-fraction must be between 0 and 1 (the share of sources held out), got {args.test_fraction}")
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs must be >= 1 (decoding processes), got {args.jobs}")
     try:
         manifests = write_split(args.src, args.out, args.metadata, args.esc10, args.test_fraction, args.seed)
     except ValueError as e:
