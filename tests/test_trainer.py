@@ -240,6 +240,16 @@ def test_torchrun_two_cpu_processes_with_gathered_negatives(tmp_path):
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["augment"], ckpt["rng"][1]["augment"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    # resumed by both ranks, each from its own RNG states; by one process: refused (the RNG states are per rank)
+    more = cmd[:cmd.index("--steps")] + ["--steps", "3"] + cmd[cmd.index("--steps") + 2:] + ["--resume"]
+    run = subprocess.run(more, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["step"] == 3
+    single = [sys.executable, "-m", "trainer.pretrain", *cmd[cmd.index("--out"):]] + ["--steps", "4", "--resume"]
+    run = subprocess.run(single, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert run.returncode == 2 and "written by 2 process(es), this run has 1" in run.stderr, run.stderr[-2000:]
 
 
 # --- probes -------------------------------------------------------------------------------------------------------
