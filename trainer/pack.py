@@ -39,6 +39,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from augcl.audiofiles import AUDIO_EXTENSIONS
 from augcl.banks import trim_digital_silence
 
 from .sources import LAYOUTS, Source, open_source
@@ -289,7 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         source = open_source(args.src, args.labels, args.audio_dir, args.class_index)
         if not source.items:
-            raise ValueError(f"src {args.src!r} names no audio files that exist")
+            why = f" ({len(source.missing)} passed over, e.g. {source.missing[0][0]!r}: {source.missing[0][1]})" \
+                if source.missing else ""
+            raise ValueError(f"src {args.src!r} names no audio files that exist{why}; "
+                             f"audio files are named {', '.join(AUDIO_EXTENSIONS)}")
         res = pack(source, args.out, sample_rate=args.sample_rate, files_per_shard=args.files_per_shard,
                    jobs=args.jobs, progress=not args.quiet, trim_silence=not args.keep_silence)
     except ValueError as e:

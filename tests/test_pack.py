@@ -1,0 +1,153 @@
+"""Packing robustness (issue 12): every format soundfile decodes, every skipped path reported, any file name,
+workers that die with the packer, the user's umask, unlabeled rows reported, a packed folder re-planned."""
+import csv
+import os
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from augcl.audiofiles import AUDIO_EXTENSIONS, scan_audio_files
+from tests.conftest import SR
+from trainer import sources
+from trainer.data import PackedStore
+from trainer.pack import pack
+
+
+def write_wav(path, n=1600, seed=0):
+    """A 16-bit wav of ``n`` random samples; returns them."""
+    x = np.random.default_rng(seed).integers(-20000, 20000, size=n).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fsencode(path), x, SR, subtype="PCM_16", format="WAV")
+    return x
+
+
+def read_report(store):
+    with open(store / "report.tsv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.reader(f, dialect="excel-tab"))
+    assert rows[0] == ["path", "reason"]
+    return {path: reason for path, reason in rows[1:]}
+
+
+# --- 1. every format soundfile decodes ----------------------------------------------------------------------------
+
+def needs_mp3():
+    if "MP3" not in sf.available_formats():
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) has no MP3 codec (MP3 needs libsndfile >= 1.1)")
+
+
+def test_extensions_come_from_soundfile_formats():
+    assert {".wav", ".flac", ".ogg", ".aiff", ".aif"} <= set(AUDIO_EXTENSIONS)
+    assert (".mp3" in AUDIO_EXTENSIONS) == ("MP3" in sf.available_formats())
+    assert (".opus" in AUDIO_EXTENSIONS) == ("OPUS" in sf.available_subtypes("OGG"))
+    assert not {".raw", ".mat", ".txt"} & set(AUDIO_EXTENSIONS)
+
+
+def test_mp3_files_are_packed_and_decoded_by_content(tmp_path):
+    needs_mp3()
+    t = np.arange(SR) / SR
+    (tmp_path / "src").mkdir()
+    sf.write(str(tmp_path / "src" / "tone.mp3"), (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR,
+             format="MP3")
+    (tmp_path / "src" / "notes.txt").write_text("not audio: ignored")
+    wav = write_wav(tmp_path / "wav" / "x.wav")
+    (tmp_path / "src" / "mislabeled.mp3").write_bytes((tmp_path / "wav" / "x.wav").read_bytes())  # a wav inside
+    res = pack(sources.audio_folder(tmp_path / "src"), tmp_path / "store", jobs=1, progress=False)
+    assert res.complete and res.n_packed == 2 and res.n_skipped == 0
+    store = PackedStore(tmp_path / "store")
+    assert [os.path.basename(p) for p in store.paths()] == ["mislabeled.mp3", "tone.mp3"]
+    np.testing.assert_array_equal(store.clip(0), wav)
+    x = store.clip(1).astype(np.float64) / 32768
+    assert abs(len(x) - SR) < 0.1 * SR  # the encoder's delay and padding aside
+    assert np.sqrt(np.mean(x[2000:-2000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+
+
+def test_pack_cli_packs_an_mp3_only_folder(tmp_path):
+    needs_mp3()
+    from trainer.pack import main
+
+    (tmp_path / "src").mkdir()
+    sf.write(str(tmp_path / "src" / "a.mp3"), np.full(SR, 0.1, np.float32) * np.sin(np.arange(SR)), SR, format="MP3")
+    assert main([str(tmp_path / "src"), str(tmp_path / "store"), "--quiet", "--jobs", "1"]) == 0
+    assert len(PackedStore(tmp_path / "store")) == 1
+
+
+def test_an_audio_file_that_fails_to_decode_and_an_unsupported_format_are_reported(tmp_path):
+    write_wav(tmp_path / "src" / "ok.wav")
+    (tmp_path / "src" / "broken.flac").write_bytes(b"fLaC" + bytes(100))
+    (tmp_path / "src" / "song.m4a").write_bytes(bytes(100))
+    (tmp_path / "src" / "take.raw").write_bytes(bytes(100))
+    res = pack(sources.audio_folder(tmp_path / "src"), tmp_path / "store", jobs=1, progress=False)
+    assert res.n_packed == 1 and res.n_skipped == 3
+    report = {os.path.basename(p): r for p, r in read_report(tmp_path / "store").items()}
+    assert set(report) == {"broken.flac", "song.m4a", "take.raw"}
+    assert report["broken.flac"].startswith("LibsndfileError: Error opening")
+    assert "not decoded by this soundfile" in report["song.m4a"] and "headerless" in report["take.raw"]
+
+
+# --- 2. every skipped path is reported, links included --------------------------------------------------------------
+
+def test_folder_walk_reports_broken_links_loops_and_follows_each_real_folder_once(tmp_path):
+    root = tmp_path / "src"
+    write_wav(root / "a.wav")
+    write_wav(root / "sub" / "b.wav")
+    write_wav(tmp_path / "outside" / "c.wav")
+    (root / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    (root / "loop1.wav").symlink_to("loop2.wav")
+    (root / "loop2.wav").symlink_to("loop1.wav")
+    (root / "sub" / "up").symlink_to("..")  # a directory loop
+    (root / "again").symlink_to("sub")  # a second path to a folder listed already
+    (root / "ext").symlink_to(tmp_path / "outside")  # a folder outside the tree: walked once
+    (root / "z_link.wav").symlink_to("a.wav")  # a second path to a file listed already
+    (root / "y_link.wav").symlink_to(tmp_path / "outside" / "c.wav")  # c.wav again, through ext/
+    (tmp_path / "only_here.wav").write_bytes((root / "a.wav").read_bytes())
+    (root / "sub" / "lone.wav").symlink_to(tmp_path / "only_here.wav")  # a valid link to a file: packed
+
+    files, skipped = scan_audio_files(root)
+    assert [str(p.relative_to(root)) for p in files] == ["a.wav", "ext/c.wav", "sub/b.wav", "sub/lone.wav"]
+    reasons = {os.path.relpath(p, root): r for p, r in skipped}
+    assert reasons == {
+        "dangling.wav": f"broken symbolic link -> {tmp_path / 'gone.wav'}",
+        "loop1.wav": "symbolic link loop", "loop2.wav": "symbolic link loop",
+        "sub/up": f"symbolic link to a folder listed already ({root}); not followed again",
+        "again": f"symbolic link to a folder listed already ({root / 'sub'}); not followed again",
+        "z_link.wav": f"symbolic link to a file listed already ({root / 'a.wav'})",
+        "y_link.wav": f"symbolic link to a file listed already ({root / 'ext' / 'c.wav'})",
+    }
+
+    res = pack(sources.audio_folder(root), tmp_path / "store", jobs=1, progress=False)
+    assert res.n_packed == 4 and res.n_skipped == 7
+    store = PackedStore(tmp_path / "store")
+    assert sorted(store.paths()) == sorted(str(p.resolve()) for p in files)
+    assert set(read_report(tmp_path / "store")) == {str(root / p) for p in reasons}
+
+
+def test_folder_walk_reports_a_folder_it_cannot_list(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    write_wav(root / "a.wav")
+    write_wav(root / "locked" / "b.wav")
+    (root / "locked").chmod(0)
+    try:
+        if os.geteuid() == 0:  # root lists any folder: make listing this one fail as it does for other users
+            real_scandir = os.scandir
+
+            def scandir(path):
+                if os.fspath(path) == str(root / "locked"):
+                    raise PermissionError(13, "Permission denied", os.fspath(path))
+                return real_scandir(path)
+            monkeypatch.setattr(os, "scandir", scandir)
+        files, skipped = scan_audio_files(root)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert files == [root / "a.wav"]
+    assert skipped == [(str(root / "locked"), "cannot list this folder: Permission denied")]
+
+
+def test_manifest_entries_that_are_broken_links_say_so(tmp_path):
+    write_wav(tmp_path / "a.wav")
+    (tmp_path / "b.wav").symlink_to("nowhere.wav")
+    (tmp_path / "m.csv").write_text("path,labels\na.wav,x\nb.wav,y\nc.wav,y\n")
+    src = sources.csv_manifest(tmp_path / "m.csv")
+    assert dict((os.path.basename(p), r) for p, r in src.missing) == {
+        "b.wav": "broken symbolic link -> nowhere.wav", "c.wav": "file not found"}
