@@ -151,3 +151,56 @@ def test_manifest_entries_that_are_broken_links_say_so(tmp_path):
     src = sources.csv_manifest(tmp_path / "m.csv")
     assert dict((os.path.basename(p), r) for p, r in src.missing) == {
         "b.wav": "broken symbolic link -> nowhere.wav", "c.wav": "file not found"}
+
+
+# --- 3. paths survive any file name -------------------------------------------------------------------------------
+
+ODD_NAMES = ["a\nb.wav", "c\td.wav", "e\rf.wav", 'g"h.wav', os.fsdecode(b"i\xffj.wav"), "plain.wav"]
+
+
+def test_paths_groups_and_report_survive_any_file_name(tmp_path):
+    from trainer import common
+
+    truth = {str((tmp_path / "src" / n).resolve()): write_wav(tmp_path / "src" / n, seed=k)
+             for k, n in enumerate(ODD_NAMES)}
+    (tmp_path / "src" / "x\ty\nz.wav").symlink_to("nowhere\n.wav")
+    res = pack(sources.audio_folder(tmp_path / "src"), tmp_path / "store", files_per_shard=2, jobs=1, progress=False)
+    assert res.n_packed == len(ODD_NAMES) and res.n_skipped == 1
+    store = PackedStore(tmp_path / "store")
+    assert sorted(store.paths()) == sorted(truth) and len(store.paths()) == len(store)
+    for i, path in enumerate(store.paths()):
+        np.testing.assert_array_equal(store.clip(i), truth[path])
+    assert read_report(tmp_path / "store") == {str(tmp_path / "src" / "x\ty\nz.wav"):
+                                               "broken symbolic link -> nowhere\n.wav"}
+    assert not (tmp_path / "store" / "paths.txt").exists()
+
+    with open(tmp_path / "src" / "m.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        csv.writer(f).writerows([("path", "labels", "group")] + [
+            (n, str(k % 2), f"rec\n{k // 2}") for k, n in enumerate(ODD_NAMES)])
+    labeled = pack(sources.csv_manifest(tmp_path / "src" / "m.csv"), tmp_path / "grouped", jobs=1, progress=False)
+    assert labeled.n_packed == len(ODD_NAMES)
+    grouped = PackedStore(tmp_path / "grouped")
+    assert grouped.groups() == [f"rec\n{k // 2}" for k in range(len(ODD_NAMES))]
+    assert [os.path.basename(p) for p in grouped.paths()] == ODD_NAMES
+    assert common.store_fingerprint(tmp_path / "grouped") != common.store_fingerprint(tmp_path / "store")
+
+
+def test_stores_with_paths_txt_are_still_read_and_fingerprint_the_same(tmp_path):
+    """A store as the packer wrote it before paths.json: paths.txt and groups.txt, one name per line."""
+    from trainer import common
+
+    for k in range(3):
+        write_wav(tmp_path / "w" / f"{k}.wav", seed=k)
+    (tmp_path / "m.csv").write_text("path,labels,group\nw/0.wav,a,r1\nw/1.wav,b,r1\nw/2.wav,a,r2\n")
+    pack(sources.csv_manifest(tmp_path / "m.csv"), tmp_path / "store", jobs=1, progress=False)
+    store = PackedStore(tmp_path / "store")
+    paths, groups, fingerprint = store.paths(), store.groups(), common.store_fingerprint(store.root)
+    (store.root / "paths.txt").write_text("".join(p + "\n" for p in paths))
+    (store.root / "groups.txt").write_text("".join(g + "\n" for g in groups))
+    (store.root / "paths.json").unlink()
+    (store.root / "groups.json").unlink()
+    assert store.paths() == paths and store.groups() == groups == ["r1", "r1", "r2"]
+    assert common.store_fingerprint(store.root) == fingerprint
+    (store.root / "paths.txt").write_text("".join(p + "\n" for p in paths) + "extra\n")  # a name with a line break
+    with pytest.raises(ValueError, match="paths lists 4 names for 3 clips.*repack"):
+        store.paths()

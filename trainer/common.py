@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import PackedStore, dist_rank_world
+from .data import PackedStore, dist_rank_world, read_names
 from .pack import atomic_write, write_json  # noqa: F401 - write_json is used through common
 
 
@@ -112,14 +112,24 @@ def store_fingerprint(root: Union[str, Path]) -> str:
     """A hash of a packed store's contents as the trainer sees them: its metadata, index (lengths, labels) and
     groups. Two stores with the same fingerprint give the same clips to every command."""
     import hashlib
+    import json
 
     root = Path(root)
     h = hashlib.sha256()
-    for name in ("store.json", "index.npz", "groups.txt", "paths.txt"):
-        path = root / name
-        if path.is_file():
+    for name in ("store.json", "index.npz"):
+        if (root / name).is_file():
             h.update(name.encode())
-            h.update(path.read_bytes() if name != "paths.txt" else b"%d" % len(path.read_text().splitlines()))
+            h.update((root / name).read_bytes())
+    groups, paths = read_names(root, "groups"), read_names(root, "paths")
+    if groups is not None:
+        # the bytes of groups.txt where it could hold them, so a store's fingerprint does not depend on which
+        # packer wrote it; names with line breaks hash as JSON
+        if any("\n" in g for g in groups):
+            h.update(b"groups.json" + json.dumps(groups).encode())
+        else:
+            h.update(b"groups.txt" + "".join(g + "\n" for g in groups).encode("utf-8", "surrogateescape"))
+    if paths is not None:
+        h.update(b"paths.txt%d" % len(paths))
     return h.hexdigest()[:16]
 
 

@@ -6,9 +6,9 @@ Layout of a packed store ``OUT/``::
     shards/00000.npy     int16 samples of the shard's clips, end to end (np.load(..., mmap_mode="r"))
     shards/00000.json    the shard's entries [path, offset, length, labels] and its failures [path, reason]
     index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR), rms and peak level -- last
-    paths.txt            the source path of each entry, in index order
-    groups.txt           each entry's group (source recording), in index order; only when the source names groups
-    report.tsv           every file skipped, with the reason
+    paths.json           the source path of each entry, in index order: a JSON list, so any file name survives
+    groups.json          each entry's group (source recording), likewise; only when the source names groups
+    report.tsv           every path skipped, with the reason (csv's excel-tab dialect: odd names are quoted)
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
 Decoding runs in worker processes, one shard per task. Each shard's ``.npy`` and then its ``.json`` are written
@@ -16,6 +16,7 @@ to a temporary name and renamed, so a finished shard is complete and an interrup
 run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
 in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
 int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+Stores packed before paths.json had ``paths.txt`` and ``groups.txt`` (one name per line); they are still read.
 
 Digital silence at a clip's two ends (samples that are exactly zero in int16) is trimmed by default
 (``--keep-silence`` keeps it): collections pad short sounds with it (ESC-50 pads most of its 5-s clips), and a
@@ -24,6 +25,8 @@ store's lengths are what the trainer treats as real signal. A file of digital si
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -120,6 +123,20 @@ def write_json(path: Path, obj) -> None:
     """``obj`` as indented JSON at ``path`` (folders made), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def write_names(path: Path, names: Sequence[str]) -> None:
+    """``names`` as a JSON list, one per line, atomically: any file name survives (line breaks, tabs, and bytes
+    that are not UTF-8, which Python holds as surrogates and JSON escapes as ``\\udcXX``)."""
+    atomic_write(path, lambda f: f.write(json.dumps(list(names), indent=0).encode()))
+
+
+def tsv(rows: Sequence[Sequence[str]]) -> bytes:
+    """Rows as tab-separated text (csv's ``excel-tab`` dialect: a field holding a tab, line break or quote is
+    quoted, lines end in CRLF); names that are not UTF-8 are written as their bytes on disk."""
+    buf = io.StringIO()
+    csv.writer(buf, dialect="excel-tab").writerows(rows)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
 
 
 def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: int, trim_silence: bool = True
@@ -255,11 +272,12 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
             levels = np.asarray([lv for s in shards for lv in s["levels"]], np.float64).reshape(-1, 2)
             index.update(rms=levels[:, 0], peak=levels[:, 1])
         atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
-        atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+        write_names(out / "paths.json", paths)
         if any(groups):
-            atomic_write(out / "groups.txt", lambda f: f.write("".join(g + "\n" for g in groups).encode()))
-        atomic_write(out / "report.tsv", lambda f: f.write(
-            ("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in failed)).encode()))
+            write_names(out / "groups.json", groups)
+        for stale in ("paths.txt", "groups.txt") + (() if any(groups) else ("groups.json",)):
+            (out / stale).unlink(missing_ok=True)  # an older packer's, if it began this store
+        atomic_write(out / "report.tsv", lambda f: f.write(tsv([("path", "reason"), *failed])))
         write_json(out / "store.json", {
             "format": FORMAT, "sample_rate": plan["sample_rate"], "classes": plan["classes"],
             "multi_label": plan["multi_label"], "n_clips": n_packed, "n_skipped": len(failed),

@@ -118,12 +118,13 @@ def csv_manifest(path: PathLike, root: Optional[PathLike] = None, classes: Optio
     A header ``path,labels,group`` (those names, in that order) reads a third column: the clip's group, such as
     its source recording (ESC-50's ``src_file``), which the probe's splits keep on one side. Relative paths are
     taken from ``root`` (default: the manifest's folder). ``multi_label=None`` means multi-label iff some row
-    has more than one label.
+    has more than one label. The manifest is UTF-8; a path that is not (bytes of another encoding) names the file
+    with those bytes.
     """
     path = _require_file(path, "path")
     root = Path(root) if root is not None else path.parent
     rows, grouped = [], False
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
@@ -172,7 +173,7 @@ def desed(tsv: PathLike, audio_dir: PathLike, classes: Optional[Sequence[str]] =
     events. A strong row with an empty label is a clip without events. Multi-label."""
     tsv = _require_file(tsv, "tsv")
     audio_dir = _require_dir(audio_dir, "audio_dir")
-    with open(tsv, newline="") as f:
+    with open(tsv, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="\t")
         header = [h.strip() for h in next(reader, [])]
         body = [r for r in reader if r and r[0].strip()]
