@@ -204,3 +204,26 @@ def test_stores_with_paths_txt_are_still_read_and_fingerprint_the_same(tmp_path)
     (store.root / "paths.txt").write_text("".join(p + "\n" for p in paths) + "extra\n")  # a name with a line break
     with pytest.raises(ValueError, match="paths lists 4 names for 3 clips.*repack"):
         store.paths()
+
+
+# --- 5. files respect the user's umask ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_store_and_checkpoint_files_get_the_mode_the_umask_gives(tmp_path, mask, mode):
+    import torch
+
+    from trainer import common
+
+    write_wav(tmp_path / "src" / "a.wav")
+    write_wav(tmp_path / "src" / "b.wav", seed=1)
+    old = os.umask(mask)
+    try:
+        pack(sources.audio_folder(tmp_path / "src"), tmp_path / "store", files_per_shard=1, jobs=2, progress=False)
+        common.atomic_save({"step": torch.tensor(3)}, tmp_path / "run" / "last.pt")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()] + [tmp_path / "run" / "last.pt"]
+    names = {p.name for p in files}
+    assert {"plan.json", "00000.npy", "00001.json", "index.npz", "paths.json", "report.tsv", "store.json",
+            "last.pt"} <= names
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}

@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -105,10 +106,31 @@ def clip_levels(x: np.ndarray) -> list[float]:
     return [float(np.sqrt(np.dot(f, f) / max(f.size, 1))), float(np.max(np.abs(f), initial=0.0))]
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    to 0o077 and back under a lock, so a file another thread creates meanwhile is private, never world-writable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent, with the
+    mode a new file gets (0o666 less the umask; ``mkstemp`` alone would leave it 0o600, unreadable to others)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
