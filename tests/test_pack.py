@@ -2,10 +2,12 @@
 workers that die with the packer, the user's umask, unlabeled rows reported, a packed folder re-planned."""
 import csv
 import os
-import sys
+import signal
+import time
 
 import numpy as np
 import pytest
+import scipy.signal  # noqa: F401 - the decoder's resampler, imported once here rather than in each forked packer
 import soundfile as sf
 
 from augcl.audiofiles import AUDIO_EXTENSIONS, scan_audio_files
@@ -227,3 +229,125 @@ def test_store_and_checkpoint_files_get_the_mode_the_umask_gives(tmp_path, mask,
     assert {"plan.json", "00000.npy", "00001.json", "index.npz", "paths.json", "report.tsv", "store.json",
             "last.pt"} <= names
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
+# --- 4. workers stop when the packer dies -------------------------------------------------------------------------
+
+linux_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds processes through /proc (Linux)")
+
+
+def _state(pid):
+    """A process's state letter from /proc (``Z``: a zombie, dead but not reaped), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+def _alive(pid):
+    return _state(pid) not in (None, "Z")
+
+
+def _children(pid):
+    kids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _alive(int(name)):
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.append(int(name))
+    return kids
+
+
+def _wait_until(cond, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+@linux_proc
+def test_workers_die_with_a_killed_packer_and_a_rerun_completes(tmp_path):
+    """``python -m trainer.pack SRC OUT --jobs 2`` run in a forked process (the interpreter's start, seconds of
+    importing torch, spared; test_data's CLI test starts the real command), killed by SIGKILL once its two workers
+    exist: they die with it, and the same command run again completes the store."""
+    from trainer.pack import main
+
+    src, out = tmp_path / "src", tmp_path / "store"
+    for k in range(60):  # 60 shards of one file: about a second of work for two workers (an fsync per file)
+        write_wav(src / f"{k:02d}.wav", n=4000, seed=k)
+    argv = [str(src), str(out), "--files-per-shard", "1", "--jobs", "2", "--quiet"]
+
+    def packer():
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        main(argv)
+
+    pid = _forked(packer)
+    try:
+        assert _wait_until(lambda: len(_children(pid)) == 2 or not _alive(pid), 30)
+        workers = _children(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert len(workers) == 2 and not (out / "store.json").exists(), "the pack finished before it could be killed"
+    gone = _wait_until(lambda: not any(map(_alive, workers)), 3)
+    for w in filter(_alive, workers):  # a failing test leaves no orphans behind
+        os.kill(w, signal.SIGKILL)
+    assert gone, "workers outlived the packer"
+    assert main(argv) == 0
+    assert len(PackedStore(out)) == 60
+
+
+def _forked(child):
+    """Run ``child()`` in a forked process that never returns into pytest; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child()
+        finally:
+            os._exit(0)
+    return pid
+
+
+@linux_proc
+@pytest.mark.parametrize("use_prctl", [True, False])
+def test_die_with_parent_by_prctl_and_by_watchdog(use_prctl):
+    """A process between this one and a worker is killed; the worker follows (the watchdog polls every 50 ms)."""
+    from trainer.pack import die_with_parent
+
+    r, w = os.pipe()
+
+    def worker():
+        how = die_with_parent(os.getppid(), use_prctl=use_prctl, poll_s=0.05)
+        os.write(w, f"{os.getpid()} {how}\n".encode())
+        time.sleep(30)
+
+    middle = _forked(lambda: (_forked(worker), time.sleep(30)))
+    line = b""
+    while not line.endswith(b"\n"):
+        line += os.read(r, 64)
+    os.close(r)
+    os.close(w)
+    pid, how = line.decode().split()
+    assert how == ("prctl" if use_prctl else "watchdog") and _alive(int(pid))
+    os.kill(middle, signal.SIGKILL)
+    os.waitpid(middle, 0)
+    assert _wait_until(lambda: not _alive(int(pid)), 3)
+
+
+@linux_proc
+def test_die_with_parent_when_the_parent_is_already_gone():
+    from trainer.pack import die_with_parent
+
+    pid = _forked(lambda: (die_with_parent(os.getppid() + 1), time.sleep(30)))  # not its parent: gone already
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL

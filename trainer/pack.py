@@ -11,7 +11,7 @@ Layout of a packed store ``OUT/``::
     report.tsv           every path skipped, with the reason (csv's excel-tab dialect: odd names are quoted)
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
-Decoding runs in worker processes, one shard per task. Each shard's ``.npy`` and then its ``.json`` are written
+Decoding runs in worker processes, one shard per task; a worker dies with the packer, even after ``kill -9``. Each shard's ``.npy`` and then its ``.json`` are written
 to a temporary name and renamed, so a finished shard is complete and an interrupted one is invisible; a second
 run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
 in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import io
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -248,9 +250,45 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     return result
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int, use_prctl: bool = True, poll_s: float = 1.0) -> str:
+    """Make this process (a decoding worker) die as soon as ``parent_pid``, its parent, dies, by SIGKILL too, which
+    no cleanup in the parent survives. On Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
+    or with ``use_prctl=False``, a daemon thread polls ``os.getppid()`` every ``poll_s`` seconds. Returns the
+    mechanism: ``"prctl"`` or ``"watchdog"``.
+
+    The kernel signal follows the thread that forked this process: :func:`pack` forks its fork-context workers
+    from the calling thread (ProcessPoolExecutor starts them all in ``submit``), which outlives the pool."""
+    how = "watchdog"
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below does the same, a poll later
+            pass
+    if how == "watchdog":
+        threading.Thread(target=_watch_parent, args=(parent_pid, poll_s), name="die-with-parent", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return how
+
+
+def _watch_parent(parent_pid: int, poll_s: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar, trim_silence) -> None:
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    from scipy.signal import resample_poly  # noqa: F401 - imported once here, not again in each forked worker
+    # workers die with this process, even by kill -9: orphans would decode on and hold the store's files
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_pack_shard, str(shard_dir), i, plan["shards"][i], sample_rate, trim_silence): i for i in todo}
         try:
             while pending:
