@@ -351,3 +351,25 @@ def test_die_with_parent_when_the_parent_is_already_gone():
     pid = _forked(lambda: (die_with_parent(os.getppid() + 1), time.sleep(30)))  # not its parent: gone already
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+# --- 6. unlabeled rows of a single-label source are reported ------------------------------------------------------
+
+def test_clips_without_a_label_are_reported_in_a_single_label_source_only(tmp_path):
+    from trainer.pack import UNLABELED
+
+    for name in ("x.wav", "y.wav", "z.wav"):
+        write_wav(tmp_path / name)
+    (tmp_path / "single.csv").write_text("path,labels\nx.wav,siren\ny.wav,\nz.wav,alarm\n")
+    src = sources.csv_manifest(tmp_path / "single.csv")
+    assert src.classes == ("alarm", "siren") and not src.multi_label
+    res = pack(src, tmp_path / "single", jobs=1, progress=False)
+    assert res.n_packed == 3 and res.n_skipped == 0 and res.n_unlabeled == 1
+    assert "warning: 1 clips packed without a label in a single-label source" in res.summary()
+    assert read_report(tmp_path / "single") == {str((tmp_path / "y.wav").resolve()): UNLABELED}
+    assert PackedStore(tmp_path / "single").targets().tolist() == [1, -1, 0]
+
+    (tmp_path / "multi.csv").write_text("path,labels\nx.wav,siren;alarm\ny.wav,\nz.wav,alarm\n")
+    res = pack(sources.csv_manifest(tmp_path / "multi.csv"), tmp_path / "multi", jobs=1, progress=False)
+    assert res.n_packed == 3 and res.n_unlabeled == 0 and "warning" not in res.summary()
+    assert read_report(tmp_path / "multi") == {}  # a clip without events is a multi-label clip like any other

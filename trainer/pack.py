@@ -8,7 +8,8 @@ Layout of a packed store ``OUT/``::
     index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR), rms and peak level -- last
     paths.json           the source path of each entry, in index order: a JSON list, so any file name survives
     groups.json          each entry's group (source recording), likewise; only when the source names groups
-    report.tsv           every path skipped, with the reason (csv's excel-tab dialect: odd names are quoted)
+    report.tsv           every path skipped, with the reason (csv's excel-tab dialect: odd names are quoted), and
+                         each clip packed without a label in a single-label source
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
 Decoding runs in worker processes, one shard per task; a worker dies with the packer, even after ``kill -9``. Each shard's ``.npy`` and then its ``.json`` are written
@@ -53,6 +54,8 @@ from .sources import LAYOUTS, Source, open_source
 log = logging.getLogger(__name__)
 
 FORMAT = "augcl-packed-v1"
+#: report.tsv's reason for a clip packed without a label in a single-label source
+UNLABELED = "packed, but has no label in a single-label source: a probe cannot use it"
 INT16_SCALE = 32768.0
 
 
@@ -67,6 +70,7 @@ class PackResult:
     n_shards: int
     seconds: float
     files_this_run: int = 0  # files decoded by this call (a resumed run skips finished shards)
+    n_unlabeled: int = 0  # clips packed without a label in a single-label source (listed in report.tsv)
 
     @property
     def files_per_s(self) -> float:
@@ -74,8 +78,11 @@ class PackResult:
 
     def summary(self) -> str:
         state = "complete" if self.complete else f"partial ({self.n_shards_done}/{self.n_shards} shards)"
+        unlabeled = (f"; warning: {self.n_unlabeled} clips packed without a label in a single-label source (listed "
+                     "there too): label them, or drop them from the metadata, before a probe uses this store"
+                     if self.n_unlabeled else "")
         return (f"{self.out}: {state}; {self.n_packed} clips packed, {self.n_skipped} skipped "
-                f"(listed in {self.out / 'report.tsv'}), {self.seconds:.1f} s")
+                f"(listed in {self.out / 'report.tsv'}), {self.seconds:.1f} s{unlabeled}")
 
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
@@ -313,6 +320,9 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
     shards = [json.loads((shard_dir / f"{i:05d}.json").read_text()) for i in done]
     n_packed = sum(len(s["entries"]) for s in shards)
     failed = [tuple(m) for m in plan["missing"]] + [tuple(f) for s in shards for f in s["failed"]]
+    # a single-label task has a class for every clip; a multi-label clip without labels is a clip without events
+    single_label = bool(plan["classes"]) and not plan["multi_label"]
+    unlabeled = [(e[0], UNLABELED) for s in shards for e in s["entries"] if single_label and not e[3]]
     complete = len(done) == n_shards
     if complete:
         shard_of, offset, length, label_ptr, label_ids, paths, groups = [], [], [], [0], [], [], []
@@ -337,13 +347,14 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
             write_names(out / "groups.json", groups)
         for stale in ("paths.txt", "groups.txt") + (() if any(groups) else ("groups.json",)):
             (out / stale).unlink(missing_ok=True)  # an older packer's, if it began this store
-        atomic_write(out / "report.tsv", lambda f: f.write(tsv([("path", "reason"), *failed])))
+        atomic_write(out / "report.tsv", lambda f: f.write(tsv([("path", "reason"), *failed, *unlabeled])))
         write_json(out / "store.json", {
             "format": FORMAT, "sample_rate": plan["sample_rate"], "classes": plan["classes"],
             "multi_label": plan["multi_label"], "n_clips": n_packed, "n_skipped": len(failed),
             "n_samples": int(np.sum(index["length"])), "n_shards": n_shards,
         })
-    return PackResult(out, complete, n_files, n_packed, len(failed), len(done), n_shards, seconds)
+    return PackResult(out, complete, n_files, n_packed, len(failed), len(done), n_shards, seconds,
+                      n_unlabeled=len(unlabeled))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
