@@ -373,3 +373,44 @@ def test_clips_without_a_label_are_reported_in_a_single_label_source_only(tmp_pa
     res = pack(sources.csv_manifest(tmp_path / "multi.csv"), tmp_path / "multi", jobs=1, progress=False)
     assert res.n_packed == 3 and res.n_unlabeled == 0 and "warning" not in res.summary()
     assert read_report(tmp_path / "multi") == {}  # a clip without events is a multi-label clip like any other
+
+
+# --- 7. a packed folder is packed again when its files change -----------------------------------------------------
+
+def test_resolve_store_packs_a_folder_again_when_its_files_change(tmp_path, capsys):
+    from trainer.common import resolve_store
+
+    data, work = tmp_path / "audio", tmp_path / "run"
+    write_wav(data / "a.wav", seed=0)
+    write_wav(data / "b.wav", seed=1)
+    out = resolve_store(str(data), "unlabeled", work, jobs=1)
+    assert out == work / "packed" and len(PackedStore(out)) == 2
+    mtime = (out / "store.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert resolve_store(str(data), "unlabeled", work, jobs=1) == out  # unchanged: reused, nothing decoded
+    assert (out / "store.json").stat().st_mtime_ns == mtime and capsys.readouterr().out == ""
+
+    write_wav(data / "sub" / "c.wav", seed=2)
+    resolve_store(str(data), "unlabeled", work, jobs=1)
+    assert "(1 files added, 0 removed); packing it again" in capsys.readouterr().out
+    assert sorted(os.path.basename(p) for p in PackedStore(out).paths()) == ["a.wav", "b.wav", "c.wav"]
+
+    (data / "a.wav").unlink()
+    resolve_store(str(data), "unlabeled", work, jobs=1)
+    assert "(0 files added, 1 removed); packing it again" in capsys.readouterr().out
+    assert sorted(os.path.basename(p) for p in PackedStore(out).paths()) == ["b.wav", "c.wav"]
+
+
+def test_resolve_store_names_an_empty_folder_and_one_with_nothing_decodable(tmp_path):
+    from trainer.common import resolve_store
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    with pytest.raises(ValueError, match="data folder .*empty.* holds no audio files; put audio files in it"):
+        resolve_store(str(tmp_path / "empty"), "unlabeled", tmp_path / "run", jobs=1)
+    assert not (tmp_path / "run" / "packed").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.wav").write_bytes(b"RIFF garbage")
+    with pytest.raises(ValueError, match="none of its audio files could be decoded .*report.tsv"):
+        resolve_store(str(tmp_path / "bad"), "unlabeled", tmp_path / "run2", jobs=1)

@@ -195,7 +195,10 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: 
     return shard, len(entries), len(failed)
 
 
-def _plan(source: Source, sample_rate: int, files_per_shard: int, trim_silence: bool) -> dict:
+def make_plan(source: Source, sample_rate: int = 16000, files_per_shard: int = 256, trim_silence: bool = True
+              ) -> dict:
+    """What :func:`pack` writes to ``plan.json`` for ``source`` and these settings (the defaults are pack's): the
+    files cut into shards, and the entries passed over. Two equal plans pack the same store."""
     items = [[it.path, list(it.labels)] + ([it.group] if it.group else []) for it in source.items]
     return {
         "format": FORMAT,
@@ -222,7 +225,7 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     out = Path(out)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(source, sample_rate, files_per_shard, trim_silence)
+    plan = make_plan(source, sample_rate, files_per_shard, trim_silence)
     plan_path = out / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
