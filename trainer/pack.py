@@ -12,11 +12,14 @@ Layout of a packed store ``OUT/``::
                          each clip packed without a label in a single-label source
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
-Decoding runs in worker processes, one shard per task; a worker dies with the packer, even after ``kill -9``. Each shard's ``.npy`` and then its ``.json`` are written
-to a temporary name and renamed, so a finished shard is complete and an interrupted one is invisible; a second
-run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
-in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
-int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+Decoding runs in worker processes, one shard per task; a worker dies with the packer, even after ``kill -9``.
+Each shard's ``.npy`` and then its ``.json`` are written to a temporary name and renamed (with the mode the umask
+gives a new file), so a finished shard is complete and an interrupted one is invisible; a second run with the same
+SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed in ``report.tsv``
+and counted; so is every path the source passed over (missing entries, broken or looping links, folders it could
+not list: :func:`augcl.audiofiles.scan_audio_files`); none of it stops the run. A clip without a label in a
+single-label source is packed, listed and counted in a warning. Samples are stored as ``round(x * 32768)`` clipped
+to int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
 Stores packed before paths.json had ``paths.txt`` and ``groups.txt`` (one name per line); they are still read.
 
 Digital silence at a clip's two ends (samples that are exactly zero in int16) is trimmed by default
