@@ -5,8 +5,9 @@
   decodes by content, so the extension only decides which files are tried.
 * :func:`scan_audio_files`: the audio files under a folder, sorted, and every path skipped on the way with the
   reason: broken symbolic links, link loops, folders that cannot be listed, links to a file or folder listed
-  already, audio files in a format this soundfile cannot decode. Symbolic links are followed, each real folder
-  is listed once, so a link to an enclosing folder is reported, not walked forever.
+  already, audio files in a format this soundfile cannot decode (``.m4a``, ``.wma``, ...; headerless ``.raw`` and
+  ``.pcm``). Symbolic links are followed, each real folder is listed once, so a link to an enclosing folder is
+  reported, not walked forever. Other files (``.txt``, ``.csv``, ``.json``, ``.mat``) are ignored.
 
 Cost: one ``scandir`` per folder and one ``stat`` per entry; nothing is opened.
 """
