@@ -25,10 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as AF
+from .audiofiles import AUDIO_EXTENSIONS, scan_audio_files  # noqa: F401 - AUDIO_EXTENSIONS is used through banks
 
 log = logging.getLogger(__name__)
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
 def cache_dir() -> Path:
@@ -41,7 +40,8 @@ def load_audio(path: Union[str, Path], sample_rate: int) -> np.ndarray:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    # bytes on POSIX: a name that is not valid UTF-8 (held as surrogates in str) opens as it is on disk
+    data, sr = sf.read(os.fsencode(path) if os.name == "posix" else str(path), dtype="float32", always_2d=True)
     x = data.mean(axis=1)
     if sr != sample_rate:
         g = gcd(int(sr), int(sample_rate))
@@ -59,11 +59,12 @@ def trim_digital_silence(x: np.ndarray) -> np.ndarray:
 
 
 def list_audio_files(folder: Union[str, Path]) -> list[Path]:
-    """Audio files under ``folder`` (recursive), sorted, so that a bank's order is stable."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"folder {str(folder)!r} does not exist or is not a directory")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    """Audio files under ``folder`` (recursive), sorted, so that a bank's order is stable; each path passed over
+    (broken links, unreadable folders, formats soundfile cannot decode: :func:`scan_audio_files`) is logged."""
+    files, skipped = scan_audio_files(folder)
+    for path, reason in skipped:
+        log.warning("skipping %s: %s", path, reason)
+    return files
 
 
 def _load_many(files: Sequence[Path], sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
@@ -87,7 +88,7 @@ def _load_folder(folder: Union[str, Path], sample_rate: int) -> tuple[list[np.nd
     """Every readable audio file under ``folder``; a ValueError naming the folder if there is none."""
     clips, names = _load_many(list_audio_files(folder), sample_rate)
     if not clips:
-        raise ValueError(f"folder {str(folder)!r} holds no readable audio files ({AUDIO_EXTENSIONS})")
+        raise ValueError(f"folder {str(folder)!r} holds no readable audio files ({', '.join(AUDIO_EXTENSIONS)})")
     return clips, names
 
 

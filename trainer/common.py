@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import PackedStore, dist_rank_world
+from .data import PackedStore, dist_rank_world, read_names
 from .pack import atomic_write, write_json  # noqa: F401 - write_json is used through common
 
 
@@ -82,9 +82,15 @@ def seed_everything(seed: int) -> None:
 def resolve_store(data: str, split: str, work_dir: Path, builtin_config=None, jobs: Optional[int] = None) -> Path:
     """``data`` as a packed store: "builtin" (the split of the built-in dataset, packed into the cache on first
     use), a packed store, or a folder of audio files (packed into ``work_dir/packed`` first, resumably).
-    Rank 0 packs; the other ranks wait for it."""
+
+    A folder is listed on every call (no file is opened) and its plan compared with the pack's: when files were
+    added or removed since, the pack is deleted (it is derived data, ours) and the folder packed again. Rank 0
+    packs; the other ranks wait for it."""
+    import json
+    import shutil
+
     from .builtin import builtin_store
-    from .pack import pack
+    from .pack import FORMAT, make_plan, pack
     from .sources import audio_folder
 
     rank, _ = dist_rank_world()
@@ -101,12 +107,34 @@ def resolve_store(data: str, split: str, work_dir: Path, builtin_config=None, jo
     if (path / "plan.json").is_file():
         raise ValueError(f"data {data!r} is an unfinished packed store; rerun its `python -m trainer.pack` to finish")
     out = work_dir / "packed"
-    if rank == 0 and not (out / "store.json").is_file():
-        print(f"packing the audio files under {path} into {out} (once; later runs reuse it)")
-        res = pack(audio_folder(path), out, jobs=jobs)
-        print(res.summary())
+    if rank == 0:
+        source = audio_folder(path)
+        if not source.items:
+            why = f" ({len(source.missing)} paths passed over, e.g. {source.missing[0][0]!r}: {source.missing[0][1]})" \
+                if source.missing else ""
+            raise ValueError(f"data folder {data!r} holds no audio files{why}; put audio files in it (soundfile's "
+                             "formats: wav, flac, ogg, mp3, ...) or pass another --data")
+        plan_path = out / "plan.json"
+        if plan_path.is_file():
+            old = json.loads(plan_path.read_text())
+            if old.get("format") != FORMAT or "shards" not in old:
+                raise ValueError(f"{str(out)!r} holds something that is not a pack of {data!r}; move it away or "
+                                 "pass another --out")
+            if old != make_plan(source):
+                before = {it[0] for shard in old["shards"] for it in shard}
+                now = {it.path for it in source.items}
+                change = (f"{len(now - before)} files added, {len(before - now)} removed" if now != before
+                          else "other paths passed over")
+                print(f"data folder {path} changed since it was packed into {out} ({change}); packing it again")
+                shutil.rmtree(out)
+        if not (out / "store.json").is_file():
+            print(f"packing the audio files under {path} into {out} (later runs reuse it while the folder's files "
+                  "stay the same)")
+            print(pack(source, out, jobs=jobs).summary())
     barrier()
-    PackedStore(out)  # a clear error if packing found nothing
+    if len(PackedStore(out)) == 0:  # every rank: a clear error, not an empty epoch
+        raise ValueError(f"data folder {data!r}: none of its audio files could be decoded (reasons in "
+                         f"{out / 'report.tsv'}); fix or replace them, or pass another --data")
     return out
 
 
@@ -114,14 +142,24 @@ def store_fingerprint(root: Union[str, Path]) -> str:
     """A hash of a packed store's contents as the trainer sees them: its metadata, index (lengths, labels) and
     groups. Two stores with the same fingerprint give the same clips to every command."""
     import hashlib
+    import json
 
     root = Path(root)
     h = hashlib.sha256()
-    for name in ("store.json", "index.npz", "groups.txt", "paths.txt"):
-        path = root / name
-        if path.is_file():
+    for name in ("store.json", "index.npz"):
+        if (root / name).is_file():
             h.update(name.encode())
-            h.update(path.read_bytes() if name != "paths.txt" else b"%d" % len(path.read_text().splitlines()))
+            h.update((root / name).read_bytes())
+    groups, paths = read_names(root, "groups"), read_names(root, "paths")
+    if groups is not None:
+        # the bytes of groups.txt where it could hold them, so a store's fingerprint does not depend on which
+        # packer wrote it; names with line breaks hash as JSON
+        if any("\n" in g for g in groups):
+            h.update(b"groups.json" + json.dumps(groups).encode())
+        else:
+            h.update(b"groups.txt" + "".join(g + "\n" for g in groups).encode("utf-8", "surrogateescape"))
+    if paths is not None:
+        h.update(b"paths.txt%d" % len(paths))
     return h.hexdigest()[:16]
 
 

@@ -101,13 +101,25 @@ class PackedStore:
         return tuple(int(k) for k in self.label_ids[self.label_ptr[i]:self.label_ptr[i + 1]])
 
     def paths(self) -> list[str]:
-        return (self.root / "paths.txt").read_text().splitlines()
+        """Each clip's source path, in index order."""
+        paths = read_names(self.root, "paths")
+        if paths is None:
+            raise ValueError(f"root {str(self.root)!r} holds neither paths.json nor paths.txt; repack it with "
+                             "`python -m trainer.pack`")
+        return self._one_per_clip(paths, "paths")
 
     def groups(self) -> list[str]:
-        """Each clip's group (its source recording, where the layout names one: ``groups.txt``), else its path:
+        """Each clip's group (its source recording, where the layout names one: ``groups.json``), else its path:
         splits that keep a group on one side then keep each file on one side."""
-        path = self.root / "groups.txt"
-        return path.read_text().splitlines() if path.is_file() else self.paths()
+        groups = read_names(self.root, "groups")
+        return self._one_per_clip(groups, "groups") if groups is not None else self.paths()
+
+    def _one_per_clip(self, names: list[str], stem: str) -> list[str]:
+        if len(names) != len(self):
+            raise ValueError(f"root {str(self.root)!r}: {stem} lists {len(names)} names for {len(self)} clips (a name "
+                             f"with a line break in an older store's {stem}.txt?); repack it with "
+                             "`python -m trainer.pack`, which writes a JSON list")
+        return names
 
     def targets(self) -> Tensor:
         """Every clip's target: class index (single-label, -1 if none) or a multi-hot row (multi-label)."""
@@ -124,6 +136,16 @@ class PackedStore:
         out = np.zeros((len(idx), len(self.classes)), np.float32)
         out[np.repeat(np.arange(len(idx)), counts), self.label_ids[pos]] = 1.0
         return torch.from_numpy(out)
+
+
+def read_names(root: Union[str, Path], stem: str) -> Optional[list[str]]:
+    """A store's ``stem.json`` (a JSON list), else an older store's ``stem.txt`` (one name per line), else None."""
+    root = Path(root)
+    if (root / f"{stem}.json").is_file():
+        return json.loads((root / f"{stem}.json").read_bytes())
+    if (root / f"{stem}.txt").is_file():
+        return (root / f"{stem}.txt").read_bytes().decode().split("\n")[:-1]  # as written: name + "\n" each
+    return None
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -6,16 +6,21 @@ Layout of a packed store ``OUT/``::
     shards/00000.npy     int16 samples of the shard's clips, end to end (np.load(..., mmap_mode="r"))
     shards/00000.json    the shard's entries [path, offset, length, labels] and its failures [path, reason]
     index.npz            all entries: shard, offset, length, label_ptr/label_ids (CSR), rms and peak level -- last
-    paths.txt            the source path of each entry, in index order
-    groups.txt           each entry's group (source recording), in index order; only when the source names groups
-    report.tsv           every file skipped, with the reason
+    paths.json           the source path of each entry, in index order: a JSON list, so any file name survives
+    groups.json          each entry's group (source recording), likewise; only when the source names groups
+    report.tsv           every path skipped, with the reason (csv's excel-tab dialect: odd names are quoted), and
+                         each clip packed without a label in a single-label source
     store.json           format, sample rate, classes, counts; its presence marks the store complete
 
-Decoding runs in worker processes, one shard per task. Each shard's ``.npy`` and then its ``.json`` are written
-to a temporary name and renamed, so a finished shard is complete and an interrupted one is invisible; a second
-run with the same SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed
-in ``report.tsv`` and counted; it never stops the run. Samples are stored as ``round(x * 32768)`` clipped to
-int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+Decoding runs in worker processes, one shard per task; a worker dies with the packer, even after ``kill -9``.
+Each shard's ``.npy`` and then its ``.json`` are written to a temporary name and renamed (with the mode the umask
+gives a new file), so a finished shard is complete and an interrupted one is invisible; a second run with the same
+SRC and OUT skips finished shards. An unreadable, empty or non-finite file is skipped, listed in ``report.tsv``
+and counted; so is every path the source passed over (missing entries, broken or looping links, folders it could
+not list: :func:`augcl.audiofiles.scan_audio_files`); none of it stops the run. A clip without a label in a
+single-label source is packed, listed and counted in a warning. Samples are stored as ``round(x * 32768)`` clipped
+to int16, so 16-bit sources round-trip exactly; a float clip that exceeds full scale is scaled down to peak 1.
+Stores packed before paths.json had ``paths.txt`` and ``groups.txt`` (one name per line); they are still read.
 
 Digital silence at a clip's two ends (samples that are exactly zero in int16) is trimmed by default
 (``--keep-silence`` keeps it): collections pad short sounds with it (ESC-50 pads most of its 5-s clips), and a
@@ -24,12 +29,17 @@ store's lengths are what the trainer treats as real signal. A file of digital si
 from __future__ import annotations
 
 import argparse
+import csv
+import ctypes
+import io
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,6 +49,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from augcl.audiofiles import AUDIO_EXTENSIONS
 from augcl.banks import trim_digital_silence
 
 from .sources import LAYOUTS, Source, open_source
@@ -46,6 +57,8 @@ from .sources import LAYOUTS, Source, open_source
 log = logging.getLogger(__name__)
 
 FORMAT = "augcl-packed-v1"
+#: report.tsv's reason for a clip packed without a label in a single-label source
+UNLABELED = "packed, but has no label in a single-label source: a probe cannot use it"
 INT16_SCALE = 32768.0
 
 
@@ -60,6 +73,7 @@ class PackResult:
     n_shards: int
     seconds: float
     files_this_run: int = 0  # files decoded by this call (a resumed run skips finished shards)
+    n_unlabeled: int = 0  # clips packed without a label in a single-label source (listed in report.tsv)
 
     @property
     def files_per_s(self) -> float:
@@ -67,8 +81,11 @@ class PackResult:
 
     def summary(self) -> str:
         state = "complete" if self.complete else f"partial ({self.n_shards_done}/{self.n_shards} shards)"
+        unlabeled = (f"; warning: {self.n_unlabeled} clips packed without a label in a single-label source (listed "
+                     "there too): label them, or drop them from the metadata, before a probe uses this store"
+                     if self.n_unlabeled else "")
         return (f"{self.out}: {state}; {self.n_packed} clips packed, {self.n_skipped} skipped "
-                f"(listed in {self.out / 'report.tsv'}), {self.seconds:.1f} s")
+                f"(listed in {self.out / 'report.tsv'}), {self.seconds:.1f} s{unlabeled}")
 
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
@@ -101,10 +118,31 @@ def clip_levels(x: np.ndarray) -> list[float]:
     return [float(np.sqrt(np.dot(f, f) / max(f.size, 1))), float(np.max(np.abs(f), initial=0.0))]
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    to 0o077 and back under a lock, so a file another thread creates meanwhile is private, never world-writable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent."""
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename: ``path`` is whole or absent, with the
+    mode a new file gets (0o666 less the umask; ``mkstemp`` alone would leave it 0o600, unreadable to others)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -119,6 +157,20 @@ def write_json(path: Path, obj) -> None:
     """``obj`` as indented JSON at ``path`` (folders made), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def write_names(path: Path, names: Sequence[str]) -> None:
+    """``names`` as a JSON list, one per line, atomically: any file name survives (line breaks, tabs, and bytes
+    that are not UTF-8, which Python holds as surrogates and JSON escapes as ``\\udcXX``)."""
+    atomic_write(path, lambda f: f.write(json.dumps(list(names), indent=0).encode()))
+
+
+def tsv(rows: Sequence[Sequence[str]]) -> bytes:
+    """Rows as tab-separated text (csv's ``excel-tab`` dialect: a field holding a tab, line break or quote is
+    quoted, lines end in CRLF); names that are not UTF-8 are written as their bytes on disk."""
+    buf = io.StringIO()
+    csv.writer(buf, dialect="excel-tab").writerows(rows)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
 
 
 def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: int, trim_silence: bool = True
@@ -146,7 +198,10 @@ def _pack_shard(shard_dir: str, shard: int, items: Sequence[list], sample_rate: 
     return shard, len(entries), len(failed)
 
 
-def _plan(source: Source, sample_rate: int, files_per_shard: int, trim_silence: bool) -> dict:
+def make_plan(source: Source, sample_rate: int = 16000, files_per_shard: int = 256, trim_silence: bool = True
+              ) -> dict:
+    """What :func:`pack` writes to ``plan.json`` for ``source`` and these settings (the defaults are pack's): the
+    files cut into shards, and the entries passed over. Two equal plans pack the same store."""
     items = [[it.path, list(it.labels)] + ([it.group] if it.group else []) for it in source.items]
     return {
         "format": FORMAT,
@@ -173,7 +228,7 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     out = Path(out)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(source, sample_rate, files_per_shard, trim_silence)
+    plan = make_plan(source, sample_rate, files_per_shard, trim_silence)
     plan_path = out / "plan.json"
     if plan_path.is_file():
         old = json.loads(plan_path.read_text())
@@ -208,9 +263,45 @@ def pack(source: Source, out: Union[str, Path], sample_rate: int = 16000, files_
     return result
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int, use_prctl: bool = True, poll_s: float = 1.0) -> str:
+    """Make this process (a decoding worker) die as soon as ``parent_pid``, its parent, dies, by SIGKILL too, which
+    no cleanup in the parent survives. On Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
+    or with ``use_prctl=False``, a daemon thread polls ``os.getppid()`` every ``poll_s`` seconds. Returns the
+    mechanism: ``"prctl"`` or ``"watchdog"``.
+
+    The kernel signal follows the thread that forked this process: :func:`pack` forks its fork-context workers
+    from the calling thread (ProcessPoolExecutor starts them all in ``submit``), which outlives the pool."""
+    how = "watchdog"
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below does the same, a poll later
+            pass
+    if how == "watchdog":
+        threading.Thread(target=_watch_parent, args=(parent_pid, poll_s), name="die-with-parent", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return how
+
+
+def _watch_parent(parent_pid: int, poll_s: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _run_parallel(todo, plan, shard_dir, sample_rate, jobs, bar, trim_silence) -> None:
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    from scipy.signal import resample_poly  # noqa: F401 - imported once here, not again in each forked worker
+    # workers die with this process, even by kill -9: orphans would decode on and hold the store's files
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_pack_shard, str(shard_dir), i, plan["shards"][i], sample_rate, trim_silence): i for i in todo}
         try:
             while pending:
@@ -235,6 +326,9 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
     shards = [json.loads((shard_dir / f"{i:05d}.json").read_text()) for i in done]
     n_packed = sum(len(s["entries"]) for s in shards)
     failed = [tuple(m) for m in plan["missing"]] + [tuple(f) for s in shards for f in s["failed"]]
+    # a single-label task has a class for every clip; a multi-label clip without labels is a clip without events
+    single_label = bool(plan["classes"]) and not plan["multi_label"]
+    unlabeled = [(e[0], UNLABELED) for s in shards for e in s["entries"] if single_label and not e[3]]
     complete = len(done) == n_shards
     if complete:
         shard_of, offset, length, label_ptr, label_ids, paths, groups = [], [], [], [0], [], [], []
@@ -254,17 +348,19 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
             levels = np.asarray([lv for s in shards for lv in s["levels"]], np.float64).reshape(-1, 2)
             index.update(rms=levels[:, 0], peak=levels[:, 1])
         atomic_write(out / "index.npz", lambda f: np.savez(f, **index))
-        atomic_write(out / "paths.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+        write_names(out / "paths.json", paths)
         if any(groups):
-            atomic_write(out / "groups.txt", lambda f: f.write("".join(g + "\n" for g in groups).encode()))
-        atomic_write(out / "report.tsv", lambda f: f.write(
-            ("path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in failed)).encode()))
+            write_names(out / "groups.json", groups)
+        for stale in ("paths.txt", "groups.txt") + (() if any(groups) else ("groups.json",)):
+            (out / stale).unlink(missing_ok=True)  # an older packer's, if it began this store
+        atomic_write(out / "report.tsv", lambda f: f.write(tsv([("path", "reason"), *failed, *unlabeled])))
         write_json(out / "store.json", {
             "format": FORMAT, "sample_rate": plan["sample_rate"], "classes": plan["classes"],
             "multi_label": plan["multi_label"], "n_clips": n_packed, "n_skipped": len(failed),
             "n_samples": int(np.sum(index["length"])), "n_shards": n_shards,
         })
-    return PackResult(out, complete, n_files, n_packed, len(failed), len(done), n_shards, seconds)
+    return PackResult(out, complete, n_files, n_packed, len(failed), len(done), n_shards, seconds,
+                      n_unlabeled=len(unlabeled))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -289,7 +385,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         source = open_source(args.src, args.labels, args.audio_dir, args.class_index)
         if not source.items:
-            raise ValueError(f"src {args.src!r} names no audio files that exist")
+            why = f" ({len(source.missing)} passed over, e.g. {source.missing[0][0]!r}: {source.missing[0][1]})" \
+                if source.missing else ""
+            raise ValueError(f"src {args.src!r} names no audio files that exist{why}; "
+                             f"audio files are named {', '.join(AUDIO_EXTENSIONS)}")
         res = pack(source, args.out, sample_rate=args.sample_rate, files_per_shard=args.files_per_shard,
                    jobs=args.jobs, progress=not args.quiet, trim_silence=not args.keep_silence)
     except ValueError as e:

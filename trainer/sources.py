@@ -13,16 +13,20 @@ file once into a packed store. Layouts:
 * :func:`audioset`: AudioSet's segment CSV (``YTID, start_seconds, end_seconds, positive_labels``), files
   named by YTID, classes named through ``class_labels_indices.csv`` when given.
 
-Entries that name a file which is not there are kept in ``Source.missing`` so the pack report lists them.
+Entries that name a file which is not there, and every path a folder walk passed over (broken or looping symbolic
+links, folders it could not list, formats soundfile cannot decode: :func:`augcl.audiofiles.scan_audio_files`), are
+kept in ``Source.missing`` with the reason, so the pack report lists them.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-from augcl.banks import AUDIO_EXTENSIONS, list_audio_files
+from augcl.audiofiles import AUDIO_EXTENSIONS, scan_audio_files
 
 PathLike = Union[str, Path]
 
@@ -44,7 +48,7 @@ class Source:
     items: tuple[Item, ...]
     classes: tuple[str, ...] = ()
     multi_label: bool = False
-    missing: tuple[tuple[str, str], ...] = ()  # (entry, reason) named by the metadata but not found
+    missing: tuple[tuple[str, str], ...] = ()  # (entry, reason): named by metadata but not found, or passed over
 
     @property
     def labeled(self) -> bool:
@@ -83,9 +87,10 @@ def _require_dir(path: PathLike, arg: str) -> Path:
 
 
 def audio_folder(root: PathLike) -> Source:
-    """Every audio file under ``root`` (recursive, sorted), unlabeled."""
+    """Every audio file under ``root`` (recursive, sorted), unlabeled; the paths passed over in ``missing``."""
     root = _require_dir(root, "root")
-    return Source(tuple(Item(str(p.resolve())) for p in list_audio_files(root)))
+    files, skipped = scan_audio_files(root)
+    return Source(tuple(Item(str(p.resolve())) for p in files), missing=tuple(skipped))
 
 
 def class_folders(root: PathLike) -> Source:
@@ -94,8 +99,12 @@ def class_folders(root: PathLike) -> Source:
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if not classes:
         raise ValueError(f"root {str(root)!r} has no sub-folders; class_folders expects one folder per class")
-    items = [Item(str(p.resolve()), (k,)) for k, c in enumerate(classes) for p in list_audio_files(root / c)]
-    return Source(tuple(items), classes, multi_label=False)
+    items, missing = [], []
+    for k, c in enumerate(classes):
+        files, skipped = scan_audio_files(root / c)
+        items.extend(Item(str(p.resolve()), (k,)) for p in files)
+        missing.extend(skipped)
+    return Source(tuple(items), classes, multi_label=False, missing=tuple(missing))
 
 
 def _split_labels(field: str, sep: str) -> list[str]:
@@ -109,12 +118,13 @@ def csv_manifest(path: PathLike, root: Optional[PathLike] = None, classes: Optio
     A header ``path,labels,group`` (those names, in that order) reads a third column: the clip's group, such as
     its source recording (ESC-50's ``src_file``), which the probe's splits keep on one side. Relative paths are
     taken from ``root`` (default: the manifest's folder). ``multi_label=None`` means multi-label iff some row
-    has more than one label.
+    has more than one label. The manifest is UTF-8; a path that is not (bytes of another encoding) names the file
+    with those bytes.
     """
     path = _require_file(path, "path")
     root = Path(root) if root is not None else path.parent
     rows, grouped = [], False
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
@@ -137,12 +147,24 @@ def _labeled_source(rows: Sequence[tuple], root: Path, classes: Optional[Sequenc
     for rel, labs, *group in rows:
         p = Path(rel) if Path(rel).is_absolute() else root / rel
         if not p.is_file():
-            missing.append((str(p), "file not found"))
+            missing.append((str(p), _not_a_file(p)))
             continue
         items.append(Item(str(p.resolve()), tuple(sorted({index[lab] for lab in labs})), *group))
     if multi_label is None:
         multi_label = any(len(row[1]) > 1 for row in rows)
     return Source(tuple(items), classes, bool(multi_label), tuple(missing))
+
+
+def _not_a_file(p: Path) -> str:
+    """Why ``p``, named by metadata, is not a file it can read."""
+    if p.is_dir():
+        return "a folder, not a file"
+    if p.is_symlink():
+        try:
+            p.stat()
+        except OSError as e:
+            return "symbolic link loop" if e.errno == errno.ELOOP else f"broken symbolic link -> {os.readlink(p)}"
+    return "file not found" if not p.exists() else "not a regular file"
 
 
 def desed(tsv: PathLike, audio_dir: PathLike, classes: Optional[Sequence[str]] = None) -> Source:
@@ -151,7 +173,7 @@ def desed(tsv: PathLike, audio_dir: PathLike, classes: Optional[Sequence[str]] =
     events. A strong row with an empty label is a clip without events. Multi-label."""
     tsv = _require_file(tsv, "tsv")
     audio_dir = _require_dir(audio_dir, "audio_dir")
-    with open(tsv, newline="") as f:
+    with open(tsv, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="\t")
         header = [h.strip() for h in next(reader, [])]
         body = [r for r in reader if r and r[0].strip()]
@@ -196,7 +218,8 @@ def audioset(csv_path: PathLike, audio_dir: PathLike, class_index_csv: Optional[
     csv_path = _require_file(csv_path, "csv_path")
     audio_dir = _require_dir(audio_dir, "audio_dir")
     files: dict[str, Path] = {}
-    for p in list_audio_files(audio_dir):
+    found, skipped = scan_audio_files(audio_dir)
+    for p in found:
         for key in _ytid_keys(p.stem):
             files.setdefault(key, p)
     rows = []
@@ -223,7 +246,7 @@ def audioset(csv_path: PathLike, audio_dir: PathLike, class_index_csv: Optional[
         rows = [(ytid, [m for m in ms if m in names]) for ytid, ms in rows]
         rows = [(ytid, ms) for ytid, ms in rows if ms]
     classes, index = _class_index((m for _, ms in rows for m in ms), mids, f"csv_path {str(csv_path)!r}")
-    items, missing = [], []
+    items, missing = [], list(skipped)
     for ytid, ms in rows:
         p = files.get(ytid)
         if p is None:
