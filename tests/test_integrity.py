@@ -340,6 +340,9 @@ def test_ablation_refuses_bad_arguments_before_any_run(argv, names, tmp_path, ca
     ("trainer.esc50", [".", "/tmp/x", "--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
     ("trainer.esc50", [".", "/tmp/x", "--jobs", "0"], "--jobs must be >= 1"),
     ("augcl.demo", ["--n", "0"], "--n must be >= 1"),
+    ("trainer.pack", [".", "/tmp/x", "--jobs", "0"], "--jobs must be >= 1"),
+    ("trainer.pack", [".", "/tmp/x", "--sample-rate", "0"], "--sample-rate must be >= 1000"),
+    ("trainer.pack", [".", "/tmp/x", "--files-per-shard", "0"], "--files-per-shard must be >= 1"),
     ("augcl.demo", ["--audio-dir", "/no/audio"], "--audio-dir '/no/audio' is not a folder"),
 ])
 def test_the_other_clis_refuse_bad_arguments_in_one_line(module, argv, names, capsys):

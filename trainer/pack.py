@@ -381,6 +381,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--keep-silence", action="store_true",
                    help="keep the digital silence (exact zeros) at clips' ends; trimmed by default")
     args = p.parse_args(argv)
+    if args.sample_rate < 1000:
+        p.error(f"--sample-rate must be >= 1000 (Hz; the trainer's is 16000), got {args.sample_rate}")
+    if args.files_per_shard < 1:
+        p.error(f"--files-per-shard must be >= 1, got {args.files_per_shard}")
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs must be >= 1 (decoding processes; leave it out for all cores), got {args.jobs}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         source = open_source(args.src, args.labels, args.audio_dir, args.class_index)
