@@ -247,7 +247,7 @@ def test_truncated_foreign_and_missing_checkpoints_are_named(store, done_run, tm
     assert str(ckpt) in err and "cannot be read" in err
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    with pytest.raises(common.UsageError, match="not an augcl pretraining checkpoint .no model, config, step"):
+    with pytest.raises(common.UsageError, match="not an augcl pretraining checkpoint .no model, config."):
         common.read_checkpoint(foreign)
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {}, "config": {}, "step": 0, "obj": np.random.default_rng(0)}, pickled)

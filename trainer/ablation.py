@@ -63,7 +63,7 @@ def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
 
 def _steps_done(out: Path) -> int:
     ckpt = out / "checkpoints" / "last.pt"
-    return common.read_checkpoint(ckpt, "checkpoint")["step"] if ckpt.is_file() else 0
+    return common.read_checkpoint(ckpt, "checkpoint").get("step", 0) if ckpt.is_file() else 0
 
 
 def _pretrained(cfg: PretrainConfig, store: Path) -> str:

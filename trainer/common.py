@@ -175,13 +175,13 @@ def claim_run_dir(folder: Union[str, Path], record: dict) -> None:
     path = folder / "fingerprint.json"
     record = json.loads(json.dumps(record))  # tuples -> lists, as stored
     if not path.is_file() and folder.is_dir() and any(folder.iterdir()):
-        raise ValueError(f"out folder {str(folder)!r} holds files but no fingerprint.json, so nothing says what "
+        raise UsageError(f"out folder {str(folder)!r} holds files but no fingerprint.json, so nothing says what "
                          "they were computed from; pass a new --out, or delete that folder")
     if path.is_file():
         old = json.loads(path.read_text())
         if old != record:
             diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise ValueError(f"out folder {str(folder)!r} holds a run of other data or settings (differs in "
+            raise UsageError(f"out folder {str(folder)!r} holds a run of other data or settings (differs in "
                              f"{', '.join(diff)}); pass a new --out, or delete that folder to redo it")
         return
     write_json(path, record)
@@ -238,14 +238,14 @@ def read_checkpoint(path: Union[str, Path], arg: str = "--checkpoint", for_resum
         detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UsageError(f"{arg} {str(path)!r} cannot be read as a torch checkpoint ({type(e).__name__}: "
                          f"{detail[:200]}); it is truncated or not a file written by trainer.pretrain") from None
-    missing = [k for k in ("model", "config", "step") if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in ("model", "config") if not isinstance(ckpt, dict) or k not in ckpt]
     require(not missing, f"{arg} {str(path)!r} is not an augcl pretraining checkpoint (no {', '.join(missing)}); "
                          "pass the last.pt that `python -m trainer.pretrain` wrote")
     if for_resume:
         require(ckpt.get("format") == CHECKPOINT_FORMAT,
                 f"{arg} {str(path)!r} was written by an older augcl (format {ckpt.get('format', 'v1')!r}, RNG "
                 f"states in separate files); it can be probed but not resumed: start the run over with --overwrite")
-        missing = [k for k in ("optimizer", "epoch", "batch", "rng", "device_type", "store") if k not in ckpt]
+        missing = [k for k in ("step", "optimizer", "epoch", "batch", "rng", "device_type", "store") if k not in ckpt]
         require(not missing, f"{arg} {str(path)!r} lacks {', '.join(missing)}; it cannot be resumed: start the "
                              "run over with --overwrite")
     return ckpt

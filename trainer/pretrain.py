@@ -148,9 +148,11 @@ def validate(cfg: PretrainConfig) -> None:
     req(cfg.normalize in NORMALIZE, f"--normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
     req(cfg.encoder in ENCODERS, f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
     req(cfg.pooling in POOLINGS, f"--pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
-    req(cfg.bilinear_init in BILINEAR_INITS, f"--bilinear-init must be one of {BILINEAR_INITS}, got {cfg.bilinear_init!r}")
+    req(cfg.bilinear_init in BILINEAR_INITS,
+        f"--bilinear-init must be one of {BILINEAR_INITS}, got {cfg.bilinear_init!r}")
     req(cfg.steps >= 1, f"--steps must be >= 1 (optimizer steps in all), got {cfg.steps}")
-    req(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (steps between checkpoints), got {cfg.checkpoint_every}")
+    req(cfg.checkpoint_every >= 1,
+        f"--checkpoint-every must be >= 1 (steps between checkpoints), got {cfg.checkpoint_every}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     req(cfg.batch_size >= 2 or (cfg.batch_size == 1 and cfg.gather_negatives and world > 1),
         f"--batch-size must be >= 2: the other clips of a batch are the negatives (with 1 the loss is 0 and there is "
@@ -283,7 +285,8 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
     if rank == 0:
         removed = common.remove_stale_temporaries(ckpt_dir) + common.remove_stale_temporaries(out)
         if removed:
-            print(f"removed {len(removed)} temporary file(s) left by a killed run: {', '.join(p.name for p in removed)}")
+            names = ", ".join(p.name for p in removed)
+            print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
     ckpt = None
     if _holds_run(out):
         if cfg.overwrite:
@@ -293,7 +296,8 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
             at = ""
             if (ckpt_dir / "last.pt").is_file():
                 try:
-                    at = f" (checkpoint at step {common.read_checkpoint(ckpt_dir / 'last.pt', '--out')['step']})"
+                    old = common.read_checkpoint(ckpt_dir / "last.pt", "--out")
+                    at = f" (checkpoint at step {old.get('step', '?')})"
                 except common.UsageError:
                     at = " (its checkpoint is unreadable)"
             raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "

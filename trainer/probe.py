@@ -434,7 +434,8 @@ def check(cfg: ProbeConfig) -> None:
     if cfg.mode in ("linear", "finetune"):
         common.read_checkpoint(cfg.checkpoint, "--checkpoint")  # missing, truncated or foreign: said now
     req(cfg.encoder in ENCODERS, f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
-    req(cfg.normalize is None or cfg.normalize in NORMALIZE, f"--normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
+    req(cfg.normalize is None or cfg.normalize in NORMALIZE,
+        f"--normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
     for name in ("seeds", "window_batch", "batch_size", "max_epochs", "patience", "builtin_train", "builtin_test"):
         value = getattr(cfg, name)
         req(value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
