@@ -209,6 +209,71 @@ def test_auto_without_numba_is_the_reference(monkeypatch):
     torch.testing.assert_close(out.positive, ref.positive, rtol=0, atol=0)
 
 
+def test_cuda_kernels_are_unavailable_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kernels.unavailable("cuda") == "torch sees no CUDA GPU" and not kernels.available("cuda")
+    assert kernels.use_kernels("auto", "cuda") is False
+    with pytest.raises(RuntimeError, match="no augcl kernel runs on cuda: torch sees no CUDA GPU"):
+        kernels.use_kernels("kernels", "cuda")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch says it sees GPU 0 (there is none here); the cached build check is cleared before and after."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    kernels._cuda_build_failure.cache_clear()
+    yield
+    kernels._cuda_build_failure.cache_clear()
+
+
+def test_cuda_kernels_need_numba_cuda(fake_gpu, monkeypatch):
+    monkeypatch.setattr(kernels, "_numba_cuda", lambda: False)
+    assert not kernels.available("cuda") and kernels.use_kernels("auto", "cuda") is False
+    with pytest.raises(RuntimeError, match=r"numba-cuda .* is not installed: pip install 'augcl\[cuda\]'"):
+        kernels.use_kernels("kernels", "cuda:0")
+
+
+@needs_numba_cuda
+def test_a_cuda_kernel_that_does_not_build_is_unavailable_with_its_reason(fake_gpu, monkeypatch):
+    """The build check fails the way a kernel that numba cannot type fails (a real numba TypingError): the
+    kernels are unavailable, "kernels" raises one RuntimeError naming the reason, "auto" is the reference."""
+    import math
+
+    import numba
+    from numba import cuda
+
+    from augcl.kernels import vocoder_cuda
+
+    def broken(a):
+        a[0] = math.atan2(a[0])  # one argument: numba finds no such atan2
+
+    monkeypatch.setattr(vocoder_cuda, "compile_for_device",
+                        lambda index: cuda.compile_ptx(broken, (numba.float32[::1],), cc=(9, 0)))
+    why = kernels.unavailable("cuda:0")
+    assert why is not None and why.startswith("the CUDA kernel does not build for GPU 0 (TypingError"), why
+    assert not kernels.available("cuda") and kernels.use_kernels("auto", "cuda") is False
+    with pytest.raises(RuntimeError, match=r"backend='kernels' but no augcl kernel runs on cuda:0: the CUDA kernel "
+                                           r"does not build for GPU 0 \(TypingError"):
+        kernels.use_kernels("kernels", "cuda:0")
+
+
+@needs_numba_cuda
+def test_auto_keeps_the_reference_on_cuda_until_a_gpu_benchmark_says_otherwise(fake_gpu, monkeypatch):
+    """Where the CUDA kernel builds (here its real PTX for sm_90, which needs no GPU), "kernels" runs it and "auto"
+    still does not: no GPU measurement has shown it faster than the reference (augcl.kernels.AUTO_DEVICES)."""
+    import numba
+    from numba import cuda
+
+    from augcl.kernels import vocoder_cuda
+
+    monkeypatch.setattr(vocoder_cuda, "compile_for_device", lambda index: cuda.compile_ptx(
+        vocoder_cuda.phase_lock_float32, vocoder_cuda.signature(numba.float32), cc=(9, 0)))
+    assert kernels.unavailable("cuda") is None
+    assert kernels.use_kernels("kernels", "cuda") is True
+    assert kernels.use_kernels("auto", "cuda") is False and "cuda" not in kernels.AUTO_DEVICES
+
+
 #: float32 kernels' PTX may hold this many float64 instructions: libdevice's sinf/cosf reduce huge arguments
 #: (|x| > ~1e5) in float64 (Payne-Hanek; 6 instructions with numba-cuda 0.30.4), a branch the kernel never takes
 #: (its angles lie in [-2 pi, 2 pi]). Before issue 13 the float32 kernel had 147 (its phase math in float64).

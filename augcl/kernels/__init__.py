@@ -7,23 +7,32 @@ What the stage breakdown of ``python -m benchmarks.augment`` (docs/benchmarks/au
   instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
   ``(B, K, F)``, most of a vocoder time stretch in the reference. One Numba kernel on the CPU
   (:mod:`.vocoder_cpu`, parallel over examples) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per
-  example, numba.cuda on torch's current stream) do it in one pass. The FFTs, the frame gather and the
+  example, numba-cuda on torch's memory and current stream) do it in one pass. The FFTs, the frame gather and the
   overlap-add stay in torch (MKL / cuFFT do them well).
 * The log-mel front end: torch's FFT + matmul is already near the machine's limit on the CPU, so there is no
   log-mel kernel (a fused log-mel + mask kernel would save the mask pass, ~1 % of a batch).
 
-Backends (``PairAugmenter(backend=...)``): ``"torch"`` the reference; ``"kernels"`` the kernels, an error if
-none runs on the device (Numba missing, or numba.cuda without a usable GPU); ``"auto"`` the kernels where they
-are installed *and* measured faster than the reference on that device (the CPU), else the reference. The CUDA
-kernel is not in ``"auto"`` until a GPU benchmark shows it faster (``python -m benchmarks.augment --device
-cuda``; see docs/benchmarks/). Kernels run in float32; float64 input runs the reference on every backend.
-Install the kernels with ``pip install augcl[kernels]`` (Numba).
+Backends (``PairAugmenter(backend=...)``): ``"torch"`` the reference; ``"kernels"`` the kernels, an error naming
+the reason if none runs on the device (:func:`unavailable`); ``"auto"`` the kernels where they run *and* were
+measured faster than the reference on that device type (:data:`AUTO_DEVICES`), else the reference.
+
+``"auto"`` on CUDA is the reference: the CUDA kernel has never been timed on a GPU, so it is not in
+:data:`AUTO_DEVICES` until ``python -m benchmarks.gpu`` measures it faster than the reference there (and the
+measurement is recorded in docs/benchmarks/). Until then it runs only when asked for (``backend="kernels"``).
+
+A kernel is available on a CUDA device when torch sees the GPU, numba-cuda (NVIDIA's CUDA target for Numba,
+``pip install 'augcl[cuda]'``; numba's built-in target is deprecated and is not used) is installed, and the
+float32 kernel compiles for that GPU: the first ``available("cuda")`` compiles it (a few seconds; launches on
+the analysis' contiguous spectra then reuse it) and a failure makes it unavailable, its reason kept for the
+error ``"kernels"`` raises. The tests compile every CUDA kernel to PTX for sm_80 and sm_90 without a GPU
+(``numba.cuda.compile_ptx``). ``time_stretch_segment`` runs float32 in the kernels and float64 in the reference
+on every backend (the kernels take float64 too: tested, not dispatched). Install the CPU kernels with
+``pip install augcl[kernels]`` (Numba).
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from typing import Optional
 
 import torch
@@ -32,7 +41,8 @@ from torch import Tensor
 from .. import functional as AF
 
 BACKENDS = ("auto", "torch", "kernels")
-#: devices where ``"auto"`` uses the kernels: those where the benchmark measured them faster than the reference
+#: device types where ``"auto"`` uses the kernels: those where a benchmark measured them faster than the reference
+#: (the CPU: docs/benchmarks/augment.md). Not CUDA: no GPU measurement yet (``python -m benchmarks.gpu``).
 AUTO_DEVICES = ("cpu",)
 
 
@@ -48,40 +58,55 @@ def _numba_cpu() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _numba_cuda() -> bool:
-    if not _numba_cpu():
-        return False
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return True
-    try:
-        from numba import cuda
+    """numba-cuda is installed (``numba.cuda`` is then NVIDIA's target, not numba's deprecated built-in one)."""
+    return importlib.util.find_spec("numba_cuda") is not None
 
-        return bool(cuda.is_available())
-    except Exception:  # a broken CUDA driver/toolkit means: no CUDA kernels here
-        return False
+
+@functools.lru_cache(maxsize=None)
+def _cuda_build_failure(index: int) -> Optional[str]:
+    """None where the CUDA kernel compiles for GPU ``index``, else what went wrong (once per process and GPU)."""
+    try:
+        from . import vocoder_cuda
+
+        vocoder_cuda.compile_for_device(index)
+    except Exception as e:  # whatever numba, NVVM or the driver raise: the kernel does not run here
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"the CUDA kernel does not build for GPU {index} ({type(e).__name__}: {first})"
+    return None
+
+
+def unavailable(device="cpu") -> Optional[str]:
+    """Why no kernel runs on ``device`` here, or None where one does (the reason ``backend="kernels"`` raises).
+
+    CPU: Numba installed. CUDA: torch sees the GPU, numba-cuda installed and the kernel compiles for that GPU
+    (compiled on the first call, a few seconds)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None if _numba_cpu() else "Numba is not installed: pip install 'augcl[kernels]'"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA GPU"
+        if not (_numba_cpu() and _numba_cuda()):
+            return ("numba-cuda (NVIDIA's CUDA target for Numba) is not installed: pip install 'augcl[cuda]'")
+        return _cuda_build_failure(device.index if device.index is not None else torch.cuda.current_device())
+    return f"there are no kernels for {device.type}"
 
 
 def available(device="cpu") -> bool:
-    """Whether a kernel runs on ``device`` here (Numba installed; for CUDA also a usable GPU for numba.cuda)."""
-    kind = torch.device(device).type
-    if kind == "cpu":
-        return _numba_cpu()
-    if kind == "cuda":
-        return torch.cuda.is_available() and _numba_cuda()
-    return False
+    """Whether a kernel runs on ``device`` here (:func:`unavailable` says why not)."""
+    return unavailable(device) is None
 
 
 def use_kernels(backend: str, device) -> bool:
-    """Whether ``backend`` runs the kernels on ``device``; ``"kernels"`` where none runs raises, naming the fix."""
+    """Whether ``backend`` runs the kernels on ``device``; ``"kernels"`` where none runs raises, naming the reason."""
     check_backend(backend)
     if backend == "torch":
         return False
     device = torch.device(device)
     if backend == "kernels":
-        if not available(device):
-            hint = ("pip install 'augcl[kernels]' (Numba)" if device.type in ("cpu", "cuda") and not _numba_cpu()
-                    else "numba.cuda finds no usable GPU/driver" if device.type == "cuda"
-                    else f"there are no kernels for {device.type}")
-            raise RuntimeError(f"backend='kernels' but no augcl kernel runs on {device}: {hint}; "
+        why = unavailable(device)
+        if why is not None:
+            raise RuntimeError(f"backend='kernels' but no augcl kernel runs on {device}: {why}; "
                                "or use backend='auto' / 'torch'")
         return True
     return device.type in AUTO_DEVICES and available(device)
