@@ -338,7 +338,8 @@ class PairAugmenter(nn.Module):
                              f"create it with torch.Generator(device=wave.device)")
         if params is not None:
             self.check_params(params, x)
-        check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
+        on_cpu = AF.cpu_branch(x.device)
+        check = self.check_finite if self.check_finite is not None else on_cpu
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
@@ -353,7 +354,7 @@ class PairAugmenter(nn.Module):
         # rows too loud for float32 powers (|x| ** 2 overflows from |x| ~ 1.8e19) are augmented divided by a power of two
         # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any
         clip_scale = None
-        if x.device.type != "cpu" or not bool((row_norm <= SCALE_ABOVE).all()):
+        if not on_cpu or not bool((row_norm <= SCALE_ABOVE).all()):
             clip_scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
             x = x / clip_scale.reshape(-1, 1)
         # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
@@ -384,7 +385,7 @@ class PairAugmenter(nn.Module):
     def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
         """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
-        size = self.chunk_size or (CPU_CHUNK if x.device.type == "cpu" else B)
+        size = self.chunk_size or (CPU_CHUNK if AF.cpu_branch(x.device) else B)
         if size >= B:
             yield x, params, divisor
             return

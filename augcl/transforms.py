@@ -261,7 +261,7 @@ class RandomSegment(WaveBlock):
         applied, rate = params["stretch_applied"], params["stretch_rate"]
         stretch = kernels.time_stretch_segment if kernels.use_kernels(self.backend, x.device) else AF.time_stretch_segment
         kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, max_rate=cfg.rate_bound)
-        if x.device.type == "cpu":  # host-side row selection costs no sync here: stretch only the rows that need it
+        if AF.cpu_branch(x.device):  # host-side row selection costs no sync here: stretch only the rows that need it
             rows = applied.nonzero().flatten()
             out = plain.clone()
             if len(rows):

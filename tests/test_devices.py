@@ -1,0 +1,180 @@
+"""Devices without a GPU: the forward pass on FakeTensorMode's CUDA tensors, the device branches
+run on a CPU (``augcl.functional._force_device_path``) against the CPU branches, and the fixes of what was a host sync,
+a host-to-device copy or a CPU-only choice.
+
+Under FakeTensorMode a host sync (``.item()``, ``bool(t)``, ``nonzero``) raises, and so does an op that mixes a CPU
+tensor into a CUDA one; a copy between host and device does not, so :class:`HostTraffic` records those. No CUDA driver
+is needed, and none is used: modules are built on the CPU and moved to ``"cuda"`` inside the mode.
+"""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from augcl import (PRESETS, BranchConfig, GainConfig, MaskConfig, NoiseConfig, PairAugmenter, PairConfig, RIRBank,
+                   RIRConfig, StretchConfig)
+from augcl import functional as AF
+from augcl import kernels
+
+from .conftest import SR, cpu_generator, make
+
+ALL_PRESETS = sorted(PRESETS)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+CUDA = torch.device("cuda", 0)
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records the ops whose tensors all sit on one side going in and on the other coming out: host-to-device and
+    device-to-host copies (``torch.tensor(x, device=...)``, ``new_tensor``, ``.cpu()``, ``.to(device)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        outs = {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+        if ins and outs and not ins & outs:
+            self.copies.append(f"{func}: {sorted(ins)} -> {sorted(outs)}")
+        return out
+
+
+def fake_cuda():
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+@pytest.fixture
+def impulse_bank(impulse_bank):
+    """conftest's bank, copied for each test: moving an augmenter to (fake) CUDA moves its bank in place."""
+    return RIRBank(impulse_bank.irs.clone(), impulse_bank.lengths.clone(), SR)
+
+
+def _every_block(impulse_bank):
+    """The blocks and options no preset has: gain on both branches, coloured noise, a uniform-rate vocoder stretch
+    followed by RIR and masks with a numeric fill."""
+    return PairAugmenter(PairConfig(
+        anchor=BranchConfig(noise=NoiseConfig(kind="colored", p=0.5), gain=GainConfig()),
+        positive=BranchConfig(stretch=StretchConfig(mode="uniform", rates=(0.8, 1.2), method="vocoder"),
+                              rir=RIRConfig(), mask=MaskConfig(fill=-5.0), gain=GainConfig(p=0.5))),
+        rir_bank=impulse_bank)
+
+
+# ------------------------------------------------------------------------------------- the forward pass on fake CUDA
+@pytest.mark.parametrize("preset", ALL_PRESETS + ["every-block"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "lengths"])
+def test_fake_cuda_forward_stays_on_the_device(preset, dtype, with_lengths, impulse_bank):
+    """Every preset, in each input dtype, with and without lengths: outputs and params on CUDA in the input's dtype,
+    no host sync (FakeTensorMode raises), no device mix (it raises too), no copy between host and device; the replay
+    of the params too."""
+    aug = _every_block(impulse_bank) if preset == "every-block" else make(preset, impulse_bank)
+    frames = 98 if preset == "cola" else 96
+    with fake_cuda():
+        aug = aug.to("cuda")
+        x = torch.randn(4, 160000, device="cuda", dtype=dtype)
+        lengths = torch.tensor([160000, 8000, 1000, 40000], device="cuda") if with_lengths else None
+        with HostTraffic() as traffic:
+            pair = aug(x, lengths=lengths)
+            again = aug(x, params=pair.params)
+    assert traffic.copies == []
+    for out in (pair, again):
+        for spec in (out.anchor, out.positive):
+            assert spec.device == CUDA and spec.dtype == dtype and spec.shape == (4, 1, 64, frames)
+        assert all(v.device == CUDA for v in out.params.values())
+
+
+# --------------------------------------------------------------------- the device branches, run on a CPU, against the CPU's
+def _branch_case(with_lengths, B=34, T=24000):
+    """B > CPU_CHUNK (so the CPU chunks and the device path does not), rows stretched and not, lengths from a full
+    row down to one shorter than a segment."""
+    x = torch.randn(B, T, generator=cpu_generator(3)) * 0.1
+    if not with_lengths:
+        return x, None
+    lengths = torch.randint(1, T + 1, (B,), generator=cpu_generator(4))
+    lengths[:3] = torch.tensor([T, 500, 1])
+    return x, lengths
+
+
+@pytest.mark.parametrize("preset,backend", [(p, "torch") for p in ALL_PRESETS] + [("all", "auto")])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "lengths"])
+def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_lengths, impulse_bank):
+    """The switch sends CPU tensors down the accelerator branches (whole batch at once, every row stretched and
+    selected, windows gathered by index and from regions, the scale computed for every row): the
+    output is bit for bit the CPU branches'. ``auto`` runs the Numba vocoder kernel (where installed) on both."""
+    if backend == "auto" and not kernels.available("cpu"):
+        pytest.skip("needs numba")
+    aug = make(preset, impulse_bank, backend=backend)
+    x, lengths = _branch_case(with_lengths)
+    ref = aug(x, generator=cpu_generator(5), lengths=lengths)
+    with AF._force_device_path():
+        assert not AF.cpu_branch(x.device)
+        got = aug(x, generator=cpu_generator(5), lengths=lengths)
+    assert AF.cpu_branch(x.device)  # the switch is off again
+    assert ref.params.keys() == got.params.keys()
+    for k in ref.params:
+        assert torch.equal(ref.params[k], got.params[k]), k
+    assert torch.equal(ref.anchor, got.anchor) and torch.equal(ref.positive, got.positive)
+
+
+# ------------------------------------------------------------------------------- the fixes: syncs and host copies
+def test_a_numeric_mask_fill_is_filled_on_the_device_not_copied_from_the_host():
+    with fake_cuda():
+        spec = torch.randn(3, 1, 64, 96, device="cuda", dtype=torch.bfloat16)
+        start, width = (torch.randint(0, 50, (3, 2), device="cuda") for _ in range(2))
+        with HostTraffic() as traffic:
+            out = AF.time_mask(spec, start, width, -5.0)
+    assert traffic.copies == [] and out.dtype == torch.bfloat16 and out.device == CUDA
+    spec = torch.zeros(2, 1, 4, 10, dtype=torch.bfloat16)
+    out = AF.time_mask(spec, torch.tensor([[2], [0]]), torch.tensor([[3], [1]]), -5)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[0, 0, :, 2:5], torch.full((4, 3), -5.0, dtype=torch.bfloat16))
+    assert torch.equal(out[1, 0, :, 0], torch.full((4,), -5.0, dtype=torch.bfloat16))
+    assert int((out != 0).sum()) == 4 * 3 + 4
+
+
+def test_time_stretch_with_out_length_runs_on_fake_cuda_without_a_host_sync():
+    """``out_length`` given: no read of the rates (the whole clip is the source region); a number as the rate is
+    filled on the device."""
+    with fake_cuda():
+        x = torch.randn(3, 16000, device="cuda")
+        rate = torch.tensor([0.8, 1.0, 1.25], device="cuda")
+        with HostTraffic() as traffic:
+            y = AF.time_stretch(x, rate, out_length=20000)
+            z = AF.time_stretch(x, 1.1, out_length=14546)
+    assert traffic.copies == []
+    assert y.shape == (3, 20000) and z.shape == (3, 14546) and y.device == CUDA
+
+
+def test_the_device_branch_of_the_stretch_is_exact_at_any_rate_without_a_bound():
+    """max_rate None: the device branch reads the whole clip, so it equals the CPU branch whatever the rates, the
+    whole-clip stretch of time_stretch included."""
+    x = torch.randn(4, 6000, generator=cpu_generator(2))
+    rate = torch.tensor([0.5, 1.0, 1.7, 3.0], dtype=torch.float64)
+    start = torch.tensor([-300, 0, 1000, 1900])
+    ref_frames = AF.stretched_frames(x, rate, start, 20, 160, 400)
+    ref_stretch = AF.time_stretch(x, rate, n_fft=256, hop_length=64, out_length=12000)
+    with AF._force_device_path():
+        assert torch.equal(AF.stretched_frames(x, rate, start, 20, 160, 400), ref_frames)
+        assert torch.equal(AF.time_stretch(x, rate, n_fft=256, hop_length=64, out_length=12000), ref_stretch)
+
+
+def test_a_rate_above_max_rate_is_refused_on_both_branches():
+    """The device branch used to read clamped frames where the CPU branch was exact. Now a rate above max_rate is an
+    error on both, as an index out of range is: a ValueError on a CPU, ``torch._assert_async`` on a device (which, on
+    a CPU tensor, raises at once; on CUDA it is a device-side assert, with no host sync)."""
+    x = torch.randn(2, 8000, generator=cpu_generator(2))
+    rate, start = torch.tensor([1.0, 1.3], dtype=torch.float64), torch.tensor([0, 100])
+    for op in (lambda: AF.stretched_frames(x, rate, start, 10, 160, 400, max_rate=1.1),
+               lambda: AF.time_stretch_segment(x, rate, start, 2000, max_rate=1.1)):
+        with pytest.raises(ValueError, match="max_rate"):
+            op()
+        with AF._force_device_path(), pytest.raises(RuntimeError, match="max_rate"):
+            op()
+    AF.stretched_frames(x, torch.tensor([1.1, 0.9], dtype=torch.float64), start, 10, 160, 400, max_rate=1.1)
+    aug = make("ts")
+    params = aug.sample(2, 8000, cpu_generator(0))
+    params["positive.stretch_rate"] = rate  # params of an augmenter with other rates
+    with pytest.raises(ValueError, match="max_rate=1.1"):
+        aug(x, params=params)
