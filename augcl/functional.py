@@ -10,7 +10,8 @@ Conventions
 * Waveforms are float tensors ``(B, T)``; :func:`as_batch` also accepts ``(B, 1, T)``.
 * Computation runs in float32 (float64 stays float64; bfloat16/float16 are upcast, because FFTs need it);
   callers cast back.
-* Sample positions are integer tensors (``torch.long``) in samples.
+* Sample positions are integer tensors (``torch.long``) in samples; rates and fractional positions are float64
+  (float32 on a device without float64: :func:`position_dtype`).
 * Devices: a few ops take a CPU-only branch where reading tensor values on the host is free (host-side row
   selection, ``unfold`` reads); every other device takes a branch that never reads device data on the host.
   :func:`cpu_branch` decides; the test-only :func:`_force_device_path` sends CPU tensors down the other branch.
@@ -28,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "as_batch",
     "cpu_branch",
+    "position_dtype",
     "check_finite",
     "check_lengths",
     "valid_mask",
@@ -61,6 +63,10 @@ __all__ = [
 #: test-only: set by :func:`_force_device_path`, never in normal use
 _DEVICE_PATH_ON_CPU = False
 
+#: device types without float64 (Apple's MPS): rates, positions and parameter draws are float32 there
+NO_FLOAT64 = ("mps",)
+
+
 def cpu_branch(device: torch.device) -> bool:
     """Whether code for ``device`` takes its CPU branch, which reads tensor values on the host (free on a CPU, a sync
     anywhere else): True on a CPU, unless the test-only :func:`_force_device_path` is on. One attribute read."""
@@ -78,6 +84,13 @@ def _force_device_path() -> Iterator[None]:
         yield
     finally:
         _DEVICE_PATH_ON_CPU = old
+
+
+def position_dtype(device=None) -> torch.dtype:
+    """The float dtype of rates, fractional sample positions and parameter draws on ``device`` (None: the CPU):
+    float64, exact to the sample for clips of any length; float32 on devices without float64 (:data:`NO_FLOAT64`),
+    where positions past 2 ** 24 samples round and a stretched frame may sit a sample off the float64 one."""
+    return torch.float32 if device is not None and torch.device(device).type in NO_FLOAT64 else torch.float64
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +250,7 @@ def crop_segments(wave: Tensor, start: Tensor, length: int, lengths: Optional[Te
 # ----------------------------------------------------------------------------------------------------------
 def stretched_length(length: Union[int, Tensor], rate: Tensor) -> Tensor:
     """Length ``ceil(T / rate)`` of a clip of ``T`` samples stretched by ``rate`` (rate > 1 is faster/shorter)."""
-    return torch.ceil(length / rate.to(torch.float64) - 1e-9).to(torch.long)
+    return torch.ceil(length / rate.to(position_dtype(rate.device)) - 1e-9).to(torch.long)
 
 
 def _wrap(phase: Tensor) -> Tensor:
@@ -313,7 +326,7 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
     cost of the frames, not of the clip.
     """
     dev = wave.device
-    rate = rate.to(device=dev, dtype=torch.float64)
+    rate = rate.to(device=dev, dtype=position_dtype(dev))
     first = first.to(device=dev, dtype=torch.long)
     half = width // 2 if centre is None else int(centre)
     centres = first[:, None] + torch.arange(n_frames, device=dev) * hop_length + half
@@ -476,7 +489,7 @@ def time_stretch(
     """
     wave = as_batch(wave)
     B, T = wave.shape
-    dtype = torch.float64
+    dtype = position_dtype(wave.device)
     if isinstance(rate, (int, float)):  # a number: filled on the device (a tensor of it would be a host-to-device copy)
         rate = torch.full((B,), float(rate), dtype=dtype, device=wave.device)
     else:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import functional as AF
 from .banks import NoiseBank, RIRBank
 from .transforms import (AddNoise, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomGain, RandomSegment,
-                         RIRConfig, RIRFilter, SpecMask, StretchConfig)
+                         RIRConfig, RIRFilter, SpecMask, StretchConfig, draw_device)
 
 
 @dataclass(frozen=True)
@@ -278,9 +278,11 @@ class PairAugmenter(nn.Module):
         clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
         ``positive.``, plus ``length`` (an empty ``(batch, 0, length)`` tensor: its shape records the clip length, so
         that a replay checks it without reading device memory, and it follows the params through indexing and
-        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``.
+        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``, on ``device``
+        (default: the generator's device, else the CPU).
         """
         _check_generator(generator)
+        device = draw_device(generator, device)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):

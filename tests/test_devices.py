@@ -16,6 +16,7 @@ from augcl import (PRESETS, BranchConfig, GainConfig, MaskConfig, NoiseConfig, P
                    RIRConfig, StretchConfig)
 from augcl import functional as AF
 from augcl import kernels
+from augcl.transforms import AddNoise, RandomGain, RandomSegment, RIRFilter, SpecMask
 
 from .conftest import SR, cpu_generator, make
 
@@ -38,6 +39,21 @@ class HostTraffic(TorchDispatchMode):
         outs = {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
         if ins and outs and not ins & outs:
             self.copies.append(f"{func}: {sorted(ins)} -> {sorted(outs)}")
+        return out
+
+
+class NoFloat64On(TorchDispatchMode):
+    """Raises when an op makes a float64 tensor on ``device_type`` (Apple's MPS has no float64)."""
+
+    def __init__(self, device_type: str):
+        super().__init__()
+        self.device_type = device_type
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == self.device_type and t.dtype == torch.float64:
+                raise AssertionError(f"{func} made a float64 tensor on {t.device}")
         return out
 
 
@@ -178,3 +194,44 @@ def test_a_rate_above_max_rate_is_refused_on_both_branches():
     params["positive.stretch_rate"] = rate  # params of an augmenter with other rates
     with pytest.raises(ValueError, match="max_rate=1.1"):
         aug(x, params=params)
+
+
+def test_sample_draws_on_the_generators_device(impulse_bank):
+    """``device=None`` and a CUDA generator: the draws are on CUDA (they were on the CPU, where a CUDA generator
+    fails). A CUDA generator needs a driver, so a Generator that reports CUDA stands in for one under FakeTensorMode."""
+
+    class CudaGenerator(torch.Generator):
+        @property
+        def device(self):
+            return CUDA
+
+    g = CudaGenerator()
+    aug = _every_block(impulse_bank)
+    with fake_cuda():
+        drawn = [aug.sample(4, 32000, g), RandomSegment(16000, StretchConfig()).sample(4, 32000, g),
+                 AddNoise().sample(4, 32000, g), RandomGain().sample(4, 32000, g),
+                 RIRFilter(bank=impulse_bank).sample(4, 32000, g), SpecMask().sample(4, 64, 96, g)]
+    assert all(v.device == CUDA for params in drawn for v in params.values())
+    assert all(v.device.type == "cpu" for v in aug.sample(4, 32000, cpu_generator(0)).values())
+
+
+def test_position_dtype_is_float64_except_where_the_device_has_none():
+    for device in (None, "cpu", "cuda", torch.device("cuda", 1), "meta"):
+        assert AF.position_dtype(device) == torch.float64
+    for device in ("mps", torch.device("mps", 0)):
+        assert AF.position_dtype(device) == torch.float32
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS + ["uniform"])
+def test_draws_on_a_device_without_float64_make_no_float64_tensor(preset, impulse_bank):
+    """Fake MPS tensors under a mode that refuses float64 on MPS: every preset's draws (with and without lengths) are
+    float32 there, and the CPU's draws stay float64 (its results unchanged)."""
+    aug = (PairAugmenter(PairConfig(positive=BranchConfig(stretch=StretchConfig(mode="uniform"))))
+           if preset == "uniform" else make(preset, impulse_bank))
+    mps = torch.device("mps", 0)
+    with fake_cuda(), NoFloat64On("mps"):
+        lengths = torch.full((4,), 20000, device=mps)
+        for drawn in (aug.sample(4, 32000, device=mps), aug.sample(4, 32000, device=mps, lengths=lengths)):
+            assert all(v.device == mps and v.dtype != torch.float64 for v in drawn.values())
+    if "positive.stretch_rate" in aug.param_keys():
+        assert aug.sample(4, 32000, cpu_generator(0))["positive.stretch_rate"].dtype == torch.float64
