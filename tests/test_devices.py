@@ -99,6 +99,7 @@ def test_fake_cuda_forward_stays_on_the_device(preset, dtype, with_lengths, impu
         for spec in (out.anchor, out.positive):
             assert spec.device == CUDA and spec.dtype == dtype and spec.shape == (4, 1, 64, frames)
         assert all(v.device == CUDA for v in out.params.values())
+    assert pair.params["finite"].dtype == torch.bool and pair.params["finite"].shape == (4,)
 
 
 # --------------------------------------------------------------------- the device branches, run on a CPU, against the CPU's
@@ -117,7 +118,7 @@ def _branch_case(with_lengths, B=34, T=24000):
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "lengths"])
 def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_lengths, impulse_bank):
     """The switch sends CPU tensors down the accelerator branches (whole batch at once, every row stretched and
-    selected, windows gathered by index and from regions, the scale computed for every row): the
+    selected, windows gathered by index and from regions, the scale computed for every row, the finite flag): the
     output is bit for bit the CPU branches'. ``auto`` runs the Numba vocoder kernel (where installed) on both."""
     if backend == "auto" and not kernels.available("cpu"):
         pytest.skip("needs numba")
@@ -132,6 +133,75 @@ def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_l
     for k in ref.params:
         assert torch.equal(ref.params[k], got.params[k]), k
     assert torch.equal(ref.anchor, got.anchor) and torch.equal(ref.positive, got.positive)
+
+
+# ------------------------------------------------------------------------------------------------- NaN/Inf, everywhere
+def _rows_with_nan_and_inf(T=24000):
+    x = torch.randn(6, T, generator=cpu_generator(7)) * 0.1
+    x[1, 100] = float("nan")
+    x[2, -1] = float("inf")
+    x[3, 0] = -float("inf")
+    x[4] *= 1e30  # loud and finite: its squares overflow float32, yet it is finite
+    return x
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_nonfinite_rows_are_flagged_without_a_sync_on_the_device_path(preset, impulse_bank):
+    """On the device path NaN/Inf is not raised (that would be a host sync) but flagged per row, exactly: the flagged
+    rows' pairs are NaN, the other rows' are those of the same rows in a clean batch. The CPU raises by default and
+    flags the same rows with check_finite=False."""
+    aug = make(preset, impulse_bank)
+    x = _rows_with_nan_and_inf()
+    want = torch.tensor([True, False, False, False, True, True])
+    with AF._force_device_path():
+        pair = aug(x, generator=cpu_generator(0))
+        clean = aug(torch.where(want[:, None], x, 0.0), params=pair.params)
+    assert torch.equal(pair.params["finite"], want)
+    assert clean.params["finite"].all()
+    for got, ref in ((pair.anchor, clean.anchor), (pair.positive, clean.positive)):
+        assert torch.isnan(got[~want]).all()
+        assert torch.equal(got[want], ref[want])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        aug(x, generator=cpu_generator(0))
+    unchecked = make(preset, impulse_bank, check_finite=False)(x, generator=cpu_generator(0))
+    assert torch.equal(unchecked.params["finite"], want)
+
+
+def test_the_finite_flag_is_replayed_recomputed_and_the_callers_params_are_left_alone():
+    aug = make("ts+mask")
+    x = _rows_with_nan_and_inf()
+    with AF._force_device_path():
+        pair = aug(x, generator=cpu_generator(0))
+    kept = pair.params["finite"].clone()
+    again = aug(x.nan_to_num(posinf=0.0, neginf=0.0), params=pair.params)  # a replay accepts the flag, recomputes it
+    assert again.params["finite"].all() and torch.equal(pair.params["finite"], kept)
+    assert aug(x[:, :20000].nan_to_num(), params=aug.sample(6, 20000, cpu_generator(1))).params["finite"].all()
+    bad = dict(pair.params, finite=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="finite"):
+        aug(x, params=bad)
+
+
+def test_pretrain_stops_naming_the_step_and_the_clips_that_held_nan(tmp_path, monkeypatch):
+    """On the device path the trainer reads the flags with its once-a-step log and stops, naming the step and the
+    rows, before the step's checkpoint is written."""
+    from trainer import pretrain as P
+    from trainer.common import read_checkpoint
+
+    real, calls = P.to_float, []
+
+    def to_float_with_nan(clips, gains=None):
+        out = real(clips, gains=gains)
+        calls.append(1)
+        if len(calls) == 2:  # the second step's batch: a NaN in its row 1
+            out[1, 10] = float("nan")
+        return out
+
+    monkeypatch.setattr(P, "to_float", to_float_with_nan)
+    cfg = P.PretrainConfig(out=str(tmp_path / "run"), steps=3, builtin_clips=8, clip_seconds=1.0, batch_size=4,
+                           device="cpu", checkpoint_every=1, encoder="small", dim=32)
+    with AF._force_device_path(), pytest.raises(ValueError, match=r"step 2 .*row\(s\) \[1\] .*NaN or Inf"):
+        P.pretrain(cfg, progress=False)
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", "--resume")["step"] == 1
 
 
 # ------------------------------------------------------------------------------- the fixes: syncs and host copies

@@ -99,9 +99,10 @@ def augment_batch(augment, batch, generator, device):
 
 
 def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
-    """One step; ``model`` may be DDP-wrapped. Returns loss and positive-retrieval accuracy (tensors)."""
+    """One step; ``model`` may be DDP-wrapped. Returns loss, positive-retrieval accuracy and ``finite`` (which clips
+    of the batch were free of NaN/Inf: ``pair.params["finite"]``), as tensors: no host sync."""
     pair = augment_batch(augment, batch, generator, device)
-    return forward_backward(model, optimizer, pair, cfg, device)
+    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"]}
 
 
 def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dict:
@@ -117,6 +118,15 @@ def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dic
     loss.backward()
     optimizer.step()
     return {"loss": loss.detach(), "acc": acc}
+
+
+def nonfinite_error(finite, step: int, epoch: int, batch: int) -> ValueError:
+    """The error naming the clips of a step's batch that held NaN/Inf (``finite``: ``train_step``'s flags)."""
+    rows = (~finite).nonzero().flatten().tolist()
+    return ValueError(f"step {step} (epoch {epoch}, batch {batch}): clip(s) at row(s) {rows} of the batch hold NaN or "
+                      f"Inf samples, so their log-mels and this step's loss are NaN; the run stops before writing a "
+                      f"checkpoint. Find the clips (non-finite audio, or non-finite level gains in the store) and fix "
+                      f"or drop them")
 
 
 class _StopFlag:
@@ -344,7 +354,11 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
             for batch_data in loader:
                 stats = train_step(model, augment, optimizer, batch_data, generator, cfg, device)
                 step, batch = step + 1, batch + 1
-                loss, acc = stats["loss"].item(), stats["acc"].item()  # one sync per step, for the log
+                # one sync per step, for the log: loss, accuracy and whether every clip was finite in one transfer
+                loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
+                                                 stats["finite"].all().float()]).tolist()
+                if not finite:
+                    raise nonfinite_error(stats["finite"], step, epoch, batch)
                 now = time.perf_counter()
                 rate = len(batch_data.clips) * world / (now - t_last)
                 t_last = now
