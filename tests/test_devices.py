@@ -1,4 +1,4 @@
-"""Devices without a GPU: the forward pass on FakeTensorMode's CUDA tensors, the device branches
+"""Devices without a GPU: the forward pass and the trainer's step on FakeTensorMode's CUDA tensors, the device branches
 run on a CPU (``augcl.functional._force_device_path``) against the CPU branches, and the fixes of what was a host sync,
 a host-to-device copy or a CPU-only choice.
 
@@ -6,6 +6,8 @@ Under FakeTensorMode a host sync (``.item()``, ``bool(t)``, ``nonzero``) raises,
 tensor into a CUDA one; a copy between host and device does not, so :class:`HostTraffic` records those. No CUDA driver
 is needed, and none is used: modules are built on the CPU and moved to ``"cuda"`` inside the mode.
 """
+import math
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -133,6 +135,106 @@ def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_l
     for k in ref.params:
         assert torch.equal(ref.params[k], got.params[k]), k
     assert torch.equal(ref.anchor, got.anchor) and torch.equal(ref.positive, got.positive)
+
+
+# ------------------------------------------------------------------------------------------------- the trainer's step
+@pytest.fixture
+def cuda_autocast(monkeypatch):
+    """``torch.autocast("cuda")`` turns itself off (with a warning) where no CUDA is available; these two checks are
+    all that stops it, so the fake step runs the real bf16 autocast dispatch."""
+    import torch.cuda.amp.common as amp_common
+
+    monkeypatch.setattr(amp_common, "amp_definitely_not_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+def _int16_batch(device, B=4, T=32000):
+    from trainer.data import Batch
+
+    clips = torch.randint(-3000, 3000, (B, T), dtype=torch.int16, device=device)
+    lengths = torch.tensor([T, 9000, 500, 20000], device=device)
+    return Batch(clips, lengths, torch.zeros(B, dtype=torch.long, device=device), torch.ones(B, device=device))
+
+
+def _watch_first_conv(model, seen):
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.register_forward_hook(lambda m, args, out: seen.append(
+        (args[0].is_contiguous(memory_format=torch.channels_last), out.dtype)))
+
+
+def test_trainer_step_on_fake_cuda_runs_on_the_device_without_a_host_sync(cuda_autocast):
+    """augment_batch (int16 clips, level gains, lengths) -> forward_loss under bf16 autocast with channels_last ->
+    Adam, on fake CUDA: no host sync, no device mix, no copy between host and device. The backward between them cannot
+    run here (the autograd engine asks the CUDA driver for the caller's streams): the next test runs it."""
+    from trainer.model import ContrastiveModel
+    from trainer.pretrain import PretrainConfig, augment_batch, forward_loss
+
+    cfg = PretrainConfig(preset="ts+mask", encoder="small", dim=64)
+    aug, model = PairAugmenter.from_preset(cfg.preset), ContrastiveModel(dim=64, encoder="small")
+    seen = []
+    _watch_first_conv(model, seen)
+    with fake_cuda():
+        # build() moves the model, then makes it channels_last: one .to here, since FakeTensorMode cannot swap the
+        # parameters of a module twice (weak references to fake tensors)
+        model = model.to(CUDA, memory_format=torch.channels_last)
+        aug = aug.to(CUDA)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batch = _int16_batch(CUDA)
+        with HostTraffic() as traffic:
+            pair = augment_batch(aug, batch, None, CUDA)
+            loss, acc = forward_loss(model, pair, cfg, CUDA)
+        for p in model.parameters():  # what the backward would leave: a gradient like each parameter
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    assert traffic.copies == []
+    assert pair.anchor.device == pair.positive.device == CUDA and pair.params["finite"].device == CUDA
+    assert loss.device == acc.device == CUDA and loss.dtype == torch.float32 and loss.requires_grad
+    assert seen == [(True, torch.bfloat16)]  # channels_last input, and the conv ran under bf16 autocast
+    state = optimizer.state[next(model.parameters())]
+    assert state["exp_avg"].device == CUDA and state["exp_avg"].dtype == torch.float32
+
+
+def test_trainer_step_on_the_device_path_has_no_host_sync_through_backward_and_adam():
+    """The whole train_step with the device branches forced on a CPU (augcl's device path, channels_last, bf16
+    autocast, backward, Adam) on FakeTensorMode's CPU tensors, where the autograd engine needs no driver: no op reads
+    device data on the host, the backward and Adam's step included."""
+    from trainer.model import ContrastiveModel
+    from trainer.pretrain import PretrainConfig, train_step
+
+    cfg = PretrainConfig(preset="ts+mask", encoder="small", dim=64)
+    aug, model = PairAugmenter.from_preset(cfg.preset), ContrastiveModel(dim=64, encoder="small")
+    cpu = torch.device("cpu")
+    with AF._force_device_path(), FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        stats = train_step(model, aug, optimizer, _int16_batch(cpu), None, cfg, cpu)
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert stats["loss"].dtype == torch.float32 and stats["finite"].shape == (4,)
+
+
+def test_trainer_step_on_the_device_path_learns_with_bf16_autocast_and_channels_last():
+    """The same step on real CPU tensors: the recipe is on (the conv sees channels_last input and runs in bf16), the
+    gradients and Adam's state are float32, the loss is finite and falls over steps on a fixed batch."""
+    from trainer.model import ContrastiveModel
+    from trainer.pretrain import PretrainConfig, train_step
+
+    torch.manual_seed(0)
+    cfg = PretrainConfig(preset="ts+mask", encoder="small", dim=64)
+    aug, model = PairAugmenter.from_preset(cfg.preset), ContrastiveModel(dim=64, encoder="small")
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen = []
+    _watch_first_conv(model, seen)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = _int16_batch(torch.device("cpu"))
+    with AF._force_device_path():
+        losses = [float(train_step(model, aug, optimizer, batch, cpu_generator(0), cfg, torch.device("cpu"))["loss"])
+                  for _ in range(3)]
+    assert seen[0] == (True, torch.bfloat16)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    params = list(model.parameters())
+    assert all(p.dtype == p.grad.dtype == optimizer.state[p]["exp_avg"].dtype == torch.float32 for p in params)
+    assert all(not torch.equal(a, p) for a, p in zip(before, params) if p.ndim > 1)
 
 
 # ------------------------------------------------------------------------------------------------- NaN/Inf, everywhere

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from augcl import PRESETS, PairAugmenter
+from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
 from . import common
@@ -105,19 +106,32 @@ def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig,
     return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"]}
 
 
-def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dict:
-    """The model's part of a step on an augmented pair: forward, bilinear InfoNCE, backward, optimizer step."""
+def forward_loss(model, pair, cfg: PretrainConfig, device):
+    """Forward and bilinear InfoNCE on an augmented pair (channels_last and bf16 autocast on CUDA): loss, accuracy."""
     anchor, positive = pair.anchor, pair.positive
-    if device.type == "cuda":
+    recipe = cuda_recipe(device)
+    if recipe:
         anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and recipe):
         z_anchor, z_positive = model(anchor, positive)
         similarity = model.module.similarity if isinstance(model, DistributedDataParallel) else model.similarity
-        loss, acc = contrastive_loss(similarity, z_anchor, z_positive, cfg.gather_negatives)
+        return contrastive_loss(similarity, z_anchor, z_positive, cfg.gather_negatives)
+
+
+def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dict:
+    """The model's part of a step on an augmented pair: forward, bilinear InfoNCE, backward, optimizer step."""
+    loss, acc = forward_loss(model, pair, cfg, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return {"loss": loss.detach(), "acc": acc}
+
+
+def cuda_recipe(device) -> bool:
+    """channels_last and bf16 autocast: on CUDA, and on a CPU under augcl's test-only switch
+    (:func:`augcl.functional._force_device_path`), where the tests run the recipe's backward and Adam step (a backward
+    on FakeTensorMode's CUDA tensors needs a CUDA driver)."""
+    return device.type == "cuda" or (device.type == "cpu" and not AF.cpu_branch(device))
 
 
 def nonfinite_error(finite, step: int, epoch: int, batch: int) -> ValueError:
