@@ -10,12 +10,17 @@ Conventions
 * Waveforms are float tensors ``(B, T)``; :func:`as_batch` also accepts ``(B, 1, T)``.
 * Computation runs in float32 (float64 stays float64; bfloat16/float16 are upcast, because FFTs need it);
   callers cast back.
-* Sample positions are integer tensors (``torch.long``) in samples.
+* Sample positions are integer tensors (``torch.long``) in samples; rates and fractional positions are float64
+  (float32 on a device without float64: :func:`position_dtype`).
+* Devices: a few ops take a CPU-only branch where reading tensor values on the host is free (host-side row
+  selection, ``unfold`` reads); every other device takes a branch that never reads device data on the host.
+  :func:`cpu_branch` decides; the test-only :func:`_force_device_path` sends CPU tensors down the other branch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +28,8 @@ from torch import Tensor
 
 __all__ = [
     "as_batch",
+    "cpu_branch",
+    "position_dtype",
     "check_finite",
     "check_lengths",
     "valid_mask",
@@ -48,6 +55,42 @@ __all__ = [
     "time_mask",
     "freq_mask",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# devices
+# ----------------------------------------------------------------------------------------------------------
+#: test-only: set by :func:`_force_device_path`, never in normal use
+_DEVICE_PATH_ON_CPU = False
+
+#: device types without float64 (Apple's MPS): rates, positions and parameter draws are float32 there
+NO_FLOAT64 = ("mps",)
+
+
+def cpu_branch(device: torch.device) -> bool:
+    """Whether code for ``device`` takes its CPU branch, which reads tensor values on the host (free on a CPU, a sync
+    anywhere else): True on a CPU, unless the test-only :func:`_force_device_path` is on. One attribute read."""
+    return device.type == "cpu" and not _DEVICE_PATH_ON_CPU
+
+
+@contextlib.contextmanager
+def _force_device_path() -> Iterator[None]:
+    """Test-only: inside it, CPU tensors take the branches written for accelerators (no host-side row selection,
+    region reads, the whole batch at once, the NaN/Inf flag instead of the error, and the trainer's CUDA recipe), so
+    that tests compare them with the CPU branches on the same machine. Not thread-safe; not for use outside tests."""
+    global _DEVICE_PATH_ON_CPU
+    old, _DEVICE_PATH_ON_CPU = _DEVICE_PATH_ON_CPU, True
+    try:
+        yield
+    finally:
+        _DEVICE_PATH_ON_CPU = old
+
+
+def position_dtype(device=None) -> torch.dtype:
+    """The float dtype of rates, fractional sample positions and parameter draws on ``device`` (None: the CPU):
+    float64, exact to the sample for clips of any length; float32 on devices without float64 (:data:`NO_FLOAT64`),
+    where positions past 2 ** 24 samples round and a stretched frame may sit a sample off the float64 one."""
+    return torch.float32 if device is not None and torch.device(device).type in NO_FLOAT64 else torch.float64
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,7 +205,7 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tens
     B = start.shape[0]
     if rows is None and B != wave.shape[0]:
         raise ValueError(f"start has {B} rows but wave has {wave.shape[0]}; pass rows= to read a subset")
-    if wave.device.type == "cpu" and T >= width:
+    if cpu_branch(wave.device) and T >= width:
         # index whole windows out of a zero-copy unfold view (a row copy each, instead of an int64 index
         # per sample), then redo the few windows that cross the clip's ends (a host-side choice: no sync on a CPU)
         inner = start.clamp(0, T - width)
@@ -207,7 +250,7 @@ def crop_segments(wave: Tensor, start: Tensor, length: int, lengths: Optional[Te
 # ----------------------------------------------------------------------------------------------------------
 def stretched_length(length: Union[int, Tensor], rate: Tensor) -> Tensor:
     """Length ``ceil(T / rate)`` of a clip of ``T`` samples stretched by ``rate`` (rate > 1 is faster/shorter)."""
-    return torch.ceil(length / rate.to(torch.float64) - 1e-9).to(torch.long)
+    return torch.ceil(length / rate.to(position_dtype(rate.device)) - 1e-9).to(torch.long)
 
 
 def _wrap(phase: Tensor) -> Tensor:
@@ -240,10 +283,11 @@ def _frames_at(wave: Tensor, first: Tensor, width: int, span: int, rows: Optiona
     """Windows ``wave[b, first[b, k] : first[b, k] + width]`` as ``(B, K, width)``, zeros outside ``[0, T)`` and
     at or past ``limit[b]`` (``(B,)``, indexed like ``first``: see :func:`_gather_windows`).
 
-    Every row's windows must lie in ``[first[b, 0], first[b, 0] + span)``. On a CPU the windows come straight
-    out of the clip's ``unfold`` view (:func:`_gather_windows`); elsewhere through :func:`_frames_in_region`.
+    Every row's windows that read the clip must lie in ``[max(first[b, 0], -width), ... + span)``; ``T + 2 * width``
+    covers any windows. On a CPU the windows come straight out of the clip's ``unfold`` view
+    (:func:`_gather_windows`, exact whatever ``span``); elsewhere through :func:`_frames_in_region`.
     """
-    if wave.device.type == "cpu":
+    if cpu_branch(wave.device):
         return _gather_windows(wave, first, width, rows, limit)
     return _frames_in_region(wave, first, width, span, rows, limit)
 
@@ -251,8 +295,12 @@ def _frames_at(wave: Tensor, first: Tensor, width: int, span: int, rows: Optiona
 def _frames_in_region(wave: Tensor, first: Tensor, width: int, span: int, rows: Optional[Tensor] = None,
                       limit: Optional[Tensor] = None) -> Tensor:
     """:func:`_frames_at` by cutting one region of ``span`` samples per row, then indexing the windows out of a
-    zero-copy ``unfold`` view of it (no index per sample of every window: one per sample of the region)."""
-    lo = first[:, :1]
+    zero-copy ``unfold`` view of it (no index per sample of every window: one per sample of the region).
+
+    The region starts at ``max(first[b, 0], -width)``: windows wholly before the clip read zeros either way (they are
+    clamped to the region's first window, which is zeros then), so a span of ``T + 2 * width`` holds every window that
+    reads the clip, whatever the rows' rates."""
+    lo = first[:, :1].clamp_min(-width)
     region = _gather_windows(wave, lo[:, 0], span, rows, limit)  # the limit costs a pass over the region only
     index = torch.arange(first.shape[0], device=wave.device)[:, None]
     return region.unfold(-1, width, 1)[index, (first - lo).clamp(0, span - width)]
@@ -268,23 +316,42 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
     and the frame is the ``width`` source samples placed the same way around it.
     The short-time spectrum of an ideally time-stretched signal at ``c`` is the source's spectrum at
     ``c * rate``, so a log-mel of these frames is the log-mel of the stretched clip without resynthesis (no
-    vocoder, no phase): ``rate == 1`` gives exactly the frames of the plain clip. ``max_rate`` bounds
-    ``rate`` (read from ``rate`` when omitted: one host sync on an accelerator). ``rows`` ``(B,)``: the rows of
-    ``wave`` that ``rate`` and ``first`` are for (default: all); the others are not read or copied. ``lengths``
-    ``(B,)``: valid samples of each row's *source* clip, indexed like ``rate`` (with ``rows``: ``lengths[rows]``);
-    source samples at or past it read as zeros (default: ``T``), at the cost of the frames, not of the clip.
+    vocoder, no phase): ``rate == 1`` gives exactly the frames of the plain clip. ``max_rate``: an upper bound of
+    ``rate`` that sizes the source region read per row on an accelerator; a larger rate is an error, as an index out of
+    range is (a ValueError on a CPU; on an accelerator ``torch._assert_async``, a device-side assert: no host sync).
+    ``None``: the region is the whole clip (exact for any rate, no sync; the cost of the whole clip on an
+    accelerator). ``rows`` ``(B,)``: the rows of ``wave`` that ``rate`` and ``first`` are for (default: all); the
+    others are not read or copied. ``lengths`` ``(B,)``: valid samples of each row's *source* clip, indexed like
+    ``rate`` (with ``rows``: ``lengths[rows]``); source samples at or past it read as zeros (default: ``T``), at the
+    cost of the frames, not of the clip.
     """
     dev = wave.device
-    rate = rate.to(device=dev, dtype=torch.float64)
+    rate = rate.to(device=dev, dtype=position_dtype(dev))
     first = first.to(device=dev, dtype=torch.long)
     half = width // 2 if centre is None else int(centre)
     centres = first[:, None] + torch.arange(n_frames, device=dev) * hop_length + half
-    src_first = torch.round(centres.to(torch.float64) * rate[:, None]).to(torch.long) - half
+    src_first = torch.round(centres.to(rate.dtype) * rate[:, None]).to(torch.long) - half
+    whole = wave.shape[-1] + 2 * width  # holds every window that reads the clip, at any rate (_frames_in_region)
     if max_rate is None:
-        max_rate = float(rate.max())
-    span = math.ceil((n_frames - 1) * hop_length * max_rate) + width + 2
+        span = whole
+    else:
+        _check_rate_bound(rate, max_rate)
+        span = min(math.ceil((n_frames - 1) * hop_length * max_rate) + width + 2, whole)
     limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
     return _frames_at(wave, src_first, width, span, rows, limit)
+
+
+def _check_rate_bound(rate: Tensor, max_rate: float) -> None:
+    """Refuse rates above ``max_rate`` (beyond float rounding; the span's 2 spare samples absorb that): on a CPU a
+    ValueError, elsewhere a device-side assert (``torch._assert_async``: no host sync, like an index out of range)."""
+    within = rate <= max_rate * (1 + 1e-9)
+    message = (f"stretch rate above max_rate={max_rate} (the bound that sizes the source region read per row); pass "
+               f"max_rate >= every rate, or max_rate=None")
+    if cpu_branch(rate.device):
+        if not bool(within.all()):
+            raise ValueError(f"{message}; got {float(rate.max())}")
+    else:
+        torch._assert_async(within.all(), message)
 
 
 def _vocoder_analysis(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop_length: int,
@@ -393,7 +460,8 @@ def time_stretch_segment(
         start: ``(B,)`` integer start positions in the stretched timeline.
         length: segment length in samples.
         n_fft, hop_length: vocoder window and synthesis hop (hop <= n_fft / 4 for good overlap).
-        max_rate: an upper bound of ``rate`` (read from ``rate`` when omitted: a host sync on an accelerator).
+        max_rate: an upper bound of ``rate``, or None (see :func:`stretched_frames`: a larger rate is an error; None
+            reads the whole clip on an accelerator, with no host sync).
         rows: ``(R,)`` indices of the rows of ``wave`` to stretch, ``rate`` and ``start`` then being ``(R,)``
             (default: every row). Cheaper than ``wave[rows]``, which copies whole clips.
         lengths: ``(B,)`` valid samples of each source row, indexed like ``rate`` (with ``rows``: ``(R,)``,
@@ -414,17 +482,23 @@ def time_stretch(
 ) -> Tensor:
     """Phase-locked time stretch of whole clips: ``(B, T)`` -> ``(B, max_b ceil(T / rate[b]))``.
 
-    Rate > 1 is faster (shorter). Each row is zero past its own length ``ceil(T / rate[b])``. Without
-    ``out_length`` the output length is read from ``rate`` (one host sync); pass it to avoid that.
+    Rate > 1 is faster (shorter). Each row is zero past its own length ``ceil(T / rate[b])``. ``rate``: a number or a
+    ``(B,)`` tensor on ``wave``'s device. Without ``out_length`` the output length is read from ``rate`` (one host
+    sync); pass it and there is none.
     See :func:`time_stretch_segment` for the method; this is that function with ``start = 0``.
     """
     wave = as_batch(wave)
     B, T = wave.shape
-    rate = torch.as_tensor(rate, device=wave.device).to(torch.float64).expand(B)
+    dtype = position_dtype(wave.device)
+    if isinstance(rate, (int, float)):  # a number: filled on the device (a tensor of it would be a host-to-device copy)
+        rate = torch.full((B,), float(rate), dtype=dtype, device=wave.device)
+    else:
+        rate = torch.as_tensor(rate, device=wave.device).to(dtype).expand(B)
     lengths = stretched_length(T, rate)
     if out_length is None:
         out_length = int(lengths.max())
     start = torch.zeros(B, dtype=torch.long, device=wave.device)
+    # no max_rate: the whole clip is read anyway, and reading the rates' maximum would be a host sync
     out = time_stretch_segment(wave, rate, start, out_length, n_fft=n_fft, hop_length=hop_length)
     valid = torch.arange(out_length, device=wave.device) < lengths[:, None]
     return out * valid.to(out.dtype)
@@ -667,7 +741,7 @@ def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log
     gained = None
     if log_gain is not None:
         g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
-        floor = mel.new_tensor(math.log(log_eps))
+        floor = mel.new_full((), math.log(log_eps))  # filled on the device (new_tensor would copy from the host)
         scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
         gained = torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
     out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
@@ -724,8 +798,8 @@ def mask_along_axis(spec: Tensor, start: Tensor, width: Tensor, axis: int, fill:
     hit = hit.reshape(shape)
     if isinstance(fill, Tensor):
         fill = fill.to(device=spec.device, dtype=spec.dtype).reshape([B] + [1] * (spec.ndim - 1))
-    else:
-        fill = torch.tensor(fill, device=spec.device, dtype=spec.dtype)
+    else:  # a Python number goes to the kernel as a scalar (a tensor made of it would be a host-to-device copy)
+        fill = float(fill)
     return torch.where(hit, fill, spec)
 
 

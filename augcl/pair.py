@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import functional as AF
 from .banks import NoiseBank, RIRBank
 from .transforms import (AddNoise, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomGain, RandomSegment,
-                         RIRConfig, RIRFilter, SpecMask, StretchConfig)
+                         RIRConfig, RIRFilter, SpecMask, StretchConfig, draw_device)
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,8 @@ class PairAugmenter(nn.Module):
     length are treated as zeros (masked), each segment starts inside its clip's valid part (in the stretched
     timeline), and the noise's SNR is measured over, and the noise added to, the segment's valid samples only. A clip
     shorter than a segment sits at the segment's start, the rest being zeros. ``pair.params["lengths"]`` records
-    them when given, so ``aug(wave, params=pair.params)`` replays the batch exactly.
+    them when given, so ``aug(wave, params=pair.params)`` replays the batch exactly. ``pair.params["finite"]``
+    ``(B,)`` bool: which rows of ``wave`` were free of NaN/Inf (see ``check_finite``).
 
     Args:
         config: a :class:`PairConfig` (see :data:`PRESETS`).
@@ -217,9 +218,14 @@ class PairAugmenter(nn.Module):
             ``(B, 1, samples)``). They draw from their own (global) RNG, so their parameters are not in
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
-        check_finite: raise on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default: on CPU only (on an
-            accelerator the checks are host syncs). Finite input of any magnitude gives finite output either way: rows
-            too loud for float32 powers are augmented divided by a power of two (:data:`SCALE_ABOVE`).
+        check_finite: raise a ValueError on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default (None): on
+            a CPU only, where it costs no sync. Whatever it says, ``pair.params["finite"]`` ``(B,)`` bool records
+            which rows of the input were finite, on every device and without a host sync: a caller on an
+            accelerator reads it where it syncs anyway (the trainer does, with its once-a-step log, and raises
+            naming the rows); a non-finite row's anchor and positive are NaN, the other rows are unaffected.
+            ``True`` on an accelerator raises at once, at the cost of a host sync. Finite input of any magnitude
+            gives finite output: rows too loud for float32 powers are augmented divided by a power of two
+            (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
             whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
             not depend on it; it only bounds the size of the temporaries.
@@ -265,7 +271,8 @@ class PairAugmenter(nn.Module):
         return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
     def param_keys(self, lengths: bool = False) -> set:
-        """The keys of :meth:`sample`'s dict (with ``lengths``: of a batch drawn with ``lengths=``)."""
+        """The keys of :meth:`sample`'s dict (with ``lengths``: of a batch drawn with ``lengths=``). ``pair.params``
+        has one more, ``finite`` (the input's rows that were finite: a property of the batch, not a draw)."""
         keys = {f"{name}.{k}" for name, branch in (("anchor", self.anchor), ("positive", self.positive))
                 for k in branch.param_keys}
         return keys | {"length"} | ({"lengths"} if lengths else set())
@@ -278,9 +285,11 @@ class PairAugmenter(nn.Module):
         clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
         ``positive.``, plus ``length`` (an empty ``(batch, 0, length)`` tensor: its shape records the clip length, so
         that a replay checks it without reading device memory, and it follows the params through indexing and
-        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``.
+        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``, on ``device``
+        (default: the generator's device, else the CPU).
         """
         _check_generator(generator)
+        device = draw_device(generator, device)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
@@ -298,7 +307,8 @@ class PairAugmenter(nn.Module):
         redraw = "pass params drawn by this augmenter for this batch (pair.params), or params=None to draw new ones"
         if not isinstance(params, dict):
             raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}; {redraw}")
-        expected = self.param_keys(lengths="lengths" in params)
+        # "finite" (the flag forward records) may come along with pair.params; it is recomputed for the new wave
+        expected = self.param_keys(lengths="lengths" in params) | ({"finite"} & params.keys())
         missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected)
         if missing == ["length"] and not extra:
             raise ValueError("params have no 'length' (the clip length they were drawn for): they come from an older "
@@ -338,7 +348,8 @@ class PairAugmenter(nn.Module):
                              f"create it with torch.Generator(device=wave.device)")
         if params is not None:
             self.check_params(params, x)
-        check = self.check_finite if self.check_finite is not None else x.device.type == "cpu"
+        on_cpu = AF.cpu_branch(x.device)
+        check = self.check_finite if self.check_finite is not None else on_cpu
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
@@ -351,11 +362,15 @@ class PairAugmenter(nn.Module):
         if lengths is not None:
             lengths = AF.check_lengths(lengths, x, check_values=check)
         # rows too loud for float32 powers (|x| ** 2 overflows from |x| ~ 1.8e19) are augmented divided by a power of two
-        # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any
+        # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any.
+        # The scale is NaN exactly for the rows holding NaN/Inf (their peaks are): it is also the finite flag, free
         clip_scale = None
-        if x.device.type != "cpu" or not bool((row_norm <= SCALE_ABOVE).all()):
+        if not on_cpu or not bool((row_norm <= SCALE_ABOVE).all()):
             clip_scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
             x = x / clip_scale.reshape(-1, 1)
+            finite = torch.isfinite(clip_scale)
+        else:  # every norm is at most SCALE_ABOVE, so every row is finite
+            finite = torch.ones(B, dtype=torch.bool, device=x.device)
         # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
         # frames, vocoder analysis) mask the windows they read, so lengths cost the segments, not a pass over the batch
         # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
@@ -367,8 +382,9 @@ class PairAugmenter(nn.Module):
             row = x if lengths is None else torch.where(AF.valid_mask(lengths, T), x, 0.0)
             norm = torch.linalg.vector_norm(row, dim=-1, keepdim=True).clamp_min(1e-8)
         x = AF.pad_to_length(x, self._source_length(T))
-        if params is None:
-            params = self.sample(B, T, generator, x.device, lengths)
+        # the caller's dict is not modified: a replay returns a copy with its own flag
+        params = self.sample(B, T, generator, x.device, lengths) if params is None else dict(params)
+        params["finite"] = finite
         # no lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
         valid = lengths if lengths is not None else torch.full((B,), T, dtype=torch.long, device=x.device)
         specs = []
@@ -384,7 +400,7 @@ class PairAugmenter(nn.Module):
     def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
         """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
-        size = self.chunk_size or (CPU_CHUNK if x.device.type == "cpu" else B)
+        size = self.chunk_size or (CPU_CHUNK if AF.cpu_branch(x.device) else B)
         if size >= B:
             yield x, params, divisor
             return

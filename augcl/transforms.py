@@ -3,7 +3,8 @@
 Every module separates *drawing* from *applying*:
 
 * ``sample(batch_size, length, generator, device) -> dict[str, Tensor]`` draws all per-example parameters of a
-  batch at once, as tensors on the batch's device, from an explicit ``torch.Generator``;
+  batch at once, as tensors on the batch's device (``device=None``: the generator's), from an explicit
+  ``torch.Generator``;
 * ``apply(x, params) -> Tensor`` calls :mod:`augcl.functional` with them (vectorized, no host sync);
 * ``forward(x, generator=None, params=None)`` is ``apply(x, params or sample(...))``.
 
@@ -144,6 +145,14 @@ class MaskConfig:
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
+def draw_device(generator: Optional[torch.Generator], device=None):
+    """The device parameters are drawn on: ``device`` if given, else the generator's (a CUDA generator draws on CUDA),
+    else the CPU."""
+    if device is None and generator is not None:
+        return generator.device
+    return device
+
+
 def _uniform(shape, lo, hi, generator, device, dtype=torch.float32) -> Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device, dtype=dtype)
 
@@ -153,8 +162,9 @@ def _coin(p: float, batch: int, generator, device) -> Tensor:
 
 
 def _randint_below(high: Tensor, generator, device) -> Tensor:
-    """Integers uniform in ``[0, high)`` per element (``high`` a tensor >= 1)."""
-    u = torch.rand(high.shape, generator=generator, device=device, dtype=torch.float64)
+    """Integers uniform in ``[0, high)`` per element (``high`` a tensor >= 1); the uniform draw is float64 (float32
+    where the device has no float64: :func:`augcl.functional.position_dtype`)."""
+    u = torch.rand(high.shape, generator=generator, device=device, dtype=AF.position_dtype(device))
     return torch.minimum((u * high).long(), high - 1)
 
 
@@ -211,8 +221,6 @@ class RandomSegment(WaveBlock):
         self.context = int(context)
         self.stretch = stretch
         self.backend = backend
-        if stretch is not None:
-            self.register_buffer("rates", torch.tensor(stretch.rates, dtype=torch.float64), persistent=False)
 
     @property
     def param_keys(self) -> tuple:
@@ -229,6 +237,7 @@ class RandomSegment(WaveBlock):
         return math.ceil(self.segment_samples * (self.stretch.max_rate if self.stretch is not None else 1.0))
 
     def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> Params:
+        device = draw_device(generator, device)
         params = {}
         if self.stretch is None:
             if lengths is None:
@@ -238,11 +247,14 @@ class RandomSegment(WaveBlock):
         else:
             cfg = self.stretch
             applied = _coin(cfg.p, batch, generator, device)
+            dtype = AF.position_dtype(device)
             if cfg.mode == "choice":
                 pick = torch.randint(len(cfg.rates), (batch,), generator=generator, device=device)
-                rate = self.rates.to(device)[pick]
+                rate = torch.full((batch,), float(cfg.rates[0]), dtype=dtype, device=device)
+                for i, r in enumerate(cfg.rates[1:], 1):  # scalars: no table to copy to the device
+                    rate = torch.where(pick == i, float(r), rate)
             else:
-                rate = _uniform(batch, min(cfg.rates), max(cfg.rates), generator, device, torch.float64)
+                rate = _uniform(batch, min(cfg.rates), max(cfg.rates), generator, device, dtype)
             rate = torch.where(applied, rate, torch.ones_like(rate))
             valid = length if lengths is None else lengths.to(device=device, dtype=torch.long)
             span = (AF.stretched_length(valid, rate) - self.segment_samples + 1).clamp_min(1)
@@ -261,7 +273,7 @@ class RandomSegment(WaveBlock):
         applied, rate = params["stretch_applied"], params["stretch_rate"]
         stretch = kernels.time_stretch_segment if kernels.use_kernels(self.backend, x.device) else AF.time_stretch_segment
         kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop_length, max_rate=cfg.rate_bound)
-        if x.device.type == "cpu":  # host-side row selection costs no sync here: stretch only the rows that need it
+        if AF.cpu_branch(x.device):  # host-side row selection costs no sync here: stretch only the rows that need it
             rows = applied.nonzero().flatten()
             out = plain.clone()
             if len(rows):
@@ -329,6 +341,7 @@ class AddNoise(WaveBlock):
 
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
         cfg = self.config
+        device = draw_device(generator, device)
         params = {"noise_applied": _coin(cfg.p, batch, generator, device)}
         if cfg.std is None:
             params["snr_db"] = _uniform(batch, *cfg.snr_db, generator, device)
@@ -381,6 +394,7 @@ class RandomGain(WaveBlock):
         self.config = config
 
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        device = draw_device(generator, device)
         return {
             "gain_applied": _coin(self.config.p, batch, generator, device),
             "gain_db": _uniform(batch, *self.config.gain_db, generator, device),
@@ -415,6 +429,7 @@ class RIRFilter(WaveBlock):
         self.bank = bank
 
     def sample(self, batch: int, length: int, generator=None, device=None) -> Params:
+        device = draw_device(generator, device)
         return {
             "rir_applied": _coin(self.config.p, batch, generator, device),
             "rir_index": torch.randint(len(self.bank), (batch,), generator=generator, device=device),
@@ -486,6 +501,7 @@ class SpecMask(nn.Module):
 
     def sample(self, batch: int, n_mels: int, frames: int, generator=None, device=None) -> Params:
         c = self.config
+        device = draw_device(generator, device)
         params = {}
         for axis, n, max_width, size in (("time", c.n_time_masks, c.max_time_frames, frames),
                                           ("freq", c.n_freq_masks, c.max_freq_bins, n_mels)):

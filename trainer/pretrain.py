@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from augcl import PRESETS, PairAugmenter
+from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
 from . import common
@@ -99,24 +100,47 @@ def augment_batch(augment, batch, generator, device):
 
 
 def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
-    """One step; ``model`` may be DDP-wrapped. Returns loss and positive-retrieval accuracy (tensors)."""
+    """One step; ``model`` may be DDP-wrapped. Returns loss, positive-retrieval accuracy and ``finite`` (which clips
+    of the batch were free of NaN/Inf: ``pair.params["finite"]``), as tensors: no host sync."""
     pair = augment_batch(augment, batch, generator, device)
-    return forward_backward(model, optimizer, pair, cfg, device)
+    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"]}
+
+
+def forward_loss(model, pair, cfg: PretrainConfig, device):
+    """Forward and bilinear InfoNCE on an augmented pair (channels_last and bf16 autocast on CUDA): loss, accuracy."""
+    anchor, positive = pair.anchor, pair.positive
+    recipe = cuda_recipe(device)
+    if recipe:
+        anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and recipe):
+        z_anchor, z_positive = model(anchor, positive)
+        similarity = model.module.similarity if isinstance(model, DistributedDataParallel) else model.similarity
+        return contrastive_loss(similarity, z_anchor, z_positive, cfg.gather_negatives)
 
 
 def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dict:
     """The model's part of a step on an augmented pair: forward, bilinear InfoNCE, backward, optimizer step."""
-    anchor, positive = pair.anchor, pair.positive
-    if device.type == "cuda":
-        anchor, positive = (x.contiguous(memory_format=torch.channels_last) for x in (anchor, positive))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-        z_anchor, z_positive = model(anchor, positive)
-        similarity = model.module.similarity if isinstance(model, DistributedDataParallel) else model.similarity
-        loss, acc = contrastive_loss(similarity, z_anchor, z_positive, cfg.gather_negatives)
+    loss, acc = forward_loss(model, pair, cfg, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return {"loss": loss.detach(), "acc": acc}
+
+
+def cuda_recipe(device) -> bool:
+    """channels_last and bf16 autocast: on CUDA, and on a CPU under augcl's test-only switch
+    (:func:`augcl.functional._force_device_path`), where the tests run the recipe's backward and Adam step (a backward
+    on FakeTensorMode's CUDA tensors needs a CUDA driver)."""
+    return device.type == "cuda" or (device.type == "cpu" and not AF.cpu_branch(device))
+
+
+def nonfinite_error(finite, step: int, epoch: int, batch: int) -> ValueError:
+    """The error naming the clips of a step's batch that held NaN/Inf (``finite``: ``train_step``'s flags)."""
+    rows = (~finite).nonzero().flatten().tolist()
+    return ValueError(f"step {step} (epoch {epoch}, batch {batch}): clip(s) at row(s) {rows} of the batch hold NaN or "
+                      f"Inf samples, so their log-mels and this step's loss are NaN; the run stops before writing a "
+                      f"checkpoint. Find the clips (non-finite audio, or non-finite level gains in the store) and fix "
+                      f"or drop them")
 
 
 class _StopFlag:
@@ -344,7 +368,11 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
             for batch_data in loader:
                 stats = train_step(model, augment, optimizer, batch_data, generator, cfg, device)
                 step, batch = step + 1, batch + 1
-                loss, acc = stats["loss"].item(), stats["acc"].item()  # one sync per step, for the log
+                # one sync per step, for the log: loss, accuracy and whether every clip was finite in one transfer
+                loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
+                                                 stats["finite"].all().float()]).tolist()
+                if not finite:
+                    raise nonfinite_error(stats["finite"], step, epoch, batch)
                 now = time.perf_counter()
                 rate = len(batch_data.clips) * world / (now - t_last)
                 t_last = now
