@@ -1,5 +1,6 @@
 """The commands the README names run end to end (tiny sizes), so they cannot rot."""
 import json
+import math
 
 import torch
 
@@ -92,16 +93,44 @@ def test_augment_benchmark_quick_runs_every_chain(tmp_path):
     assert {"augcl[auto]", "augcl[torch]", "augcl[kernels]"} <= augcl  # numba is in the dev extra
     for preset in ("ts+mask", "all"):
         chains = res["results"][preset]
-        assert set(chains) == augcl | {"torchaudio", "torch-audiomentations", "audiomentations"}
+        assert set(chains) == augcl | {"torchaudio", augment.WHOLE_CLIP, "torch-audiomentations", "audiomentations"}
         assert all(r["clips_per_s"] > 0 and r["ratio_to_augcl"] > 0 for r in chains.values())
         assert chains["augcl[auto]"]["ratio_to_augcl"] == 1.0
+        best = res["headline"][preset]
+        assert set(best) == set(augment.LIBRARIES)
+        assert best["torchaudio"]["median_s"] == min(chains[c]["median_s"] for c in ("torchaudio", augment.WHOLE_CLIP))
         for backend, stages in res["stages"][preset].items():
             assert {"sample", "stretch", "mel", "masks", "whole pipeline"} <= set(stages)
             assert all(v > 0 for v in stages.values())
     assert "rir" in res["stages"]["all"]["torch"]
+    assert res["roofline"]["work"]["total_flops"] > 0 and res["roofline"]["augcl_s"] > 0
     text = augment.write(res, tmp_path, "cpu")
     assert (tmp_path / "augment.json").exists() and (tmp_path / "augment.png").stat().st_size > 0
-    assert "Where augcl's time goes" in text and "| torchaudio |" in text
+    assert "Where augcl's time goes" in text and "| torchaudio |" in text and "| torchaudio[whole clip] |" in text
+    assert "strongest chain" in text and "GFLOP" in text
+
+
+def test_augment_crop_first_torchaudio_chain_equals_the_whole_clip_chain_where_they_align(tmp_path):
+    """The careful torchaudio chain's positive is the whole-clip chain's where both read the same source frames: a
+    crop starting at source frame ``first * rate`` (an integer) against the window at stretched frame ``first``. The
+    phases differ (the vocoder accumulates from the crop's start); the magnitudes the log-mel reads do not."""
+    from benchmarks import augment
+
+    T = 2 * augment.SR
+    wave = torch.randn(1, T, generator=torch.Generator().manual_seed(0)) * 0.1
+    chain = augment.TorchaudioChain("cpu", augment.write_irs(tmp_path / "irs", 2), rir=False, use_tam=False)
+    idx = torch.tensor([0])
+    first = 10  # stretched frame: source frame 10 * rate is an integer (9, 10, 11)
+    for rate in (1.0,) + augment.RATES:
+        n = math.ceil((1 + T // augment.HOP) / rate)  # frames of the stretched whole-clip STFT
+        whole = {"u": torch.tensor([(first + 0.5) / (n - augment.FRAMES)])}
+        source_first = round(first * rate)
+        width = (augment.source_frames(rate) - 1) * augment.HOP + augment.N_FFT
+        crop = {"u": torch.tensor([(source_first * augment.HOP - augment.N_FFT // 2 + 0.5) / (T - width)])}
+        a = chain._whole_clip(wave, idx, whole, rate)
+        b = chain._crop_first(wave, idx, crop, rate)
+        assert a.shape == b.shape == (1, augment.N_MELS, augment.FRAMES)
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=0)  # float32 STFTs of the same samples, log domain
 
 
 def test_train_benchmark_quick_splits_the_step(tmp_path):
@@ -126,3 +155,17 @@ def test_threads_benchmark_quick_measures_each_count_in_both_conditions(tmp_path
         assert rows["1"]["clips_per_s"] > 0 and rows["1"]["ratio_to_1"] == 1.0
     text = threads.write(res, tmp_path, "python -m benchmarks.threads")
     assert (tmp_path / "threads.png").stat().st_size > 0 and "| busy | 1 |" in text
+
+
+def test_roofline_counts_the_mel_matmul_flops_augcl_runs():
+    """The roofline's mel-matmul count, from the preset's shapes, is what torch's own FLOP counter sees augcl run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from augcl import PairAugmenter
+    from benchmarks import roofline
+
+    with FlopCounterMode(display=False) as counter:
+        PairAugmenter.from_preset("ts+mask")(torch.randn(4, 32000), generator=torch.Generator().manual_seed(0))
+    assert counter.get_total_flops() == roofline.work(4)["flops"]["mel matmul"]
+    r = roofline.main(["--quick"])
+    assert 0 < r["fraction_of_peak_flops"] and r["bound_s"] > 0 and "GFLOP" in roofline.text(r)
