@@ -2,6 +2,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from augcl import demo
@@ -155,6 +156,54 @@ def test_threads_benchmark_quick_measures_each_count_in_both_conditions(tmp_path
         assert rows["1"]["clips_per_s"] > 0 and rows["1"]["ratio_to_1"] == 1.0
     text = threads.write(res, tmp_path, "python -m benchmarks.threads")
     assert (tmp_path / "threads.png").stat().st_size > 0 and "| busy | 1 |" in text
+
+
+@pytest.mark.slow
+def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
+    """``python -m benchmarks.gpu --dry-run``: every part's code in its own process, tiny sizes; the CUDA graph is
+    skipped (no GPU) after its fake-CUDA check and its compare/timing code ran."""
+    from benchmarks import gpu
+
+    res = gpu.main(["--dry-run", "--out", str(tmp_path)])
+    assert res["failures"] == []
+    assert {n: r["status"] for n, r in res["parts"].items()} == {
+        "tests": "ok", "kernels": "ok", "graph": "skipped", "compile": "ok", "augment": "ok", "train": "ok"}
+    assert res["parts"]["graph"]["reason"].startswith("no GPU")
+    for preset in ("ts+mask", "all"):
+        r = res["parts"]["graph"]["details"][preset]
+        assert r["fake_cuda_forward"]["anchor_shape"] == [4, 1, 64, 96] and r["equal"]
+    assert all(v["equal"] for p in ("ts+mask", "all") for v in res["parts"]["compile"]["details"][p].values()
+               if isinstance(v, dict))
+    kernels = json.loads((tmp_path / "kernels_cpu.json").read_text())
+    assert kernels["faster"] in ("kernels", "torch") and kernels["phase_step"]["correct"]
+    assert kernels["action"].startswith(("add", "remove", "none"))
+    assert all(t["measured"] is not None for t in res["targets"].values())
+    for name in ("gpu_dryrun.json", "gpu_dryrun.md", "augment.md", "train.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "## Failures\n\nNone." in (tmp_path / "gpu_dryrun.md").read_text()
+
+
+def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from benchmarks import gpu
+
+    crash = gpu.run_part_process([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], 60, tmp_path / "c.log")
+    assert crash["status"] == "failed" and "exited 3" in crash["error"] and "boom" in crash["output_tail"]
+    hang = gpu.run_part_process([sys.executable, "-c", "import time; time.sleep(30)"], 1, tmp_path / "h.log")
+    assert hang["status"] == "failed" and "timed out" in hang["error"]
+    monkeypatch.setitem(gpu.PART_FUNCTIONS, "tests", lambda dry, out: 1 / 0)
+    raised = gpu.run_one("tests", True, tmp_path)
+    assert raised["status"] == "failed" and "ZeroDivisionError" in raised["error"] and "traceback" in raised
+    res = gpu.summarize({"tests": raised, "kernels": crash, "graph": {"status": "skipped", "reason": "no GPU",
+                                                                      "details": {}}}, True, "cmd")
+    assert res["failures"] == ["tests", "kernels"]
+    text = gpu.write(res, tmp_path)
+    assert "* `tests`: ZeroDivisionError" in text and "* `kernels`: the part's process exited 3" in text
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--parts", "tests", "--budget-s", "0",
+                           "--out", str(tmp_path / "spent")], capture_output=True, text=True, cwd=gpu.REPO)
+    assert proc.returncode == 1 and "FAILED: tests" in proc.stdout
 
 
 def test_roofline_counts_the_mel_matmul_flops_augcl_runs():
