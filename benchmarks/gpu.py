@@ -221,6 +221,7 @@ def part_kernels(dry: bool, out: Path) -> dict:
              "correct": err <= 2 * err_ref + 1e-5,  # tests/test_kernels.py's criterion
              "torch_s": _median_s(lambda: AF._vocoder_phase(c0, c1, 512, 128), device, repeats),
              "kernels_s": _median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), device, repeats)}
+    checkpoint({"phase_step": phase})
     augs = {b: _augmenter("all", device, backend=b) for b in ("torch", "kernels")}
     x, params = _batch(augs["torch"], device, dry, 1)
     outs = {b: a(x, params=params) for b, a in augs.items()}
@@ -267,37 +268,49 @@ def _capture(aug, wave, params, device: torch.device, dry: bool):
     return graph.replay, (lambda: static_out)
 
 
-def part_graph(dry: bool, out: Path) -> dict:
-    """CUDA-graph capture of ``aug(wave, params=params)`` per preset: replay == eager, then on a new batch copied in."""
+def _graph_one(preset: str, dry: bool, r: dict) -> None:
+    """Capture, replay and time one preset's forward into the record ``r``."""
     device = _device(dry)
-    repeats = 2 if dry else 20
+    aug = _augmenter(preset, device)
+    wave, params = _batch(aug, device, dry, 0)
+    eager = aug(wave, params=params)
+    try:
+        replay, output = _capture(aug, wave, params, device, dry)
+    except Exception as e:
+        copies = r["fake_cuda_forward"]["host_to_device_copies"]
+        raise RuntimeError(f"capture failed: {type(e).__name__}: {e}" + (
+            f" (the forward's host-to-device copies, a likely cause: {copies})" if copies else "")) from e
+    replay()
+    r["max_abs_diff_captured_batch"] = _max_diff(output(), eager)
+    wave2, params2 = _batch(aug, device, dry, 1)  # a new batch through the same graph
+    wave.copy_(wave2)
+    for k in params:
+        params[k].copy_(params2[k])
+    replay()
+    r["max_abs_diff_new_batch"] = _max_diff(output(), aug(wave2, params=params2))
+    r["eager_s"] = _median_s(lambda: aug(wave, params=params), device, 2 if dry else 20)
+    r["replay_s"] = _median_s(replay, device, 2 if dry else 20)
+    r["equal"] = max(r["max_abs_diff_captured_batch"], r["max_abs_diff_new_batch"]) <= GRAPH_ATOL
+
+
+def part_graph(dry: bool, out: Path) -> dict:
+    """CUDA-graph capture of ``aug(wave, params=params)`` per preset: replay == eager, then on a new batch copied in.
+    A preset that fails is recorded (``error``) and the next one still runs."""
     result = {}
     for preset in ("ts+mask", "all"):
         r = result[preset] = {"fake_cuda_forward": fake_cuda_forward(preset, dry)}
-        aug = _augmenter(preset, device)
-        wave, params = _batch(aug, device, dry, 0)
-        eager = aug(wave, params=params)
         try:
-            replay, output = _capture(aug, wave, params, device, dry)
-        except Exception as e:
-            copies = r["fake_cuda_forward"]["host_to_device_copies"]
-            raise PartFailure(f"capture of {preset} failed: {type(e).__name__}: {e}" + (
-                f" (the forward's host-to-device copies, a likely cause: {copies})" if copies else ""), result) from e
-        replay()
-        r["max_abs_diff_captured_batch"] = _max_diff(output(), eager)
-        wave2, params2 = _batch(aug, device, dry, 1)  # a new batch through the same graph
-        wave.copy_(wave2)
-        for k in params:
-            params[k].copy_(params2[k])
-        replay()
-        r["max_abs_diff_new_batch"] = _max_diff(output(), aug(wave2, params=params2))
-        r["eager_s"] = _median_s(lambda: aug(wave, params=params), device, repeats)
-        r["replay_s"] = _median_s(replay, device, repeats)
-        r["equal"] = max(r["max_abs_diff_captured_batch"], r["max_abs_diff_new_batch"]) <= GRAPH_ATOL
+            _graph_one(preset, dry, r)
+        except Exception as e:  # noqa: BLE001 - recorded and failed below
+            r["error"] = f"{type(e).__name__}: {e}"
+        checkpoint(result)
     copies = sorted({c for r in result.values() for c in r["fake_cuda_forward"]["host_to_device_copies"]})
     if copies:
         result["warning"] = (f"the forward with params makes host-to-device copies ({'; '.join(copies)}): capture "
                              "fails on them where torch syncs the stream for such a copy (pytorch/pytorch#168991)")
+    errors = [f"{p}: {r['error']}" for p, r in result.items() if isinstance(r, dict) and "error" in r]
+    if errors:
+        raise PartFailure("; ".join(errors), result)
     if dry:
         raise PartSkipped("no GPU: torch.cuda.CUDAGraph capture and replay not run; ran the forward with params on "
                           "fake CUDA (no host sync: capturable) and the refill, comparison and timing code with eager "
@@ -308,50 +321,75 @@ def part_graph(dry: bool, out: Path) -> dict:
     return result
 
 
+def _compile_fake_cuda(preset: str, dry: bool) -> None:
+    """``torch.compile(fullgraph=True, backend="eager")`` of the forward with params on fake CUDA: raises on a graph
+    break of the CUDA path (the dry run's stand-in for compiling on a GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    aug = _augmenter(preset, torch.device("cpu"))
+    batch, length = _sizes(dry)
+    torch._dynamo.reset()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        aug = aug.to("cuda")
+        x = torch.randn(batch, length, device="cuda")
+        torch.compile(lambda w, p: aug(w, params=p), fullgraph=True, backend="eager")(
+            x, aug.sample(batch, length, None, x.device))
+
+
+def _compile_one(aug, wave, params, eager, device: torch.device, repeats: int, **kw) -> dict:
+    """Compile the forward with ``kw``, check it against ``eager``, time it."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda w, p: aug(w, params=p), **kw)
+
+    def call():
+        if device.type == "cuda":  # reduce-overhead: each call a new step (its outputs are overwritten)
+            torch.compiler.cudagraph_mark_step_begin()
+        return compiled(wave, params)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    first = call()
+    _sync(device)
+    v = {"compile_and_first_call_s": time.perf_counter() - t0, "max_abs_diff_first_call": _max_diff(first, eager)}
+    call()  # reduce-overhead records its graph on a later call
+    v["max_abs_diff"] = _max_diff(call(), eager)
+    v["compiled_s"] = _median_s(call, device, repeats)
+    v["equal"] = max(v["max_abs_diff"], v["max_abs_diff_first_call"]) <= COMPILE_ATOL
+    return v
+
+
 def part_compile(dry: bool, out: Path) -> dict:
-    """``torch.compile(fullgraph=True)`` of the forward with params: equal to eager, compile time, eager vs compiled."""
+    """``torch.compile(fullgraph=True)`` of the forward with params: equal to eager, compile time, eager vs compiled.
+    A variant that fails is recorded (``error``) and the next one still runs."""
     device = _device(dry)
     repeats = 2 if dry else 20
+    variants = {"fullgraph": dict(fullgraph=True),
+                "fullgraph, reduce-overhead": dict(fullgraph=True, mode="reduce-overhead")}
+    if dry:  # fullgraph on fake CUDA (the CUDA path), then the compare/timing code on a CPU compile with breaks
+        variants = {"graph breaks allowed (CPU), backend eager": dict(backend="eager")}
     result = {}
     for preset in ("ts+mask", "all"):
         aug = _augmenter(preset, device)
         wave, params = _batch(aug, device, dry, 0)
         eager = aug(wave, params=params)
-        forward = lambda w, p, a=aug: a(w, params=p)  # noqa: E731
-        variants = {"fullgraph": dict(fullgraph=True), "fullgraph, reduce-overhead": dict(fullgraph=True,
-                                                                                           mode="reduce-overhead")}
-        if dry:  # fullgraph on fake CUDA (the CUDA path), then the compare/timing code on a CPU compile with breaks
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            fake_aug = _augmenter(preset, torch.device("cpu"))
-            batch, length = _sizes(dry)
-            torch._dynamo.reset()
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                fake_aug = fake_aug.to("cuda")
-                x = torch.randn(batch, length, device="cuda")
-                torch.compile(lambda w, p: fake_aug(w, params=p), fullgraph=True, backend="eager")(
-                    x, fake_aug.sample(batch, length, None, x.device))
-            variants = {"graph breaks allowed (CPU), backend eager": dict(backend="eager")}
         r = result[preset] = {"eager_s": _median_s(lambda: aug(wave, params=params), device, repeats)}
+        if dry:
+            try:
+                _compile_fake_cuda(preset, dry)
+                r["fullgraph on fake CUDA"] = "traced"
+            except Exception as e:  # noqa: BLE001 - recorded and failed below
+                r["error"] = f"fullgraph on fake CUDA: {type(e).__name__}: {e}"
         for name, kw in variants.items():
-            torch._dynamo.reset()
-            compiled = torch.compile(forward, **kw)
-
-            def call(c=compiled):
-                if device.type == "cuda":  # reduce-overhead: each call a new step (its outputs are overwritten)
-                    torch.compiler.cudagraph_mark_step_begin()
-                return c(wave, params)
-
-            _sync(device)
-            t0 = time.perf_counter()
-            first = call()
-            _sync(device)
-            v = r[name] = {"compile_and_first_call_s": time.perf_counter() - t0}
-            v["max_abs_diff_first_call"] = _max_diff(first, eager)
-            call()  # reduce-overhead records its graph on a later call
-            v["max_abs_diff"] = _max_diff(call(), eager)
-            v["compiled_s"] = _median_s(call, device, repeats)
-            v["equal"] = max(v["max_abs_diff"], v["max_abs_diff_first_call"]) <= COMPILE_ATOL
+            try:
+                r[name] = _compile_one(aug, wave, params, eager, device, repeats, **kw)
+            except Exception as e:  # noqa: BLE001 - recorded and failed below
+                r[name] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
+            checkpoint(result)
+    errors = [f"{p}: {r['error']}" for p, r in result.items() if "error" in r]
+    errors += [f"{p} [{n}]: {v['error']}" for p, r in result.items() for n, v in r.items()
+               if isinstance(v, dict) and "error" in v]
+    if errors:
+        raise PartFailure("; ".join(errors), result)
     bad = [f"{p} [{n}]" for p, r in result.items() for n, v in r.items() if isinstance(v, dict) and not v["equal"]]
     if bad:
         raise PartFailure(f"compiled forward differs from eager by more than {COMPILE_ATOL} for {bad}", result)
@@ -406,6 +444,15 @@ class PartSkipped(PartFailure):
     """A part that cannot run here (the dry run's CUDA graph); ``details``: what of it did run."""
 
 
+_RESULT_FILE: Path | None = None  # set in a part's child process: where its record goes
+
+
+def checkpoint(details: dict) -> None:
+    """Save a part's results so far (a part killed at its time limit keeps them)."""
+    if _RESULT_FILE is not None:
+        _RESULT_FILE.write_text(json.dumps({"status": "running", "details": details}, indent=2, default=str))
+
+
 def run_one(name: str, dry: bool, out: Path) -> dict:
     """Run part ``name`` in this process and return its record (an exception becomes a ``failed`` record)."""
     t0 = time.perf_counter()
@@ -436,13 +483,18 @@ def run_part_process(command: list, limit_s: float, log: Path) -> dict:
     tail = log.read_text(errors="replace")[-3000:]
     wall = time.perf_counter() - t0
     if rc is None:
-        return {"status": "failed", "error": f"timed out after {limit_s:.0f} s", "output_tail": tail, "seconds": wall}
+        partial = json.loads(result.read_text()).get("details") if result.exists() else None
+        return {"status": "failed", "error": f"timed out after {limit_s:.0f} s" + (
+            " (its results so far are in details)" if partial else ""), "details": partial or {}, "output_tail": tail,
+            "seconds": wall}
     if not result.exists():
         return {"status": "failed", "error": f"the part's process exited {rc} without a result", "output_tail": tail,
                 "seconds": wall}
     record = json.loads(result.read_text())
     if rc != 0 and record.get("status") == "ok":
         record.update(status="failed", error=f"the part's process exited {rc} after reporting ok", output_tail=tail)
+    if record["status"] == "running":
+        record.update(status="failed", error=f"the part's process exited {rc} before it finished", output_tail=tail)
     if record["status"] == "failed":
         record.setdefault("output_tail", tail)
     return record
@@ -479,7 +531,8 @@ def write(res: dict, out: Path) -> str:
              "What each part runs: [gpu.md](gpu.md).", "",
              "| part | status | seconds | result |", "| --- | --- | --- | --- |"]
     for name, r in res["parts"].items():
-        lines.append(f"| {name} | {r['status']} | {r.get('seconds', 0):.0f} | {_one_line(name, r)} |")
+        earlier = f" (earlier run: commit {str(r.get('commit'))[:10]}, {r.get('date')})" if r.get("earlier_run") else ""
+        lines.append(f"| {name} | {r['status']}{earlier} | {r.get('seconds', 0):.0f} | {_one_line(name, r)} |")
     lines += ["", "## Failures", ""]
     lines += [f"* `{name}`: {r['error']}" for name, r in res["parts"].items() if r["status"] == "failed"] or ["None."]
     warnings = [f"* `{n}`: {r['details']['warning']}" for n, r in res["parts"].items()
@@ -512,10 +565,11 @@ def _one_line(name: str, r: dict) -> str:
                 f"x{d.get('speedup_phase_step', 0):.2f}); auto should use kernels: {d.get('auto_should_use_kernels')}")
     if name == "graph":
         return "; ".join(f"{p}: eager {v['eager_s'] * 1e3:.2f} ms, replay {v['replay_s'] * 1e3:.2f} ms, "
-                         f"equal {v['equal']}" for p, v in d.items() if isinstance(v, dict) and "replay_s" in v)
+                         f"equal {v['equal']}" if "replay_s" in v else f"{p}: error"
+                         for p, v in d.items() if isinstance(v, dict))
     if name == "compile":
         return "; ".join(f"{p} [{n}]: {v['compiled_s'] * 1e3:.2f} ms (eager {d[p]['eager_s'] * 1e3:.2f}), "
-                         f"equal {v['equal']}"
+                         f"equal {v['equal']}" if "compiled_s" in v else f"{p} [{n}]: error"
                          for p in d if isinstance(d[p], dict) for n, v in d[p].items() if isinstance(v, dict))
     if name == "augment":
         best = d.get("headline", {}).get("ts+mask", {})
@@ -542,6 +596,8 @@ def main(argv=None) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.part:
+        global _RESULT_FILE
+        _RESULT_FILE = args.result
         record = run_one(args.part, args.dry_run, out)
         args.result.write_text(json.dumps(record, indent=2, default=str))
         return record
@@ -562,14 +618,31 @@ def main(argv=None) -> dict:
             print(f"[benchmarks.gpu] {name}: {parts[name]['status']} in {parts[name].get('seconds', 0):.0f} s"
                   + (f" -- {parts[name]['error'].splitlines()[0]}" if parts[name]["status"] == "failed" else ""),
                   flush=True)
+    now = machine(args.dry_run)
+    for r in parts.values():
+        r.update(commit=now["commit"], date=now["date"])
+    failed_now = [n for n, r in parts.items() if r["status"] == "failed"]
     command = "python -m benchmarks.gpu" + (" --dry-run" if args.dry_run else "") + (
         "" if list(args.parts) == list(PARTS) else " --parts " + " ".join(args.parts))
-    res = summarize(parts, args.dry_run, command)
+    merged = earlier_parts(out, args.dry_run, args.parts) | parts
+    res = summarize({n: merged[n] for n in PARTS if n in merged}, args.dry_run, command)
+    res["failed_now"] = failed_now
     print(write(res, out))
-    failed = f"FAILED: {', '.join(res['failures'])}" if res["failures"] else "no failures"
-    print(f"[benchmarks.gpu] wrote {out}; {failed}")
+    failed = f"FAILED: {', '.join(failed_now)}" if failed_now else "no failures"
+    print(f"[benchmarks.gpu] wrote {out}; this run: {failed}")
     return res
 
 
+def earlier_parts(out: Path, dry: bool, running) -> dict:
+    """With ``--parts``, the other parts' records from the results file already in ``out`` (a run split over several
+    commands: each record keeps its own commit and date)."""
+    path = out / f"{'gpu_dryrun' if dry else 'gpu_cuda'}.json"
+    if set(running) == set(PARTS) or not path.exists():
+        return {}
+    old = json.loads(path.read_text()).get("parts", {})
+    return {n: old[n] | {"earlier_run": True} for n in PARTS if n in old and n not in running}
+
+
 if __name__ == "__main__":
-    sys.exit(1 if main().get("failures") else 0)  # a part's child process always exits 0 once it wrote its record
+    # exit 1 if a part of this run failed; a part's child process always exits 0 once it wrote its record
+    sys.exit(1 if main().get("failed_now") else 0)

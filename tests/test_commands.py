@@ -181,6 +181,9 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
     for name in ("gpu_dryrun.json", "gpu_dryrun.md", "augment.md", "train.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert "## Failures\n\nNone." in (tmp_path / "gpu_dryrun.md").read_text()
+    again = gpu.main(["--dry-run", "--out", str(tmp_path), "--parts", "tests"])  # a run split over commands
+    assert list(again["parts"]) == list(gpu.PARTS) and again["failed_now"] == []
+    assert [n for n, r in again["parts"].items() if not r.get("earlier_run")] == ["tests"]
 
 
 def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_path, monkeypatch):
@@ -191,8 +194,10 @@ def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_p
 
     crash = gpu.run_part_process([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], 60, tmp_path / "c.log")
     assert crash["status"] == "failed" and "exited 3" in crash["error"] and "boom" in crash["output_tail"]
-    hang = gpu.run_part_process([sys.executable, "-c", "import time; time.sleep(30)"], 1, tmp_path / "h.log")
-    assert hang["status"] == "failed" and "timed out" in hang["error"]
+    so_far = ("import json, sys, time; open(sys.argv[2], 'w').write(json.dumps({'status': 'running', 'details': "
+              "{'ts+mask': 1}})); time.sleep(30)")  # sys.argv: -c --result FILE
+    hang = gpu.run_part_process([sys.executable, "-c", so_far], 3, tmp_path / "h.log")
+    assert hang["status"] == "failed" and "timed out" in hang["error"] and hang["details"] == {"ts+mask": 1}
     monkeypatch.setitem(gpu.PART_FUNCTIONS, "tests", lambda dry, out: 1 / 0)
     raised = gpu.run_one("tests", True, tmp_path)
     assert raised["status"] == "failed" and "ZeroDivisionError" in raised["error"] and "traceback" in raised
@@ -203,7 +208,7 @@ def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_p
     assert "* `tests`: ZeroDivisionError" in text and "* `kernels`: the part's process exited 3" in text
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--parts", "tests", "--budget-s", "0",
                            "--out", str(tmp_path / "spent")], capture_output=True, text=True, cwd=gpu.REPO)
-    assert proc.returncode == 1 and "FAILED: tests" in proc.stdout
+    assert proc.returncode == 1 and "this run: FAILED: tests" in proc.stdout
 
 
 def test_roofline_counts_the_mel_matmul_flops_augcl_runs():
