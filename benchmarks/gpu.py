@@ -200,8 +200,8 @@ def part_kernels(dry: bool, out: Path) -> dict:
 
     device = _device(dry)
     if not kernels.available(device):
-        raise RuntimeError(f"no augcl kernel runs on {device} here (kernels.available is False: Numba, or numba.cuda "
-                           "with a usable GPU, is missing); pip install 'augcl[cuda]'")
+        why = getattr(kernels, "unavailable", lambda d: None)(device)  # the reason, where augcl.kernels gives one
+        raise RuntimeError(f"no augcl kernel runs on {device} here: {why or 'kernels.available is False'}")
     repeats = 2 if dry else 20
     batch, length = _sizes(dry)
     g = torch.Generator(device=device).manual_seed(0)
