@@ -56,6 +56,8 @@ PART_LIMIT_S = {"tests": 200, "kernels": 90, "graph": 90, "compile": 240, "augme
 COMPILE_ATOL = 1e-3
 #: replaying a captured graph runs the same kernels on the same inputs: equal to eager up to float32 rounding
 GRAPH_ATOL = 1e-5
+#: the kernels backend is called faster (or slower) than torch only beyond this relative margin, else a tie
+KERNEL_MARGIN = 0.05
 #: the issue's targets on an H100, B=128 x 10 s (reported, not asserted)
 TARGETS = {"augcl ts+mask ms a batch": ("<=", 2.0), "strongest torchaudio / augcl, ts+mask": (">=", 10.0),
            "augmentation % of a bf16 EfficientNet-B0 step": ("<=", 2.0)}
@@ -206,7 +208,8 @@ def part_kernels(dry: bool, out: Path) -> dict:
     batch, length = _sizes(dry)
     g = torch.Generator(device=device).manual_seed(0)
     wave = torch.randn(batch, length, generator=g, device=device, dtype=torch.float64) * 0.1
-    rate = torch.where(torch.rand(batch, generator=g, device=device) < 0.5, 0.9, 1.1).to(torch.float64)
+    rates = torch.tensor([0.9, 1.1], dtype=torch.float64, device=device)  # exact float64 rates (max_rate 1.1)
+    rate = rates[torch.randint(0, 2, (batch,), generator=g, device=device)]
     seg = 15600  # the positive's segment with its context (15,200 + 2 * 200 samples)
     start = torch.randint(0, int((length - 2000) / 1.1) - seg, (batch,), generator=g, device=device)
     s0, s1 = AF._vocoder_analysis(wave, rate, start, seg, 512, 128, 1.1)
@@ -223,7 +226,10 @@ def part_kernels(dry: bool, out: Path) -> dict:
              "kernels_s": _median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), device, repeats)}
     checkpoint({"phase_step": phase})
     augs = {b: _augmenter("all", device, backend=b) for b in ("torch", "kernels")}
-    x, params = _batch(augs["torch"], device, dry, 1)
+    for seed in range(1, 100):  # a batch with stretched rows (4 clips may have none): the kernel's work
+        x, params = _batch(augs["torch"], device, dry, seed)
+        if bool(params["positive.stretch_applied"].any()):
+            break
     outs = {b: a(x, params=params) for b, a in augs.items()}
     times = {b: [] for b in augs}
     for _ in range(repeats):  # interleaved
@@ -231,18 +237,21 @@ def part_kernels(dry: bool, out: Path) -> dict:
             times[b].append(_median_s(lambda a=a: a(x, params=params), device, 1))
     pipeline = {f"{b}_s": statistics.median(t) for b, t in times.items()}
     pipeline["max_abs_diff_log_mel"] = _max_diff(outs["kernels"], outs["torch"])
-    faster = "kernels" if pipeline["kernels_s"] < pipeline["torch_s"] else "torch"
+    speedup = pipeline["torch_s"] / pipeline["kernels_s"]
+    faster = "kernels" if speedup > 1 + KERNEL_MARGIN else "torch" if speedup < 1 / (1 + KERNEL_MARGIN) else "tie"
     use = faster == "kernels" and phase["correct"]
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "torch": torch.__version__, "commit": _git_commit(), "batch": batch, "samples": length,
-              "faster": faster, "speedup_pipeline": pipeline["torch_s"] / pipeline["kernels_s"],
+              "faster": faster, "margin": KERNEL_MARGIN, "speedup_pipeline": speedup,
               "speedup_phase_step": phase["torch_s"] / phase["kernels_s"], "phase_step": phase,
               "pipeline_all": pipeline, "auto_should_use_kernels": use,
               "auto_uses_kernels_now": device.type in kernels.AUTO_DEVICES,
               "action": (f"add '{device.type}' to augcl.kernels.AUTO_DEVICES" if use and device.type not in
                          kernels.AUTO_DEVICES else
-                         f"remove '{device.type}' from augcl.kernels.AUTO_DEVICES" if not use and device.type in
-                         kernels.AUTO_DEVICES else "none: AUTO_DEVICES agrees with this measurement")}
+                         f"remove '{device.type}' from augcl.kernels.AUTO_DEVICES" if faster == "torch" and
+                         device.type in kernels.AUTO_DEVICES else
+                         f"none: within {KERNEL_MARGIN:.0%} of each other, keep AUTO_DEVICES" if faster == "tie" else
+                         "none: AUTO_DEVICES agrees with this measurement")}
     (out / f"kernels_{device.type}.json").write_text(json.dumps(result, indent=2))
     if not phase["correct"]:
         raise PartFailure(f"the {device.type} kernel's phase step is off: relative error {err:.2e} > 2 x the float32 "
