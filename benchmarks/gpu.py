@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -483,12 +485,15 @@ def run_part_process(command: list, limit_s: float, log: Path) -> dict:
     result = log.with_suffix(".json")
     t0 = time.perf_counter()
     with log.open("w") as f:
+        # a session of its own: at the limit the whole group goes (pytest, inductor's compile workers), not the child
+        proc = subprocess.Popen(command + ["--result", str(result)], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(command + ["--result", str(result)], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                  timeout=limit_s)
-            rc = proc.returncode
+            rc = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             rc = None
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     tail = log.read_text(errors="replace")[-3000:]
     wall = time.perf_counter() - t0
     if rc is None:

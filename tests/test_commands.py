@@ -190,15 +190,24 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
 def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_path, monkeypatch):
     import subprocess
     import sys
+    import time
+    from pathlib import Path
 
     from benchmarks import gpu
 
     crash = gpu.run_part_process([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], 60, tmp_path / "c.log")
     assert crash["status"] == "failed" and "exited 3" in crash["error"] and "boom" in crash["output_tail"]
-    so_far = ("import json, sys, time; open(sys.argv[2], 'w').write(json.dumps({'status': 'running', 'details': "
-              "{'ts+mask': 1}})); time.sleep(30)")  # sys.argv: -c --result FILE
+    so_far = ("import json, subprocess, sys, time; open(sys.argv[2], 'w').write(json.dumps({'status': 'running', "
+              "'details': {'ts+mask': 1}})); p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+              " print('grandchild', p.pid, flush=True); time.sleep(60)")  # sys.argv: -c --result FILE
     hang = gpu.run_part_process([sys.executable, "-c", so_far], 3, tmp_path / "h.log")
     assert hang["status"] == "failed" and "timed out" in hang["error"] and hang["details"] == {"ts+mask": 1}
+    status = Path(f"/proc/{hang['output_tail'].split()[1]}/status")  # the part's own child went with it
+    for _ in range(50):
+        if not status.exists() or "\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    assert not status.exists() or "\tZ" in status.read_text()
     monkeypatch.setitem(gpu.PART_FUNCTIONS, "tests", lambda dry, out: 1 / 0)
     raised = gpu.run_one("tests", True, tmp_path)
     assert raised["status"] == "failed" and "ZeroDivisionError" in raised["error"] and "traceback" in raised
