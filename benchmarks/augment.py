@@ -8,20 +8,27 @@ Workloads (DESIGN.md section 1): anchor = a 96-frame segment + white noise at 5-
 positive = time stretch (p = 0.5, rate 0.9 or 1.1) before the segment is chosen -> [RIR for ``all``] ->
 log-mel -> 2 time masks (<= 12 frames) + 2 frequency masks (<= 8 bins). Output: two (B, 1, 64, 96) log-mels.
 
-Chains, each written as a user of that library would write it:
+Chains, each written as a careful user of that library would write it (``CHAINS`` says the same on the results page):
 
 * ``augcl[auto|torch|kernels]``: ``PairAugmenter`` of the preset with that backend (``auto``, the default, is
   what users get; ``kernels`` only where a kernel runs on the device). Every preset; the other chains run the
   paper's two workloads, ``ts+mask`` and ``all``.
-* ``torchaudio``: crop by index, ``functional.add_noise``; ``Spectrogram(power=None)`` of the clip,
-  ``TimeStretch`` (one fixed rate per call, so the batch is grouped by rate), a 96-frame window of the stretched
-  spectrogram, ``MelScale``, log; for ``all``: inverse STFT, crop, ``functional.fftconvolve``; then
-  ``TimeMasking``/``FrequencyMasking`` with ``iid_masks``.
-* ``torch-audiomentations``: its ``AddColoredNoise`` (white) and ``ApplyImpulseResponse`` (IRs written to a
-  temporary folder), torchaudio for the rest (it has no time stretch, no mel, no masks).
+* ``torchaudio`` (crop first): crop by index, ``functional.add_noise``, log-mel (``Spectrogram`` + ``MelScale``, the
+  power as re² + im²); the positive grouped by rate (``TimeStretch`` takes one fixed rate per call), each row
+  cropped to the ``rate * 95 + 2`` STFT frames its stretched segment needs, ``Spectrogram(power=None)`` of the
+  crop, ``TimeStretch``, 96 frames, ``MelScale``, log; for ``all``: ``InverseSpectrogram`` to the segment,
+  ``functional.fftconvolve``, log-mel; then ``TimeMasking``/``FrequencyMasking`` with ``iid_masks``. (One STFT of
+  the widest crop for every row, stretched group by group, and chunks of 32 clips were measured no faster.)
+* ``torchaudio[whole clip]``: the same with the positive's STFT (and inverse STFT) of the whole 10-s clip, a
+  96-frame window of it after the stretch (the earlier version of this benchmark; ``--no-whole-clip`` drops it).
+* ``torch-audiomentations``: the crop-first chain with its ``AddColoredNoise`` (white) and ``ApplyImpulseResponse``
+  (IRs written to a temporary folder) (it has no time stretch, no mel, no masks).
 * ``audiomentations``: clip by clip, ``AddGaussianSNR``, ``TimeStretch`` (librosa phase vocoder, on only the
   source region the segment needs), ``ApplyImpulseResponse``, librosa's mel; its spectrogram masks are gone in
   0.43, so the masks are two lines of numpy.
+
+The headline (``strongest``) is augcl[auto] against each library's fastest chain. With ``ts+mask`` in the run, the
+roofline of its batch (``benchmarks.roofline``) is computed from augcl[auto]'s time.
 
 Every chain gets the same input. Warm-up excluded; repetitions interleaved, in a new random order every round,
 each timed call right after an untimed call of the same chain (its steady state, as in a training loop, not
@@ -30,6 +37,7 @@ the state the previous chain left); medians. The ratio is each anchor's time ove
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import random
 import shutil
@@ -48,6 +56,7 @@ from augcl import PRESETS, PairAugmenter, kernels
 from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
+from benchmarks import roofline
 from benchmarks.throughput import machine_info, machine_text, save, sync
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
@@ -95,15 +104,33 @@ def _torchaudio_file_io_shim() -> None:
     torchaudio.info, torchaudio.load = info, load
 
 
-class TorchaudioChain:
-    """The workload in torchaudio (optionally torch-audiomentations for noise and IRs)."""
+def source_frames(rate: float, frames: int = FRAMES) -> int:
+    """STFT frames of the source that torchaudio's ``TimeStretch`` at ``rate`` needs for ``frames`` output frames:
+    output frame ``k`` interpolates source frames ``floor(k * rate)`` and the next one."""
+    return frames if rate == 1.0 else math.floor((frames - 1) * rate) + 2
 
-    def __init__(self, device, ir_folder: Path, rir: bool, use_tam: bool):
+
+def _power(spec: torch.Tensor) -> torch.Tensor:
+    return spec.real.square() + spec.imag.square()
+
+
+class TorchaudioChain:
+    """The workload in torchaudio (optionally torch-audiomentations for noise and IRs).
+
+    ``crop_first=True`` (the strongest chain, what a careful user writes): the positive's STFT is taken of only
+    the source samples its stretched segment needs, ``source_frames(rate)`` frames (``rate * 95 + 2``) of
+    ``N_FFT`` samples at hop ``HOP``, cut by indexing an ``unfold`` view (no per-row loop); rows of rate 1 skip the
+    stretch (and, for ``all``, the STFT/iSTFT round trip: their segment is a plain crop). ``crop_first=False``:
+    the STFT (and for ``all`` the inverse STFT) of the whole clip, then a window of it.
+    """
+
+    def __init__(self, device, ir_folder: Path, rir: bool, use_tam: bool, crop_first: bool = True):
         import torchaudio.transforms as T
 
-        self.device, self.rir, self.use_tam = device, rir, use_tam
+        self.device, self.rir, self.use_tam, self.crop_first = device, rir, use_tam, crop_first
         self.spec = T.Spectrogram(n_fft=N_FFT, hop_length=HOP, power=None).to(device)
-        self.mel_spec = T.MelSpectrogram(SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, f_min=60, f_max=7800).to(device)
+        # the crop carries its own context: frames need no padding (the same frames as the clip's, centred)
+        self.spec_crop = T.Spectrogram(n_fft=N_FFT, hop_length=HOP, power=None, center=False).to(device)
         self.mel_scale = T.MelScale(N_MELS, SR, 60, 7800, N_FFT // 2 + 1).to(device)
         self.stretch = {r: T.TimeStretch(hop_length=HOP, n_freq=N_FFT // 2 + 1, fixed_rate=r).to(device) for r in RATES}
         self.istft = T.InverseSpectrogram(n_fft=N_FFT, hop_length=HOP).to(device)
@@ -121,44 +148,76 @@ class TorchaudioChain:
                                                    compensate_for_propagation_delay=True)
 
     def __call__(self, wave: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        b = wave.shape[0]
-        offs = torch.arange(SEGMENT, device=wave.device)
-        seg = wave.gather(1, p["anchor_start"].to(wave.device)[:, None] + offs)
+        positive = self.positive(wave, p)
+        return self.anchor(wave, p), self.fmask(self.fmask(self.tmask(self.tmask(positive))))
+
+    def anchor(self, wave: torch.Tensor, p: dict) -> torch.Tensor:
+        rows = torch.arange(wave.shape[0], device=wave.device)
+        seg = wave.unfold(-1, SEGMENT, 1)[rows, p["anchor_start"].to(wave.device)]
         if self.use_tam:
             seg = self.tam_noise(seg[:, None])[:, 0]
         else:
             import torchaudio.functional as F
 
             seg = F.add_noise(seg, torch.randn_like(seg), p["snr_db"].to(wave.device))
-        anchor = torch.log(self.mel_spec(seg) + 1e-6)[:, None]
-        positive = torch.empty(b, 1, N_MELS, FRAMES, device=wave.device)
-        for r in (1.0,) + RATES:  # one rate per call: group the batch by rate
+        return self._log_mel(seg)[:, None]
+
+    def _log_mel(self, seg: torch.Tensor) -> torch.Tensor:
+        """``MelSpectrogram`` + log, with the power from re² + im² (``Spectrogram(power=2)`` takes a complex abs, a
+        hypot per bin, then squares it: ~10 % of a log-mel on a CPU)."""
+        return torch.log(self.mel_scale(_power(self.spec(seg))) + 1e-6)
+
+    def positive(self, wave: torch.Tensor, p: dict) -> torch.Tensor:
+        """The positive's log-mels before the masks ``(B, 1, N_MELS, FRAMES)``."""
+        positive = torch.empty(wave.shape[0], 1, N_MELS, FRAMES, device=wave.device)
+        for r in (1.0,) + RATES:  # one rate per call: group the batch by rate (the rates are drawn on the host)
             idx = (p["rate"] == r).nonzero().flatten()
             if len(idx) == 0:
                 continue
-            spec = self.spec(wave[idx.to(wave.device)])
-            if r != 1.0:
-                spec = self.stretch[r](spec)
-            n = spec.shape[-1]
-            first = (p["u"][idx] * (n - FRAMES)).long()
-            if not self.rir:  # stay in the spectral domain: a window of the stretched STFT -> mel
-                frames = spec.gather(-1, (first[:, None] + torch.arange(FRAMES))[:, None, :].to(wave.device)
-                                     .expand(-1, spec.shape[1], -1))
-                positive[idx.to(wave.device), 0] = torch.log(self.mel_scale(frames.abs() ** 2) + 1e-6)
-                continue
-            y = self.istft(spec)
-            start = (first * HOP).to(wave.device)
-            seg = y.gather(1, start[:, None] + offs)
-            if self.use_tam:
-                seg = self.tam_ir(seg[:, None])[:, 0]
-            else:
-                import torchaudio.functional as F
+            part = self._crop_first if self.crop_first else self._whole_clip
+            positive[idx.to(wave.device), 0] = part(wave, idx, p, r)
+        return positive
 
-                h = self.irs[(p["ir"][idx] % len(self.irs)).to(wave.device)]
-                seg = F.fftconvolve(seg, h)[:, :SEGMENT]
-            positive[idx.to(wave.device), 0] = torch.log(self.mel_spec(seg) + 1e-6)
-        positive = self.fmask(self.fmask(self.tmask(self.tmask(positive))))
-        return anchor, positive
+    def _crop_first(self, wave: torch.Tensor, idx: torch.Tensor, p: dict, r: float) -> torch.Tensor:
+        n_in = source_frames(r)
+        if self.rir:  # centred frames, so that the inverse STFT gives the segment back
+            width = SEGMENT if r == 1.0 else (n_in - 1) * HOP
+        else:  # uncentred frames of a crop with the context: the clip's centred frames, no padding
+            width = (n_in - 1) * HOP + N_FFT
+        start = (p["u"][idx] * (wave.shape[-1] - width)).long()
+        crop = wave.unfold(-1, width, 1)[idx.to(wave.device), start.to(wave.device)]
+        if not self.rir:
+            spec = self.spec_crop(crop)
+            if r != 1.0:
+                spec = self.stretch[r](spec)[..., :FRAMES]
+            return torch.log(self.mel_scale(_power(spec)) + 1e-6)
+        seg = crop if r == 1.0 else self.istft(self.stretch[r](self.spec(crop))[..., :FRAMES], length=SEGMENT)
+        return self._rir_log_mel(seg, idx, p)
+
+    def _whole_clip(self, wave: torch.Tensor, idx: torch.Tensor, p: dict, r: float) -> torch.Tensor:
+        spec = self.spec(wave[idx.to(wave.device)])
+        if r != 1.0:
+            spec = self.stretch[r](spec)
+        n = spec.shape[-1]
+        first = (p["u"][idx] * (n - FRAMES)).long()
+        if not self.rir:  # stay in the spectral domain: a window of the stretched STFT -> mel
+            frames = spec.gather(-1, (first[:, None] + torch.arange(FRAMES))[:, None, :].to(wave.device)
+                                 .expand(-1, spec.shape[1], -1))
+            return torch.log(self.mel_scale(_power(frames)) + 1e-6)
+        y = self.istft(spec)
+        start = (first * HOP).to(wave.device)
+        seg = y.gather(1, start[:, None] + torch.arange(SEGMENT, device=wave.device))
+        return self._rir_log_mel(seg, idx, p)
+
+    def _rir_log_mel(self, seg: torch.Tensor, idx: torch.Tensor, p: dict) -> torch.Tensor:
+        if self.use_tam:
+            seg = self.tam_ir(seg[:, None])[:, 0]
+        else:
+            import torchaudio.functional as F
+
+            h = self.irs[(p["ir"][idx] % len(self.irs)).to(seg.device)]
+            seg = F.fftconvolve(seg, h)[:, :SEGMENT]
+        return self._log_mel(seg)
 
 
 class AudiomentationsChain:
@@ -206,6 +265,10 @@ class AudiomentationsChain:
 
 
 ANCHORED = ("ts+mask", "all")  # the workloads the other libraries' chains are written for
+WHOLE_CLIP = "torchaudio[whole clip]"
+#: each library's chains: the headline ratio is against the fastest of them
+LIBRARIES = {"torchaudio": ("torchaudio", WHOLE_CLIP), "torch-audiomentations": ("torch-audiomentations",),
+             "audiomentations": ("audiomentations",)}
 STAGES = ("sample", "crop", "noise", "stretch", "rir", "mel", "masks")
 
 
@@ -278,13 +341,15 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
     return out
 
 
-def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path) -> dict:
+def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path,
+        whole_clip: bool = True) -> dict:
+    """Every chain of every preset, interleaved; ``whole_clip``: also the whole-clip torchaudio chain (a slow row)."""
     ir_folder = write_irs(workdir / "irs")
     g = torch.Generator().manual_seed(0)
     wave = (torch.randn(batch, int(seconds * SR), generator=g) * 0.1).clamp(-1, 1)
     wave_dev, wave_np = wave.to(device), wave.numpy()
     rng = np.random.default_rng(0)
-    results, stages = {}, {}
+    results, stages, headline = {}, {}, {}
     for preset in presets:
         rir = preset == "all"
         chains = {}
@@ -301,6 +366,9 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
                 "audiomentations": (lambda c: lambda: c(wave_np, draw(batch, wave.shape[1], g), rng))(
                     AudiomentationsChain(ir_folder, rir)),
             }
+            if whole_clip:
+                chains[WHOLE_CLIP] = (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
+                    TorchaudioChain(device, ir_folder, rir, use_tam=False, crop_first=False))
         for name, fn in chains.items():  # warm-up (allocator, FFT plans, JIT, IR caches); every output checked
             fn()  # two calls: in a first trial the first preset measured after one warm-up call ran 2x slow
             out = fn()
@@ -325,18 +393,62 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
         results[preset] = {name: {"median_s": med[name], "clips_per_s": batch / med[name],
                                   "ratio_to_augcl": med[name] / med["augcl[auto]"], "times_s": ts}
                            for name, ts in times.items()}
+        if preset in ANCHORED:
+            headline[preset] = strongest(results[preset])
         stages[preset] = {b: breakdown(_augmenter(preset, ir_folder, device, b), wave_dev, repeats)
                           for b in backends(device)}
     info = machine_info(device) | {"python": platform.python_version(), "versions": {
         k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa", "numba")}}
-    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results,
-            "stages": stages}
+    out = {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results,
+           "headline": headline, "stages": stages}
+    if "ts+mask" in results:  # the roofline of the batch augcl[auto] just ran (benchmarks.roofline)
+        out["roofline"] = roofline.analyse(results["ts+mask"]["augcl[auto]"]["median_s"], device, batch,
+                                           quick=batch < 32)
+    return out
+
+
+def strongest(chains: dict) -> dict:
+    """Each other library's fastest chain in ``chains`` (results of one preset) and its time over augcl[auto]'s."""
+    out = {}
+    for library, names in LIBRARIES.items():
+        present = [n for n in names if n in chains]
+        if present:
+            best = min(present, key=lambda n: chains[n]["median_s"])
+            out[library] = {"chain": best, "median_s": chains[best]["median_s"],
+                            "ratio_to_augcl": chains[best]["ratio_to_augcl"]}
+    return out
+
+
+CHAINS = {  # what each chain computes, for the results page (the module docstring says the same)
+    "augcl[auto|torch|kernels]": "`PairAugmenter` of the preset with that backend (`auto`, the default, is what users "
+    "get): the anchor's 1-s crop + white noise -> log-mel; the positive's frames read at the stretched positions from "
+    "the source (no resynthesis; for `all` the phase-locked vocoder makes the waveform, then RIR) -> log-mel -> masks "
+    "(filled with the example's mean).",
+    "torchaudio": "crop first (the strongest torchaudio chain, what a careful user writes): the anchor's crop by "
+    "indexing, `functional.add_noise`, log-mel (`Spectrogram(power=None)`, the power as re² + im², which is faster "
+    "than `power=2`'s complex abs, `MelScale`); the positive, grouped by rate (`TimeStretch` takes one rate a "
+    "call), crops only the `rate * 95 + 2` STFT frames its stretched segment needs (`unfold` view + index, no loop), "
+    "`Spectrogram(center=False, power=None)` of that crop, `TimeStretch`, the first 96 frames, `MelScale`, log; for "
+    "`all`: centred frames, `TimeStretch`, `InverseSpectrogram` to the 15,200-sample segment (rows of rate 1: the "
+    "plain crop), `functional.fftconvolve` with the IR, log-mel; then `TimeMasking`/`FrequencyMasking` "
+    "(`iid_masks`, filled with 0).",
+    WHOLE_CLIP: "the same, except that the positive's STFT (for `all` also the inverse STFT) is of the whole clip and "
+    "the 96 frames a window of it: what the earlier version of this benchmark ran, ~10x the FFT work.",
+    "torch-audiomentations": "the crop-first torchaudio chain with torch-audiomentations' `AddColoredNoise` (white) "
+    "for the anchor's noise and `ApplyImpulseResponse` (IRs from a temporary folder) for `all`'s RIR (it has no time "
+    "stretch, mel or masks).",
+    "audiomentations": "clip by clip in numpy (its way): `AddGaussianSNR`, `TimeStretch` (librosa's phase vocoder) on "
+    "only the source region the segment needs (crop first already), `ApplyImpulseResponse`, librosa's mel; its "
+    "spectrogram masks are gone in 0.43, so the masks are two lines of numpy.",
+}
 
 
 def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
+    threads = f" --threads {m['cores']}" if device == "cpu" else ""
     lines = ["# augcl against torchaudio, torch-audiomentations and audiomentations", "",
-             f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}`", "",
+             f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}"
+             f"{threads}`", "",
              machine_text(m) + ", " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
              "(B, 1, 64, 96). Median of the repetitions, interleaved in a new random order each round, each timed "
@@ -344,6 +456,20 @@ def write(res: dict, out: Path, device: str) -> str:
              "the default backend and runs the same code as kernels on the CPU)." +
              (" On a CPU the three augcl chains run the same code except in the vocoder (`all`), so their spread "
               "elsewhere is the noise of the machine." if device == "cpu" else ""), ""]
+    if res.get("headline"):
+        libs = list(LIBRARIES)
+        lines += ["## Headline: augcl[auto] against each library's strongest chain", "",
+                  "Each library's fastest chain of this run (below), its time over augcl[auto]'s. Every chain computes "
+                  "the same stages on the same input, each with its library's own algorithms (the time stretches "
+                  "differ: see the chains).", "",
+                  "| preset | " + " | ".join(libs) + " |", "| --- " * (len(libs) + 1) + "|"]
+        for preset, best in res["headline"].items():
+            cells = [f"{best[lib]['ratio_to_augcl']:.1f}x (`{best[lib]['chain']}`)" if lib in best else "-" for lib in libs]
+            lines.append(f"| `{preset}` | " + " | ".join(cells) + " |")
+        lines += ["", "## The chains", ""] + [f"* `{name}`: {what}" for name, what in CHAINS.items()] + [""]
+    if res.get("roofline"):
+        lines += ["## Roofline of `ts+mask`", "", roofline.text(res["roofline"]) + " (`python -m benchmarks.roofline`: "
+                  "the same computation on its own, `benchmarks/roofline.py` says what is counted.)", ""]
     for preset, chains in res["results"].items():
         lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
         for name, r in chains.items():
@@ -398,15 +524,20 @@ def main(argv=None) -> dict:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); recorded")
+    p.add_argument("--no-whole-clip", action="store_true", help="leave out the slow whole-clip torchaudio chain")
     p.add_argument("--quick", action="store_true", help="B=4, 2-s clips, 1 repetition; writes nothing")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.batch, args.seconds, args.repeats = 4, 2.0, 1
         args.presets = [p for p in args.presets if p in ANCHORED]
     workdir = Path(tempfile.mkdtemp(prefix="augcl-bench-augment-"))
     try:
-        res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), workdir)
+        res = run(args.presets, args.batch, args.seconds, args.repeats, torch.device(args.device), workdir,
+                  whole_clip=not args.no_whole_clip)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if not args.quick:

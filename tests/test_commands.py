@@ -1,6 +1,8 @@
 """The commands the README names run end to end (tiny sizes), so they cannot rot."""
 import json
+import math
 
+import pytest
 import torch
 
 from augcl import demo
@@ -92,16 +94,44 @@ def test_augment_benchmark_quick_runs_every_chain(tmp_path):
     assert {"augcl[auto]", "augcl[torch]", "augcl[kernels]"} <= augcl  # numba is in the dev extra
     for preset in ("ts+mask", "all"):
         chains = res["results"][preset]
-        assert set(chains) == augcl | {"torchaudio", "torch-audiomentations", "audiomentations"}
+        assert set(chains) == augcl | {"torchaudio", augment.WHOLE_CLIP, "torch-audiomentations", "audiomentations"}
         assert all(r["clips_per_s"] > 0 and r["ratio_to_augcl"] > 0 for r in chains.values())
         assert chains["augcl[auto]"]["ratio_to_augcl"] == 1.0
+        best = res["headline"][preset]
+        assert set(best) == set(augment.LIBRARIES)
+        assert best["torchaudio"]["median_s"] == min(chains[c]["median_s"] for c in ("torchaudio", augment.WHOLE_CLIP))
         for backend, stages in res["stages"][preset].items():
             assert {"sample", "stretch", "mel", "masks", "whole pipeline"} <= set(stages)
             assert all(v > 0 for v in stages.values())
     assert "rir" in res["stages"]["all"]["torch"]
+    assert res["roofline"]["work"]["total_flops"] > 0 and res["roofline"]["augcl_s"] > 0
     text = augment.write(res, tmp_path, "cpu")
     assert (tmp_path / "augment.json").exists() and (tmp_path / "augment.png").stat().st_size > 0
-    assert "Where augcl's time goes" in text and "| torchaudio |" in text
+    assert "Where augcl's time goes" in text and "| torchaudio |" in text and "| torchaudio[whole clip] |" in text
+    assert "strongest chain" in text and "GFLOP" in text
+
+
+def test_augment_crop_first_torchaudio_chain_equals_the_whole_clip_chain_where_they_align(tmp_path):
+    """The careful torchaudio chain's positive is the whole-clip chain's where both read the same source frames: a
+    crop starting at source frame ``first * rate`` (an integer) against the window at stretched frame ``first``. The
+    phases differ (the vocoder accumulates from the crop's start); the magnitudes the log-mel reads do not."""
+    from benchmarks import augment
+
+    T = 2 * augment.SR
+    wave = torch.randn(1, T, generator=torch.Generator().manual_seed(0)) * 0.1
+    chain = augment.TorchaudioChain("cpu", augment.write_irs(tmp_path / "irs", 2), rir=False, use_tam=False)
+    idx = torch.tensor([0])
+    first = 10  # stretched frame: source frame 10 * rate is an integer (9, 10, 11)
+    for rate in (1.0,) + augment.RATES:
+        n = math.ceil((1 + T // augment.HOP) / rate)  # frames of the stretched whole-clip STFT
+        whole = {"u": torch.tensor([(first + 0.5) / (n - augment.FRAMES)])}
+        source_first = round(first * rate)
+        width = (augment.source_frames(rate) - 1) * augment.HOP + augment.N_FFT
+        crop = {"u": torch.tensor([(source_first * augment.HOP - augment.N_FFT // 2 + 0.5) / (T - width)])}
+        a = chain._whole_clip(wave, idx, whole, rate)
+        b = chain._crop_first(wave, idx, crop, rate)
+        assert a.shape == b.shape == (1, augment.N_MELS, augment.FRAMES)
+        torch.testing.assert_close(b, a, atol=2e-4, rtol=0)  # float32 STFTs of the same samples, log domain
 
 
 def test_train_benchmark_quick_splits_the_step(tmp_path):
@@ -126,3 +156,80 @@ def test_threads_benchmark_quick_measures_each_count_in_both_conditions(tmp_path
         assert rows["1"]["clips_per_s"] > 0 and rows["1"]["ratio_to_1"] == 1.0
     text = threads.write(res, tmp_path, "python -m benchmarks.threads")
     assert (tmp_path / "threads.png").stat().st_size > 0 and "| busy | 1 |" in text
+
+
+@pytest.mark.slow
+def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
+    """``python -m benchmarks.gpu --dry-run``: every part's code in its own process, tiny sizes; the CUDA graph is
+    skipped (no GPU) after its fake-CUDA check and its compare/timing code ran."""
+    from benchmarks import gpu
+
+    res = gpu.main(["--dry-run", "--out", str(tmp_path)])
+    assert res["failures"] == []
+    assert {n: r["status"] for n, r in res["parts"].items()} == {
+        "tests": "ok", "kernels": "ok", "graph": "skipped", "compile": "ok", "augment": "ok", "train": "ok"}
+    assert res["parts"]["graph"]["reason"].startswith("no GPU")
+    for preset in ("ts+mask", "all"):
+        r = res["parts"]["graph"]["details"][preset]
+        assert r["fake_cuda_forward"]["anchor_shape"] == [4, 1, 64, 96] and r["equal"]
+    assert all(v["equal"] for p in ("ts+mask", "all") for v in res["parts"]["compile"]["details"][p].values()
+               if isinstance(v, dict))
+    kernels = json.loads((tmp_path / "kernels_cpu.json").read_text())
+    assert kernels["faster"] in ("kernels", "torch", "tie") and kernels["phase_step"]["correct"]
+    assert kernels["pipeline_all"]["max_abs_diff_log_mel"] > 0  # stretched rows: the kernel ran
+    assert kernels["action"].startswith(("add", "remove", "none"))
+    assert all(t["measured"] is not None for t in res["targets"].values())
+    for name in ("gpu_dryrun.json", "gpu_dryrun.md", "augment.md", "train.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "## Failures\n\nNone." in (tmp_path / "gpu_dryrun.md").read_text()
+    again = gpu.main(["--dry-run", "--out", str(tmp_path), "--parts", "tests"])  # a run split over commands
+    assert list(again["parts"]) == list(gpu.PARTS) and again["failed_now"] == []
+    assert [n for n, r in again["parts"].items() if not r.get("earlier_run")] == ["tests"]
+
+
+def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from benchmarks import gpu
+
+    crash = gpu.run_part_process([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], 60, tmp_path / "c.log")
+    assert crash["status"] == "failed" and "exited 3" in crash["error"] and "boom" in crash["output_tail"]
+    so_far = ("import json, subprocess, sys, time; open(sys.argv[2], 'w').write(json.dumps({'status': 'running', "
+              "'details': {'ts+mask': 1}})); p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+              " print('grandchild', p.pid, flush=True); time.sleep(60)")  # sys.argv: -c --result FILE
+    hang = gpu.run_part_process([sys.executable, "-c", so_far], 3, tmp_path / "h.log")
+    assert hang["status"] == "failed" and "timed out" in hang["error"] and hang["details"] == {"ts+mask": 1}
+    status = Path(f"/proc/{hang['output_tail'].split()[1]}/status")  # the part's own child went with it
+    for _ in range(50):
+        if not status.exists() or "\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    assert not status.exists() or "\tZ" in status.read_text()
+    monkeypatch.setitem(gpu.PART_FUNCTIONS, "tests", lambda dry, out: 1 / 0)
+    raised = gpu.run_one("tests", True, tmp_path)
+    assert raised["status"] == "failed" and "ZeroDivisionError" in raised["error"] and "traceback" in raised
+    res = gpu.summarize({"tests": raised, "kernels": crash, "graph": {"status": "skipped", "reason": "no GPU",
+                                                                      "details": {}}}, True, "cmd")
+    assert res["failures"] == ["tests", "kernels"]
+    text = gpu.write(res, tmp_path)
+    assert "* `tests`: ZeroDivisionError" in text and "* `kernels`: the part's process exited 3" in text
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--parts", "tests", "--budget-s", "0",
+                           "--out", str(tmp_path / "spent")], capture_output=True, text=True, cwd=gpu.REPO)
+    assert proc.returncode == 1 and "this run: FAILED: tests" in proc.stdout
+
+
+def test_roofline_counts_the_mel_matmul_flops_augcl_runs():
+    """The roofline's mel-matmul count, from the preset's shapes, is what torch's own FLOP counter sees augcl run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from augcl import PairAugmenter
+    from benchmarks import roofline
+
+    with FlopCounterMode(display=False) as counter:
+        PairAugmenter.from_preset("ts+mask")(torch.randn(4, 32000), generator=torch.Generator().manual_seed(0))
+    assert counter.get_total_flops() == roofline.work(4)["flops"]["mel matmul"]
+    r = roofline.main(["--quick"])
+    assert 0 < r["fraction_of_peak_flops"] and r["bound_s"] > 0 and "GFLOP" in roofline.text(r)
