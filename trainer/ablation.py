@@ -134,9 +134,7 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
     common.set_threads(args.threads)
     try:
         pretrain_store = common.resolve_store(args.data, "unlabeled", out, BuiltinConfig(n_unlabeled=args.builtin_clips))
-    except common.UsageError:
-        raise
-    except ValueError as e:
+    except ValueError as e:  # the data: not a store or a folder, an unfinished pack, nothing decodable
         raise common.UsageError(f"--data: {e}") from None
     stores = _probe_stores(probe_base)
     runs: dict[str, dict] = {}

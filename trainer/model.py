@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 
 ENCODERS = ("efficientnet_b0", "small")
+POOLINGS = ("avg", "max")              # the encoders' global pooling: the paper's, COLA's code's
+BILINEAR_INITS = ("identity", "cola")  # Bilinear's start (module docstring)
 
 
 def _check_input(x: Tensor) -> None:
@@ -38,8 +40,8 @@ class Encoder(nn.Module):
 
     def __init__(self, pooling: str = "avg"):
         super().__init__()
-        if pooling not in ("avg", "max"):
-            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         import torchvision  # here, not at the top: importing it costs seconds that a small-encoder run need not pay
 
         features = torchvision.models.efficientnet_b0(weights=None).features
@@ -66,8 +68,8 @@ class SmallEncoder(nn.Module):
 
     def __init__(self, pooling: str = "avg", channels: tuple = (16, 32, 64, 128)):
         super().__init__()
-        if pooling not in ("avg", "max"):
-            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         layers = [nn.Conv2d(1, channels[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
                   nn.ReLU(inplace=True)]
         for c_in, c in zip(channels[:-1], channels[1:]):
@@ -121,7 +123,7 @@ class Bilinear(nn.Module):
         elif init == "cola":
             self.weight, self.scale = nn.Parameter(torch.randn(dim, dim) * 0.05), 1.0
         else:
-            raise ValueError(f"init must be 'identity' or 'cola', got {init!r}")
+            raise ValueError(f"init must be one of {BILINEAR_INITS}, got {init!r}")
 
     def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
         """Logits in float32, under autocast too (bfloat16 keeps 8 mantissa bits: logits off by several 1e-3 at init

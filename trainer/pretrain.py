@@ -36,10 +36,7 @@ from augcl.kernels import BACKENDS
 from . import common
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
-from .model import ENCODERS, ContrastiveModel
-
-POOLINGS = ("avg", "max")              # model.Encoder's global pooling
-BILINEAR_INITS = ("identity", "cola")  # model.Bilinear's start
+from .model import BILINEAR_INITS, ENCODERS, POOLINGS, ContrastiveModel
 
 
 @dataclass
