@@ -57,7 +57,7 @@ from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
 from benchmarks import roofline
-from benchmarks.throughput import machine_info, machine_text, save, sync
+from benchmarks.throughput import grouped_bars, machine_info, machine_text, save, sync
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
 SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
@@ -501,12 +501,8 @@ def _plot(res: dict, png: Path) -> None:
     presets = list(res["results"])
     chains = list(dict.fromkeys(c for p in presets for c in res["results"][p]))
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    width = 0.8 / len(chains)
-    for k, name in enumerate(chains):
-        vals = [res["results"][p][name]["clips_per_s"] if name in res["results"][p] else 0 for p in presets]
-        bars = ax.bar(np.arange(len(presets)) + (k - (len(chains) - 1) / 2) * width, vals, width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(range(len(presets)), presets)
+    grouped_bars(ax, presets, {name: [res["results"][p][name]["clips_per_s"] if name in res["results"][p] else 0
+                                      for p in presets] for name in chains}, labels=True)
     ax.set_yscale("log")
     ax.set_ylabel("clips/s (log)")
     ax.set_title(f"contrastive pairs per second, B={res['batch']}, {res['machine']['device']}")

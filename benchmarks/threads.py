@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.throughput import machine_info, machine_text, save
+from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
 from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, build, train_step
 
@@ -97,12 +97,8 @@ def _plot(res: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = 0.8 / len(res["threads"])
-    for k, n in enumerate(res["threads"]):
-        vals = [res["results"][c][str(n)]["clips_per_s"] for c in res["results"]]
-        ax.bar([i + k * width for i in range(len(vals))], vals, width, label=f"{n} thread{'s' if n > 1 else ''}")
-    ax.set_xticks([i + width * (len(res["threads"]) - 1) / 2 for i in range(len(res["results"]))],
-                  list(res["results"]))
+    grouped_bars(ax, list(res["results"]), {f"{n} thread{'s' if n > 1 else ''}": [
+        res["results"][c][str(n)]["clips_per_s"] for c in res["results"]] for n in res["threads"]}, labels=True)
     ax.set_ylabel("clips/s")
     ax.set_title(f"pretraining, {res['encoder']}, B={res['batch']}, CPU")
     ax.legend(fontsize=8)

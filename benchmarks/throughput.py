@@ -64,6 +64,17 @@ def save(res: dict, text: str, out: Path, stem: str, device: str, plot=None, cap
     (out / f"{name}.md").write_text(text)
 
 
+def grouped_bars(ax, groups, series: dict, labels: bool = False) -> None:
+    """Bars of each ``series`` (name -> one value per group) side by side within each group on ``ax``; absent values
+    are 0. ``labels``: the value on each bar."""
+    width = 0.8 / len(series)
+    for k, (name, vals) in enumerate(series.items()):
+        bars = ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))], vals, width, label=name)
+        if labels:
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(groups)), list(groups))
+
+
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, seed: int = 0,
         chunk_sizes=(None,), lengths: bool = False) -> dict:
     """Seconds per batch of every preset (and chunk size: ``None`` is the device's default), interleaved.
