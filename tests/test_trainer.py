@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,15 +210,20 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(unin
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "trainer.pretrain", "--out", str(out), "--steps", "6", "--builtin-clips", "16",
            "--clip-seconds", "2", "--batch-size", "4", "--device", "cpu", "--checkpoint-every", "100"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    metrics, deadline = out / "metrics.jsonl", time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    step = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["step"]
+    for _ in range(3):  # on a starved machine the 6 steps may end before the signal lands: then run again
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        metrics, deadline = out / "metrics.jsonl", time.time() + 120
+        while (time.time() < deadline and proc.poll() is None
+               and not (metrics.is_file() and metrics.read_text().count("\n") >= 2)):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        step = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["step"]
+        if step < 6:
+            break
+        shutil.rmtree(out)
     assert 2 <= step < 6, "SIGTERM should stop the run early, after a checkpoint"
     assert "--resume" in err
     pretrain(PretrainConfig(out=str(out), steps=6, resume=True, checkpoint_every=100,
