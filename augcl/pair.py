@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from . import functional as AF
 from .banks import NoiseBank, RIRBank
-from .transforms import (AddNoise, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig, RandomGain, RandomSegment,
-                         RIRConfig, RIRFilter, SpecMask, StretchConfig, draw_device)
+from .core import check_generator, draw_device
+from .transforms import (AddNoise, ApplyImpulseResponse, Gain, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig,
+                         RandomSegment, RIRConfig, SpecAugment, StretchConfig)
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,6 @@ SCALE_ABOVE = 2.0 ** 40
 CPU_CHUNK = 32
 
 
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; pass "
-                        f"torch.Generator(device=wave.device).manual_seed(seed)")
-
-
 class Pair(NamedTuple):
     """Anchor and positive log-mels ``(B, 1, n_mels, frames)`` and every per-example parameter applied."""
 
@@ -122,7 +117,7 @@ class Branch(nn.Module):
         sr = pair.sample_rate
         self.config = config
         self.sample_rate = sr
-        self.segment = RandomSegment(pair.segment_samples, config.stretch, context=mel.context, backend=backend)
+        self.segment = RandomSegment(pair.segment_samples, stretch=config.stretch, context=mel.context, backend=backend)
         self.extra = nn.ModuleList(extra)
         waveform_blocks = [n for n, on in (("extra transforms", len(extra)), ("rir", config.rir), ("noise", config.noise)) if on]
         method = config.stretch.method if config.stretch is not None else "vocoder"
@@ -131,11 +126,11 @@ class Branch(nn.Module):
                              f"{', '.join(waveform_blocks)} after the stretch; use method='vocoder' or 'auto'")
         #: the stretched segment goes straight to the log-mel: read its frames at the stretched positions
         self.spectral = method in ("auto", "spectral") and not waveform_blocks
-        self.rir = RIRFilter(config.rir, rir_bank, sr) if config.rir is not None else None
-        self.noise = AddNoise(config.noise, noise_bank, sr) if config.noise is not None else None
-        self.gain = RandomGain(config.gain) if config.gain is not None else None
+        self.rir = ApplyImpulseResponse.from_config(config.rir, rir_bank, sr) if config.rir is not None else None
+        self.noise = AddNoise.from_config(config.noise, noise_bank, sr) if config.noise is not None else None
+        self.gain = Gain.from_config(config.gain) if config.gain is not None else None
         self.mel = mel
-        self.mask = SpecMask(config.mask) if config.mask is not None else None
+        self.mask = SpecAugment.from_config(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
 
     @property
@@ -173,7 +168,7 @@ class Branch(nn.Module):
                 scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
                 divisor = 1.0 / scale if divisor is None else divisor / scale
             spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
-                                                  log_gain=log_gain)
+                                                  log_gain=log_gain).unsqueeze(1)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
@@ -188,7 +183,7 @@ class Branch(nn.Module):
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
             y = self.noise.apply(y, params, valid, scale=clip_scale)
-        spec = self.mel(y, log_gain)
+        spec = self.mel.from_context(y, log_gain).unsqueeze(1)
         if self.mask is not None:
             spec = self.mask.apply(spec, params)
         return spec
@@ -288,7 +283,7 @@ class PairAugmenter(nn.Module):
         ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``, on ``device``
         (default: the generator's device, else the CPU).
         """
-        _check_generator(generator)
+        check_generator(generator)
         device = draw_device(generator, device)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
@@ -342,7 +337,7 @@ class PairAugmenter(nn.Module):
         ``lengths``, if it has them; checked first by :meth:`check_params`); ``lengths`` ``(B,)``: valid samples per
         row (default: all)."""
         x = AF.as_batch(wave)
-        _check_generator(generator)
+        check_generator(generator)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device} but wave is on {x.device}; "
                              f"create it with torch.Generator(device=wave.device)")

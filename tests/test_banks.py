@@ -121,7 +121,7 @@ def test_real_background_noise_bank_drives_add_noise_at_the_requested_snr():
 
     bank = NoiseBank.from_folder(shared_data() / "noise" / "segments", SR)
     assert len(bank) == 55
-    noise = AddNoise(NoiseConfig(kind="bank", snr_db=(0.0, 20.0)), bank=bank, sample_rate=SR)
+    noise = AddNoise.from_config(NoiseConfig(kind="bank", snr_db=(0.0, 20.0)), bank=bank, sample_rate=SR)
     x = torch.randn(16, 15200) * 0.1
     params = noise.sample(16, 15200, cpu_generator(0))
     y = noise(x, params=params)

@@ -18,7 +18,7 @@ from augcl import (PRESETS, BranchConfig, GainConfig, MaskConfig, NoiseConfig, P
                    RIRConfig, StretchConfig)
 from augcl import functional as AF
 from augcl import kernels
-from augcl.transforms import AddNoise, RandomGain, RandomSegment, RIRFilter, SpecMask
+from augcl.transforms import AddNoise, ApplyImpulseResponse, Gain, RandomSegment, SpecAugment
 
 from .conftest import SR, cpu_generator, make
 
@@ -380,9 +380,9 @@ def test_sample_draws_on_the_generators_device(impulse_bank):
     g = CudaGenerator()
     aug = _every_block(impulse_bank)
     with fake_cuda():
-        drawn = [aug.sample(4, 32000, g), RandomSegment(16000, StretchConfig()).sample(4, 32000, g),
-                 AddNoise().sample(4, 32000, g), RandomGain().sample(4, 32000, g),
-                 RIRFilter(bank=impulse_bank).sample(4, 32000, g), SpecMask().sample(4, 64, 96, g)]
+        drawn = [aug.sample(4, 32000, g), RandomSegment(16000, stretch=StretchConfig()).sample(4, 32000, g),
+                 AddNoise().sample(4, 32000, g), Gain().sample(4, 32000, g),
+                 ApplyImpulseResponse(impulse_bank).sample(4, 32000, g), SpecAugment().sample(4, 64, 96, g)]
     assert all(v.device == CUDA for params in drawn for v in params.values())
     assert all(v.device.type == "cpu" for v in aug.sample(4, 32000, cpu_generator(0)).values())
 
@@ -407,3 +407,66 @@ def test_draws_on_a_device_without_float64_make_no_float64_tensor(preset, impuls
             assert all(v.device == mps and v.dtype != torch.float64 for v in drawn.values())
     if "positive.stretch_rate" in aug.param_keys():
         assert aug.sample(4, 32000, cpu_generator(0))["positive.stretch_rate"].dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------------------- the standalone transforms
+def _standalone(impulse_bank):
+    from augcl import LogMel, TimeStretch
+
+    return {
+        "stretch": TimeStretch(0.8, 1.25, p=0.5, output_type="dict"),
+        "stretch-longer": TimeStretch(rates=(0.9, 1.1), p=0.5, leave_length_unchanged=False, output_type="dict"),
+        "rir": ApplyImpulseResponse(impulse_bank, p=0.5, compensate_for_propagation_delay=True, output_type="dict"),
+        "white": AddNoise(p=0.5, output_type="dict"),
+        "colored": AddNoise(kind="colored", p=0.5, mode="per_channel", output_type="dict"),
+        "gain": Gain(p=0.5, mode="per_batch", output_type="dict"),
+        "segment": RandomSegment(4000, p=0.5, output_type="dict"),
+        "segment-stretch": RandomSegment(4000, stretch=StretchConfig(), output_type="dict"),
+        "mel": LogMel(),
+        "masks": SpecAugment(p=0.5, output_type="dict"),
+    }
+
+
+STANDALONE = ["stretch", "stretch-longer", "rir", "white", "colored", "gain", "segment", "segment-stretch", "mel",
+              "masks"]
+
+
+@pytest.mark.parametrize("name", STANDALONE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fake_cuda_standalone_transforms_stay_on_the_device(name, dtype, impulse_bank):
+    """Each public transform on (B, C, T) CUDA input with lengths, and its replay: output, lengths and params on
+    CUDA, the input's dtype, no host sync, no device mix, no copy between host and device."""
+    t = _standalone(impulse_bank)[name]
+    with fake_cuda():
+        t = t.to("cuda")
+        x = torch.randn(4, 2, 16000, device="cuda", dtype=dtype)
+        lengths = torch.tensor([16000, 9000, 100, 12000], device="cuda")
+        with HostTraffic() as traffic:
+            if name == "mel":
+                outs = [t(x, lengths=lengths)]
+            elif name == "masks":
+                spec = torch.randn(4, 2, 64, 101, device="cuda", dtype=dtype)
+                first = t(spec, lengths=lengths // 160)
+                outs = [first, t(spec, lengths=lengths // 160, params=first.params)]
+            else:
+                first = t(x, lengths=lengths)
+                outs = [first, t(x, lengths=lengths, params=first.params)]
+    assert traffic.copies == []
+    for out in outs:
+        y = out if isinstance(out, torch.Tensor) else out.samples
+        # the log-mel comes out in the dtype it is computed in (float32 for half input), the rest in the input's
+        assert y.device == CUDA and y.dtype == (AF.work_dtype(dtype) if name == "mel" else dtype)
+        if not isinstance(out, torch.Tensor):
+            assert all(v.device == CUDA for v in out.params.values())
+            assert out.lengths is None or out.lengths.device == CUDA
+
+
+@pytest.mark.parametrize("name", ["stretch", "stretch-longer", "segment", "segment-stretch"])
+def test_device_branches_of_the_standalone_transforms_equal_the_cpu_branches(name, impulse_bank):
+    t = _standalone(impulse_bank)[name]
+    x = torch.randn(6, 2, 16000, generator=cpu_generator(1)) * 0.1
+    lengths = torch.tensor([16000, 9000, 100, 12000, 1, 15999])
+    ref = t(x, lengths=lengths, generator=cpu_generator(2))
+    with AF._force_device_path():
+        got = t(x, lengths=lengths, generator=cpu_generator(2))
+    assert torch.equal(ref.samples, got.samples) and torch.equal(ref.lengths, got.lengths)

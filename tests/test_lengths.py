@@ -101,7 +101,7 @@ def test_noise_stays_off_the_padding_of_a_short_clip():
 
 
 def test_valid_mask_of_a_segment_equals_a_loop():
-    seg = RandomSegment(1000, StretchConfig(p=0.5), context=200)
+    seg = RandomSegment(1000, stretch=StretchConfig(p=0.5), context=200)
     L = torch.tensor([300, 1000, 1500, 5000, 40000, 800])
     params = seg.sample(len(L), 40000, cpu_generator(3), lengths=L)
     got = seg.valid_mask(params, L).numpy()
@@ -143,7 +143,7 @@ def test_add_noise_with_every_sample_valid_equals_no_mask():
 @pytest.mark.parametrize("config", [NoiseConfig(snr_db=(10.0, 10.0)), NoiseConfig(std=1e-3)])
 def test_add_noise_block_adds_on_valid_samples_only(config):
     """SNR noise and COLA's fixed-std noise both leave the samples outside the mask unchanged."""
-    block = AddNoise(config)
+    block = AddNoise.from_config(config)
     x = torch.randn(3, 4000, generator=cpu_generator(0)) * 0.2
     valid = AF.valid_mask(torch.tensor([100, 2500, 4000]), 4000)
     y = block.apply(x, block.sample(3, 4000, cpu_generator(1)), valid)

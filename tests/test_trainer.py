@@ -270,9 +270,11 @@ def test_windows_tile_the_clip_with_the_pair_front_end():
     batch = torch.stack([padded[s:s + win.width] for s in starts.tolist()])
     w = win(batch)
     assert w.shape == (4, 1, 64, 96)
-    # the window's frames are those of the whole clip's log-mel at the window's start (hop-aligned start: 0)
-    whole = win.mel(padded[None])
-    torch.testing.assert_close(w[0], whole[0, :, :, :96], rtol=1e-4, atol=1e-4)
+    # the window's frames are those of the whole clip's log-mel at the window's start (hop-aligned start: 0); the
+    # public LogMel's centred frames (zero padding) are the front end's frames of the zero-padded clip
+    whole = win.mel(wave[None])
+    torch.testing.assert_close(w[0, 0], whole[0, :, :96], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(whole, win.mel.from_context(padded[None]))
 
 
 def test_linear_probe_on_a_tiny_run_writes_every_metric_and_both_pngs(uninterrupted, tmp_path):

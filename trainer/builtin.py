@@ -308,7 +308,7 @@ def plot_classes(out: Path, seed: int = 0, sample_rate: int = 16000) -> Path:
     fig, axes = plt.subplots(5, 2, figsize=(13, 11), sharex=True, sharey=True)
     for k, ax in enumerate(axes.T.flat):
         x = torch.from_numpy(render_clip(seed, "test", k, 10.0, sample_rate))[None]
-        ax.imshow(mel(x)[0, 0].numpy(), origin="lower", aspect="auto", cmap="magma",
+        ax.imshow(mel(x)[0].numpy(), origin="lower", aspect="auto", cmap="magma",
                   extent=(0, 10, 0, mel.config.n_mels))
         ax.set_title(f"{k}: {CLASSES[k]}", fontsize=10)
     for ax in axes[-1]:

@@ -104,7 +104,7 @@ class Windows(nn.Module):
     def forward(self, wave: Tensor) -> Tensor:
         if wave.shape[-1] != self.width:
             raise ValueError(f"windows must be {self.width} samples wide, got {wave.shape[-1]}")
-        return self.mel(wave)
+        return self.mel.from_context(wave).unsqueeze(1)
 
 
 def window_starts(lengths: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,276 @@
+"""The log-mel front end: librosa's mel convention, batched, with the paper's 25 ms / 10 ms / 64-bin defaults.
+
+Convention (:class:`MelConfig`): Slaney mel scale and Slaney area normalisation (``librosa.filters.mel``'s
+defaults), Hann window, power spectrogram, ``log(mel + 1e-6)`` (natural log). Tested against librosa and nnAudio.
+Cost: one real FFT of ``n_fft`` per frame and a ``(n_mels, n_fft / 2 + 1)`` matrix product.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .core import work_dtype
+
+
+def _hz_to_mel(f: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    return torch.where(f >= min_log_hz, min_log_mel + torch.log(f.clamp_min(min_log_hz) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 700.0 * (torch.pow(10.0, m / 2595.0) - 1.0)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max: Optional[float] = None,
+    *,
+    mel_scale: str = "slaney",
+    norm: Optional[str] = "slaney",
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Triangular mel filters ``(n_fft // 2 + 1, n_mels)``, the convention of ``librosa.filters.mel``.
+
+    ``mel_scale``: ``"slaney"`` (linear below 1 kHz, log above; librosa's default) or ``"htk"``.
+    ``norm="slaney"`` scales each triangle to unit area (``2 / bandwidth_hz``); ``None`` leaves peaks at 1.
+    """
+    if mel_scale not in ("slaney", "htk"):
+        raise ValueError(f"mel_scale must be 'slaney' or 'htk', got {mel_scale!r}")
+    if norm not in ("slaney", None):
+        raise ValueError(f"norm must be 'slaney' or None, got {norm!r}")
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}")
+    fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lo, hi = _hz_to_mel(torch.tensor([f_min, f_max], dtype=torch.float64), mel_scale)
+    edges_hz = _mel_to_hz(torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64), mel_scale)
+    width = edges_hz.diff()  # (n_mels + 1,)
+    ramps = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, F)
+    lower = -ramps[:-2] / width[:-1, None]
+    upper = ramps[2:] / width[1:, None]
+    fb = torch.clamp(torch.minimum(lower, upper), min=0.0)  # (n_mels, F)
+    if norm == "slaney":
+        fb = fb * (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return fb.T.contiguous().to(dtype)
+
+
+def log_mel(
+    wave: Tensor,
+    filterbank: Tensor,
+    window: Tensor,
+    *,
+    n_fft: int,
+    hop_length: int,
+    center: bool = True,
+    power: float = 2.0,
+    log_eps: float = 1e-6,
+    log_mode: str = "offset",
+    log_gain: Optional[Tensor] = None,
+) -> Tensor:
+    """Log-mel spectrogram ``(B, n_mels, frames)`` of ``(B, T)`` clips.
+
+    ``center=True``: frames centred at ``t * hop`` after zero padding of ``n_fft // 2`` on both sides
+    (librosa >= 0.10 and torch.stft with ``pad_mode="constant"``), ``1 + T // hop`` frames; the window
+    (length ``win_length <= n_fft``) sits in the middle of the frame. ``center=False``: frames of
+    ``win_length`` samples from ``t * hop``, zero-padded at the end to ``n_fft`` (``tf.signal.stft``, COLA),
+    ``1 + (T - win_length) // hop`` frames. Value: ``log(mel + log_eps)`` (``log_mode="offset"``) or
+    ``log(max(mel, log_eps))`` (``"clamp"``) where ``mel = filterbank.T @ |STFT| ** power``.
+
+    ``log_gain`` ``(B,)``: the log-mel of the rows' mel energies times ``exp(log_gain)``, computed in the log domain
+    (``logaddexp(log(mel) + log_gain, log(log_eps))``), so the product may exceed the dtype's range; rows with 0
+    get exactly the value without it (see :func:`power_of_two_scale`).
+    """
+    dtype = work_dtype(wave.dtype)
+    x = wave.to(dtype)
+    win = window.to(device=x.device, dtype=dtype)
+    if center:
+        spec = torch.stft(x, n_fft, hop_length, win_length=win.shape[-1], window=win, center=True,
+                          pad_mode="constant", return_complex=True)  # (B, F, frames)
+    else:
+        return log_mel_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power,
+                              log_eps=log_eps, log_mode=log_mode, log_gain=log_gain)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
+
+
+def _spectral_power(spec: Tensor, power: float) -> Tensor:
+    """``|spec| ** power`` of a complex spectrum, from ``re² + im²`` (complex ``abs`` costs a ``hypot`` per bin: it was
+    the largest single cost of the CPU log-mel; docs/guide.md)."""
+    re, im = spec.real, spec.imag
+    energy = torch.square(re).addcmul_(im, im)
+    # |z| ** p = (re² + im²) ** (p / 2): |z|² overflows float32 from |z| ~ 1.8e19; PairAugmenter divides rows that loud
+    # by a power of two first (power_of_two_scale) and adds the scale back in the log (log_mel's log_gain)
+    return energy if power == 2.0 else energy.sqrt_() if power == 1.0 else energy.pow(power / 2)
+
+
+def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str,
+             log_gain: Optional[Tensor] = None) -> Tensor:
+    """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``, times ``exp(log_gain)``
+    ``(B,)`` per row if given (see :func:`log_mel`)."""
+    if log_mode not in ("offset", "clamp"):
+        raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
+    pw = _spectral_power(spec, power)
+    mel = torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
+    gained = None
+    if log_gain is not None:
+        g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
+        floor = mel.new_full((), math.log(log_eps))  # filled on the device (new_tensor would copy from the host)
+        scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
+        gained = torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
+    out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+    return out if gained is None else torch.where(g != 0, gained, out)
+
+
+def log_mel_frames(
+    frames: Tensor,
+    filterbank: Tensor,
+    window: Tensor,
+    *,
+    n_fft: int,
+    power: float = 2.0,
+    log_eps: float = 1e-6,
+    log_mode: str = "offset",
+    log_gain: Optional[Tensor] = None,
+) -> Tensor:
+    """Log-mel ``(B, n_mels, K)`` of analysis frames ``(B, K, win_length)`` (e.g. :func:`stretched_frames`).
+
+    Each frame is multiplied by ``window`` and zero-padded at the end to ``n_fft``; otherwise as :func:`log_mel`
+    with ``center=False``, which calls this on the frames ``unfold`` cuts.
+    """
+    dtype = work_dtype(frames.dtype)
+    win = window.to(device=frames.device, dtype=dtype)
+    return _log_mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power, log_eps, log_mode, log_gain)
+
+
+def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
+                      log_mode: str, log_gain: Optional[Tensor] = None) -> Tensor:
+    """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
+    windows them in place: one full-size temporary fewer)."""
+    spec = torch.fft.rfft(windowed, n=n_fft).transpose(-1, -2)
+    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel front end. Defaults: the paper's 25 ms window, 10 ms hop, 64 mel bins (96 frames per segment).
+
+    Mel convention: librosa's (Slaney mel scale, Slaney area normalization), power spectrogram, natural log
+    with an offset: ``log(mel + 1e-6)``. Band 60-7800 Hz as in COLA. ``center=True`` centres frames at
+    multiples of the hop (zero padding), so a segment of ``(frames - 1) * hop`` samples gives ``frames``
+    frames (0.95 s for 96 frames, as in BYOL-A). ``center=False`` is tf.signal.stft's framing (COLA).
+    """
+
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    center: bool = True
+    power: float = 2.0
+    log_eps: float = 1e-6
+    log_mode: str = "offset"
+    mel_scale: str = "slaney"
+    norm: Optional[str] = "slaney"
+
+    def segment_samples(self, frames: int) -> int:
+        """Samples a segment needs to give ``frames`` frames."""
+        return (frames - 1) * self.hop_length + (0 if self.center else self.win_length)
+
+
+
+class LogMel(nn.Module):
+    """Log-mel spectrogram (see :class:`MelConfig` for the convention); deterministic, no parameters to draw.
+
+    ``LogMel(sample_rate=16000)(wave)``: ``(..., T)`` -> ``(..., n_mels, 1 + T // hop)`` float32 (float64 stays),
+    frames centred at multiples of the hop after zero padding of ``n_fft // 2`` on each side (``center=True``;
+    librosa >= 0.10's ``pad_mode="constant"``), as ``librosa.feature.melspectrogram`` followed by ``log(x + 1e-6)``.
+    ``lengths`` ``(B,)``: valid samples per row (first dimension), those past it read as zeros; :meth:`frames` gives
+    the frames whose centre lies inside each row, for :class:`~augcl.masks.SpecAugment`'s ``lengths``.
+
+    PairAugmenter uses :meth:`from_context`: its segments carry ``context = n_fft // 2`` real samples on each side, so
+    the edge frames see the audio around the segment instead of zero padding (a cut segment would otherwise begin and
+    end with a broadband click).
+    """
+
+    def __init__(self, config: MelConfig = MelConfig(), sample_rate: int = 16000):
+        super().__init__()
+        if not config.win_length <= config.n_fft:
+            raise ValueError(f"mel win_length ({config.win_length}) must be <= n_fft ({config.n_fft})")
+        self.config = config
+        self.sample_rate = int(sample_rate)
+        self.context = config.n_fft // 2 if config.center else 0
+        fb = mel_filterbank(sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max,
+                            mel_scale=config.mel_scale, norm=config.norm, dtype=torch.float32)
+        window = torch.hann_window(config.win_length, periodic=True)
+        if config.center:  # centred in an n_fft frame, as torch.stft/librosa place a shorter window
+            left = (config.n_fft - config.win_length) // 2
+            window = torch.nn.functional.pad(window, (left, config.n_fft - config.win_length - left))
+        self.register_buffer("filterbank", fb, persistent=False)
+        self.register_buffer("window", window, persistent=False)
+
+    def forward(self, wave: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """``(..., T)`` -> ``(..., n_mels, frames)``; ``lengths`` ``(B,)`` for ``(B, ..., T)``: valid samples per row."""
+        if not isinstance(wave, Tensor) or not wave.is_floating_point() or wave.ndim < 1:
+            raise TypeError(f"wave must be a floating tensor (..., T), got "
+                            f"{wave.dtype if isinstance(wave, Tensor) else type(wave).__name__}")
+        if lengths is not None:
+            inside = torch.arange(wave.shape[-1], device=wave.device) < lengths.to(wave.device).reshape(
+                (-1,) + (1,) * (wave.ndim - 1))
+            wave = wave * inside.to(wave.dtype)
+        c = self.config
+        x = wave.reshape(-1, wave.shape[-1])
+        if c.center:
+            x = torch.nn.functional.pad(x.to(work_dtype(x.dtype)), (self.context, self.context))
+        spec = self.from_context(x)
+        return spec.reshape(*wave.shape[:-1], *spec.shape[-2:])
+
+    def frames(self, lengths: Tensor) -> Tensor:
+        """Frames of each row whose centre lies inside its ``lengths`` valid samples (``ceil(lengths / hop)``; with
+        ``center=False``, the frames that end inside)."""
+        c = self.config
+        lengths = lengths.to(torch.long)
+        if c.center:
+            return (lengths + c.hop_length - 1) // c.hop_length
+        return ((lengths - c.win_length) // c.hop_length + 1).clamp_min(0)
+
+    def from_context(self, x: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
+        """``(B, T + 2 * context)`` -> ``(B, n_mels, frames)``: the frames of segments that carry their context (no
+        padding added). ``log_gain`` ``(B,)``: the rows' mel energies times ``exp(log_gain)``, in the log domain (see
+        :func:`augcl.functional.log_mel`)."""
+        c = self.config
+        return log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
+                       power=c.power, log_eps=c.log_eps, log_mode=c.log_mode, log_gain=log_gain)
+
+    def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
+                divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                log_gain: Optional[Tensor] = None) -> Tensor:
+        """``(B, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at stretched
+        position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
+        :meth:`from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``:
+        the log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
+        ``log_gain`` ``(B,)``: as in :meth:`from_context`."""
+        from .stretch import stretched_frames  # the stretch needs no mel: imported here, where the two meet
+
+        c = self.config
+        f = stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate, lengths=lengths)
+        f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
+        if divisor is not None:
+            f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))
+        return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"sample_rate={self.sample_rate}, n_fft={c.n_fft}, hop_length={c.hop_length}, n_mels={c.n_mels}, "
+                f"f_min={c.f_min}, f_max={c.f_max}")
