@@ -370,3 +370,17 @@ def test_bad_calls_get_named_errors(bank):
     with pytest.raises(ValueError, match="targets"):
         TimeStretch(p=1.0)(torch.zeros(1, 1, T), targets=torch.zeros(1, 1, 10, 1))
     assert isinstance(t, Transform)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_equals_cpu_for_the_same_params(name, bank):
+    t = every(bank, p=0.5, output_type="dict")[name]
+    x = batch()
+    lengths = torch.tensor([T, 7000, 5000, T, 6100, 300])
+    ref = t(x, lengths=lengths, generator=cpu_generator(1))
+    dev = torch.device("cuda")
+    out = t.to(dev)(x.to(dev), lengths=lengths.to(dev), params={k: v.to(dev) for k, v in ref.params.items()})
+    assert out.samples.device.type == "cuda"
+    torch.testing.assert_close(out.samples.cpu(), ref.samples, atol=2e-4, rtol=1e-3)
