@@ -317,14 +317,16 @@ def test_inside_torch_audiomentations_compose_in_both_orders(augcl_first, output
     ta = pytest.importorskip("torch_audiomentations")
     ours = [Gain((6.0, 6.0), p=1.0), AddNoise((60.0, 60.0), p=1.0)]
     theirs = [ta.PolarityInversion(p=1.0, output_type="dict"),
-              ta.Gain(min_gain_in_db=-6.0, max_gain_in_db=-5.9999, p=1.0, output_type="dict")]
+              ta.Gain(min_gain_in_db=-6.0, max_gain_in_db=-5.9999, p=1.0, output_type="dict"),
+              ta.AddColoredNoise(min_snr_in_db=60.0, max_snr_in_db=60.001, p=1.0, sample_rate=SR, output_type="dict")]
     chain = ta.Compose(ours + theirs if augcl_first else theirs + ours, output_type=output_type)
     x = batch(B=4, C=2)
     out = chain(x, sample_rate=SR)
     y = out.samples if output_type == "dict" else out
     assert y.shape == x.shape and y.dtype == x.dtype
-    # polarity inversion, +6 dB and -6 dB cancel to -x; the 60-dB-SNR noise is the only difference, in any order
-    assert rms_db(y + x) - rms_db(x) == pytest.approx(-60.0, abs=0.5)
+    # polarity inversion, +6 dB and -6 dB cancel to -x; two noises at 60 dB SNR are the only difference, in any
+    # order: together 10 log10(2) dB above one
+    assert rms_db(y + x) - rms_db(x) == pytest.approx(-60.0 + 10 * math.log10(2), abs=0.5)
 
 
 def test_beside_torch_audiomentations_colored_noise_and_a_stretch():
