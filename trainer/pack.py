@@ -50,8 +50,9 @@ import numpy as np
 from tqdm import tqdm
 
 from augcl.audiofiles import AUDIO_EXTENSIONS
-from augcl.banks import trim_digital_silence
+from augcl.banks import load_audio, trim_digital_silence
 
+from .render import render_uri
 from .sources import LAYOUTS, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,7 @@ class PackResult:
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
     """A file (or built-in clip URI) as mono float32 at ``sample_rate``; ValueError if empty or non-finite."""
-    if path.startswith("builtin:"):
-        from .builtin import render_uri
-
-        x = render_uri(path, sample_rate)
-    else:
-        from augcl.banks import load_audio
-
-        x = load_audio(path, sample_rate)
+    x = render_uri(path, sample_rate) if path.startswith("builtin:") else load_audio(path, sample_rate)
     if x.size == 0:
         raise ValueError("no samples")
     if not np.isfinite(x).all():

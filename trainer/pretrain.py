@@ -34,6 +34,7 @@ from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
 from . import common
+from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import BILINEAR_INITS, ENCODERS, POOLINGS, ContrastiveModel
@@ -68,8 +69,6 @@ class PretrainConfig:
 
 def build(cfg: PretrainConfig, device: torch.device, rank: int):
     """Data, augmenter, model and optimizer, as the config says."""
-    from .builtin import BuiltinConfig  # here: the built-in dataset's renderer imports scipy.signal (a second)
-
     store = common.resolve_store(cfg.data, "unlabeled", Path(cfg.out), BuiltinConfig(n_unlabeled=cfg.builtin_clips))
     dataset = PackedClips(store, clip_seconds=cfg.clip_seconds, seed=cfg.seed, normalize=cfg.normalize)
     world = common.dist_rank_world()[1]
