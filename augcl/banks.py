@@ -6,7 +6,7 @@ an entry per example is a gather, never a loop or a disk read:
 * :class:`RIRBank`: ``irs`` ``(N, L_max)`` zero-padded, ``lengths`` ``(N,)``. From a folder of audio files
   (the DNS-challenge layout is just files) or simulated shoebox rooms (pyroomacoustics), cached on disk.
 * :class:`NoiseBank`: all recordings concatenated in one flat buffer with ``offsets`` and ``lengths``; a
-  segment of any length is read with wrap-around (:func:`augcl.functional.gather_ring`).
+  segment of any length is read with wrap-around (:func:`gather_ring`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import functional as AF
 from .audiofiles import AUDIO_EXTENSIONS, scan_audio_files  # noqa: F401 - AUDIO_EXTENSIONS is used through banks
 
 log = logging.getLogger(__name__)
@@ -114,6 +113,17 @@ def prepare_ir(h: np.ndarray, sample_rate: int, max_seconds: float, align: bool 
     if not np.isfinite(energy) or energy == 0:
         raise ValueError("impulse response is silent or non-finite")
     return (h / energy).astype(np.float32)
+
+
+def gather_ring(flat: Tensor, offsets: Tensor, lengths: Tensor, index: Tensor, start: Tensor, length: int) -> Tensor:
+    """Read ``length`` samples per row from a bank stored as one flat tensor, looping each entry.
+
+    Entry ``i`` of the bank is ``flat[offsets[i] : offsets[i] + lengths[i]]``. Row ``b`` reads entry
+    ``index[b]`` from ``start[b]`` on, wrapping around at the entry's end. Returns ``(B, length)``.
+    """
+    n = lengths[index].unsqueeze(-1)
+    pos = (start.unsqueeze(-1) + torch.arange(length, device=flat.device)) % n
+    return flat[offsets[index].unsqueeze(-1) + pos]
 
 
 class RIRBank(nn.Module):
@@ -244,7 +254,7 @@ class NoiseBank(nn.Module):
 
     def read(self, index: Tensor, start: Tensor, length: int) -> Tensor:
         """``(B, length)`` samples of recording ``index[b]`` from ``start[b]`` on, looping at its end."""
-        return AF.gather_ring(self.audio, self.offsets, self.lengths, index, start, length)
+        return gather_ring(self.audio, self.offsets, self.lengths, index, start, length)
 
     @classmethod
     def from_folder(cls, folder: Union[str, Path], sample_rate: int = 16000) -> "NoiseBank":

@@ -4,7 +4,7 @@ Every op works on a batch ``(B, T)`` of mono clips and takes every random quanti
 tensors of shape ``(B,)`` or ``(B, n)``); nothing here draws random numbers. The transforms (:mod:`augcl.transforms`)
 draw the parameters and call these functions. This module is the import face; each op lives in the small file of
 its idea, beside its module: :mod:`augcl.core` (devices, checks, dtypes), :mod:`augcl.segment`,
-:mod:`augcl.stretch`, :mod:`augcl.room`, :mod:`augcl.noise`, :mod:`augcl.gain`, :mod:`augcl.mel`, :mod:`augcl.masks`.
+:mod:`augcl.vocoder`, :mod:`augcl.stretch`, :mod:`augcl.room`, :mod:`augcl.noise`, :mod:`augcl.gain`, :mod:`augcl.mel`, :mod:`augcl.masks`.
 
 Conventions
 -----------
@@ -24,11 +24,13 @@ from .core import (NO_FLOAT64, _force_device_path, _gather_samples, _gather_wind
 from .gain import LEVEL_TARGET_DB, gain, normalize_level
 from .masks import freq_mask, mask_along_axis, time_mask
 from .mel import _log_mel_windowed, log_mel, log_mel_frames, mel_filterbank
-from .noise import add_noise, colored_noise, gather_ring, noise_gain
+from .banks import gather_ring
+from .noise import add_noise, colored_noise, noise_gain
 from .room import fft_convolve
 from .segment import crop_segments
-from .stretch import (_frames_at, _frames_in_region, _nearest_peak, _overlap_add, _vocoder_analysis, _vocoder_phase,
-                      _vocoder_synthesis, stretched_frames, stretched_length, time_stretch, time_stretch_segment)
+from .stretch import time_stretch
+from .vocoder import (_frames_at, _frames_in_region, _nearest_peak, _overlap_add, _vocoder_analysis, _vocoder_phase,
+                      _vocoder_synthesis, stretched_frames, stretched_length, time_stretch_segment)
 
 __all__ = [
     "as_batch",

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import work_dtype
+from .vocoder import stretched_frames
 
 
 def _hz_to_mel(f: Tensor, scale: str) -> Tensor:
@@ -261,8 +262,6 @@ class LogMel(nn.Module):
         :meth:`from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``:
         the log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
         ``log_gain`` ``(B,)``: as in :meth:`from_context`."""
-        from .stretch import stretched_frames  # the stretch needs no mel: imported here, where the two meet
-
         c = self.config
         f = stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate, lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place

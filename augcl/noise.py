@@ -67,17 +67,6 @@ def colored_noise(white: Tensor, exponent: Tensor) -> Tensor:
     return out / out.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(torch.finfo(dtype).tiny)
 
 
-def gather_ring(flat: Tensor, offsets: Tensor, lengths: Tensor, index: Tensor, start: Tensor, length: int) -> Tensor:
-    """Read ``length`` samples per row from a bank stored as one flat tensor, looping each entry.
-
-    Entry ``i`` of the bank is ``flat[offsets[i] : offsets[i] + lengths[i]]``. Row ``b`` reads entry
-    ``index[b]`` from ``start[b]`` on, wrapping around at the entry's end. Returns ``(B, length)``.
-    """
-    n = lengths[index].unsqueeze(-1)
-    pos = (start.unsqueeze(-1) + torch.arange(length, device=flat.device)) % n
-    return flat[offsets[index].unsqueeze(-1) + pos]
-
-
 @dataclass(frozen=True)
 class NoiseConfig:
     """Additive noise at a random SNR (the anchor's block in the paper; the COLA baseline's only block).

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from . import kernels
 from .core import Params, Transform, _coin, _gather_windows, _randint_below, draw_device
-from .stretch import StretchConfig, check_config, draw_rates, stretch_rows, stretched_length
+from .stretch import StretchConfig, check_config, draw_rates, stretch_rows
+from .vocoder import stretched_length
 
 if TYPE_CHECKING:
     from .mel import LogMel

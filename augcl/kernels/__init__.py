@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import stretch as AF
+from .. import vocoder as AF
 
 BACKENDS = ("auto", "torch", "kernels")
 #: device types where ``"auto"`` uses the kernels: those where a benchmark measured them faster than the reference
