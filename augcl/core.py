@@ -367,7 +367,7 @@ class Transform(nn.Module):
         if lengths is not None:
             lengths = check_lengths(lengths, x[:, 0], check_values=cpu_branch(x.device))
         if not self.training:
-            return self._output(samples, lengths, {}, sample_rate, targets, target_rate, same=True)
+            return self._output(samples, lengths, {}, sample_rate, targets, target_rate)
         if targets is not None and not self.keeps_time:
             raise ValueError(f"{type(self).__name__} moves samples in time, so frame targets would no longer match; "
                              f"pass targets=None")
@@ -398,7 +398,7 @@ class Transform(nn.Module):
     #: whether sample ``t`` of the output is sample ``t`` of the input, transformed (frame targets stay valid)
     keeps_time: bool = True
 
-    def _output(self, y, lengths, params, sample_rate, targets, target_rate, same: bool = False):
+    def _output(self, y, lengths, params, sample_rate, targets, target_rate):
         if self.returns == "dict":
             return ObjectDict(samples=y, sample_rate=sample_rate, targets=targets, target_rate=target_rate,
                               lengths=lengths, params=params)

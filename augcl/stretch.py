@@ -190,9 +190,9 @@ class TimeStretch(Transform):
         out_lengths = torch.where(params["stretch_applied"], new, valid.clamp_max(L))
         return y.reshape(N, C, L), out_lengths
 
-    def _output(self, y, lengths, params, sample_rate, targets, target_rate, same: bool = False):
+    def _output(self, y, lengths, params, sample_rate, targets, target_rate):
         if self.leave_length_unchanged or self.returns == "dict":
-            return super()._output(y, lengths, params, sample_rate, targets, target_rate, same)
+            return super()._output(y, lengths, params, sample_rate, targets, target_rate)
         if lengths is None:  # eval mode, or every example left alone: all T valid
             lengths = torch.full((y.shape[0],), y.shape[-1], dtype=torch.long, device=y.device)
         return y, lengths
