@@ -1,0 +1,330 @@
+"""Whole-clip time stretch, one rate per example: augcl against torchaudio and audiomentations, speed and fidelity.
+
+    python -m benchmarks.stretch            # B=64 clips x 4 s, 1 and 2 threads; writes docs/benchmarks/stretch.*
+    python -m benchmarks.stretch --quick    # tiny, checks that the benchmark runs (writes only where --out is given)
+
+Input: the tone bursts of :func:`benchmarks.stretch_fidelity.make_bursts` (a tone after a noise burst or another
+tone, in light noise), 4 s at 16 kHz. Two scenarios of per-example rates, the same rates for every chain (augcl's
+own draw from a seeded generator, handed to the others):
+
+* ``uniform``: each example's rate uniform in [0.8, 1.25] (64 distinct rates a batch);
+* ``5 rates``: each example's rate one of 0.8, 0.9, 1.1, 1.2, 1.25, so torchaudio can stretch a group of rows
+  per call (its ``TimeStretch`` takes one rate a call).
+
+Chains (``CHAINS`` says the same on the results page), each returning the padded batch ``(B, ceil(T / 0.8))`` and
+every row's length ``ceil(T / rate)``:
+
+* ``augcl[auto]`` / ``augcl[torch]``: ``augcl.TimeStretch(min_rate=0.8, max_rate=1.25, p=1.0,
+  leave_length_unchanged=False, backend=...)`` (``rates=`` for ``5 rates``), called with a seeded generator.
+* ``torchaudio``: one ``torch.stft`` of the batch (n_fft 512, hop 128, Hann), ``torchaudio.transforms.TimeStretch``
+  (hop 128, 257 bins) on the rows of each distinct rate (``overriding_rate``: one call per rate, one per row for
+  ``uniform``), the stretched spectrograms zero-padded to the longest, one ``torch.istft``, each row zeroed past its
+  length.
+* ``audiomentations[signalsmith|librosa]``: ``audiomentations.TimeStretch(leave_length_unchanged=False, p=1.0,
+  method=...)`` clip by clip (its way), its rate set to the example's (``freeze_parameters``); the clips packed
+  into the padded batch. ``signalsmith_stretch`` (its default, Signalsmith Stretch) and ``librosa_phase_vocoder``.
+
+Timing: the thread counts (``torch.set_num_threads`` and, for augcl's Numba kernels, ``numba.set_num_threads``)
+and the chains interleaved, every round in a new random order, warm-up excluded; medians. The ratio is each chain's
+time over augcl[auto]'s at the same thread count. audiomentations runs on one core whatever the setting.
+
+Fidelity: :func:`benchmarks.stretch_fidelity.measure` (burst level error, pitch error, onset error) on its bursts
+stretched by each chain at 0.8, 0.9, 1.1 and 1.25, all rates in one batch per chain.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import augcl
+from augcl.stretch import stretched_length
+from benchmarks.stretch_fidelity import SR, make_bursts, measure
+from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
+
+N_FFT, HOP = 512, 128
+MIN_RATE, MAX_RATE = 0.8, 1.25
+RATE_SET = (0.8, 0.9, 1.1, 1.2, 1.25)
+QUALITY_RATES = (0.8, 0.9, 1.1, 1.25)
+SCENARIOS = {"uniform": None, "5 rates": RATE_SET}  # None: uniform in [MIN_RATE, MAX_RATE]
+AUDIOMENTATIONS_METHODS = {"signalsmith": "signalsmith_stretch", "librosa": "librosa_phase_vocoder"}
+
+
+def out_samples(T: int) -> int:
+    """Samples of every chain's padded output for inputs of ``T``: the longest a clip can become."""
+    return math.ceil(T / MIN_RATE - 1e-9)
+
+
+class AugclChain:
+    """``augcl.TimeStretch`` of the scenario; :meth:`draw` is the timed call, :meth:`replay` the fidelity one."""
+
+    def __init__(self, backend: str, rate_set=None):
+        kw = dict(rates=rate_set) if rate_set else dict(min_rate=MIN_RATE, max_rate=MAX_RATE)
+        self.stretch = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend)
+        self.record = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend,
+                                        output_type="dict")
+
+    def draw(self, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.stretch(x, generator=torch.Generator().manual_seed(seed))
+
+    def rates(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """The rates :meth:`draw` applies with ``seed`` (the ``params`` of the same draw)."""
+        return self.record(x, generator=torch.Generator().manual_seed(seed)).params["stretch_rate"]
+
+    def replay(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stretch at given ``rates``: the params of a recorded call with its rates replaced (augcl's replay)."""
+        params = dict(self.record(x, generator=torch.Generator().manual_seed(0)).params)
+        params["stretch_rate"] = rates.to(params["stretch_rate"].dtype)
+        return self.stretch(x, params=params)
+
+
+class TorchaudioChain:
+    """One STFT of the batch, ``TimeStretch`` per distinct rate on its rows, one inverse STFT of the padded result."""
+
+    def __init__(self):
+        import torchaudio
+
+        self.window = torch.hann_window(N_FFT)
+        self.vocoder = torchaudio.transforms.TimeStretch(hop_length=HOP, n_freq=N_FFT // 2 + 1)
+
+    def __call__(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T = x.shape
+        L = out_samples(T)
+        spec = torch.stft(x, N_FFT, HOP, window=self.window, return_complex=True)  # (B, F, K)
+        values, group = torch.unique(rates, return_inverse=True)
+        out = spec.new_zeros(B, spec.shape[1], math.ceil(spec.shape[-1] / MIN_RATE))
+        for i, rate in enumerate(values.tolist()):  # TimeStretch takes one rate a call
+            rows = (group == i).nonzero().flatten()
+            stretched = self.vocoder(spec[rows], overriding_rate=rate)
+            out[rows, :, : stretched.shape[-1]] = stretched
+        lengths = stretched_length(T, rates).clamp_max(L)
+        y = torch.istft(out, N_FFT, HOP, window=self.window, length=L)
+        return y * (torch.arange(L) < lengths[:, None]), lengths
+
+
+class AudiomentationsChain:
+    """``audiomentations.TimeStretch`` clip by clip at each example's rate, packed into the padded batch."""
+
+    def __init__(self, method: str):
+        from audiomentations import TimeStretch
+
+        self.stretch = TimeStretch(min_rate=MIN_RATE, max_rate=MAX_RATE, leave_length_unchanged=False,
+                                   method=method, p=1.0)
+        self.stretch.freeze_parameters()  # the rates are the example's, set below, not its own draw
+
+    def __call__(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        wave, L = x.numpy(), out_samples(x.shape[-1])
+        out = np.zeros((len(wave), L), dtype=np.float32)
+        lengths = torch.empty(len(wave), dtype=torch.long)
+        for b, rate in enumerate(rates.tolist()):
+            self.stretch.parameters = {"should_apply": True, "rate": rate}
+            y = self.stretch(wave[b], SR)[:L]
+            out[b, : len(y)], lengths[b] = y, len(y)
+        return torch.from_numpy(out), lengths
+
+
+def chains(rate_set) -> dict:
+    """Every chain for a scenario, as ``name -> (call(x, rates, seed), fidelity(x, rates))``."""
+    out = {}
+    for backend in ("auto", "torch"):
+        c = AugclChain(backend, rate_set)
+        out[f"augcl[{backend}]"] = (lambda x, rates, seed, c=c: c.draw(x, seed), c.replay)
+    ta = TorchaudioChain()
+    out["torchaudio"] = (lambda x, rates, seed: ta(x, rates), ta)
+    for name, method in AUDIOMENTATIONS_METHODS.items():
+        am = AudiomentationsChain(method)
+        out[f"audiomentations[{name}]"] = (lambda x, rates, seed, am=am: am(x, rates), am)
+    return out
+
+
+def set_threads(n: int) -> None:
+    """``n`` threads for torch and for Numba's parallel loops (augcl's kernels), where Numba is installed."""
+    torch.set_num_threads(n)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def time_scenario(rate_set, x: torch.Tensor, threads, repeats: int, seed: int) -> dict:
+    """Seconds per batch of every chain at every thread count, interleaved; the same rates for every chain."""
+    calls = {name: call for name, (call, _) in chains(rate_set).items()}
+    rates = AugclChain("auto", rate_set).rates(x, seed)
+    L = out_samples(x.shape[-1])
+    want = stretched_length(x.shape[-1], rates).clamp_max(L)
+    set_threads(max(threads))
+    for name, call in calls.items():  # warm-up (allocator, FFT plans, Numba's cache); every output checked
+        y, lengths = call(x, rates, seed)
+        if tuple(y.shape) != (len(x), L) or not torch.isfinite(y).all() or (lengths - want).abs().max() > 2:
+            raise RuntimeError(f"{name} made {tuple(y.shape)} (or non-finite samples, or lengths other than "
+                               f"ceil(T / rate)), expected ({len(x)}, {L})")
+    times = {n: {name: [] for name in calls} for n in threads}
+    order = random.Random(seed)
+    for _ in range(repeats):  # every thread count and chain once per round, in a new random order each round
+        for n in order.sample(list(threads), len(threads)):
+            set_threads(n)
+            for name in order.sample(list(calls), len(calls)):
+                t0 = time.perf_counter()
+                calls[name](x, rates, seed)
+                times[n][name].append(time.perf_counter() - t0)
+    out = {}
+    for n, by_chain in times.items():
+        anchor = statistics.median(by_chain["augcl[auto]"])
+        out[str(n)] = {name: {"median_s": statistics.median(ts), "clips_per_s": len(x) / statistics.median(ts),
+                              "ratio_to_augcl": statistics.median(ts) / anchor, "times_s": ts}
+                       for name, ts in by_chain.items()}
+    return {"rates": rates.tolist(), "threads": out}
+
+
+def fidelity(n_bursts: int, seed: int) -> dict:
+    """:func:`benchmarks.stretch_fidelity.measure` over ``n_bursts`` bursts x ``QUALITY_RATES`` for every chain:
+    mean and max of the absolute level error (dB), pitch error (%) and onset error (ms)."""
+    bursts = make_bursts(n_bursts, seed)
+    x = torch.from_numpy(np.stack([b.wave for b in bursts])).repeat(len(QUALITY_RATES), 1)
+    rates = torch.tensor(QUALITY_RATES, dtype=torch.float64).repeat_interleave(n_bursts)
+    out = {}
+    for name, (_, stretch) in chains(RATE_SET).items():
+        y, lengths = stretch(x, rates)
+        rows = [measure(bursts[i % n_bursts], y[i, : int(lengths[i])].numpy(), float(rates[i])) for i in range(len(x))]
+        errors = {"level_err_db": np.array([abs(r["level_err_db"]) for r in rows]),
+                  "pitch_err_pct": 100 * np.array([abs(r["pitch_err_rel"]) for r in rows]),
+                  "onset_err_ms": 1000 * np.array([abs(r["onset_err_s"]) for r in rows])}
+        out[name] = {f"{k}_{stat}": float(getattr(v, stat)()) for k, v in errors.items() for stat in ("mean", "max")}
+        out[name]["n_signals"] = len(rows)
+    return out
+
+
+def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: int = 0) -> dict:
+    load_before = os.getloadavg()[0]
+    x = torch.from_numpy(np.stack([b.wave for b in make_bursts(batch, seed + 1, seconds)]))
+    results = {name: time_scenario(rate_set, x, threads, repeats, seed) for name, rate_set in SCENARIOS.items()}
+    set_threads(max(threads))
+    quality = fidelity(n_bursts, seed)
+    info = machine_info(torch.device("cpu")) | {"versions": {
+        k: version(k) for k in ("torchaudio", "audiomentations", "librosa", "python-stretch", "numba")}}
+    return {"batch": batch, "seconds": seconds, "repeats": repeats, "threads": list(threads), "n_bursts": n_bursts,
+            "seed": seed, "rate_range": [MIN_RATE, MAX_RATE], "rate_set": list(RATE_SET),
+            "quality_rates": list(QUALITY_RATES), "kernels": augcl.kernels.available("cpu"), "machine": info,
+            "load_before": load_before, "load_after": os.getloadavg()[0], "results": results, "quality": quality,
+            "chains": CHAINS}
+
+
+CHAINS = {  # what each chain computes, for the results page (the module docstring says the same)
+    "augcl[auto]": "`augcl.TimeStretch(min_rate=0.8, max_rate=1.25, p=1.0, leave_length_unchanged=False)` "
+    "(`rates=(0.8, 0.9, 1.1, 1.2, 1.25)` for `5 rates`), called with `generator=torch.Generator().manual_seed(0)`: "
+    "the phase-locked vocoder, its phase step in the Numba kernel (the default backend on a CPU with Numba).",
+    "augcl[torch]": "the same with `backend=\"torch\"`: the pure-torch reference (float64 phases).",
+    "torchaudio": "one `torch.stft` of the batch (n_fft 512, hop 128, Hann, centred), "
+    "`torchaudio.transforms.TimeStretch(hop_length=128, n_freq=257)` called with `overriding_rate=r` on the rows of "
+    "each distinct rate `r` (one call per rate: 5 for `5 rates`, one per row for `uniform`), the stretched "
+    "spectrograms zero-padded to the longest, one `torch.istft` of the batch to `ceil(T / 0.8)` samples, each row "
+    "zeroed past `ceil(T / r)`.",
+    "audiomentations[signalsmith]": "`audiomentations.TimeStretch(min_rate=0.8, max_rate=1.25, "
+    "leave_length_unchanged=False, method=\"signalsmith_stretch\", p=1.0)` (its default method, python-stretch's "
+    "Signalsmith Stretch) clip by clip in numpy, its rate set to the example's (`freeze_parameters`, "
+    "`parameters[\"rate\"]`), each output copied into the padded batch.",
+    "audiomentations[librosa]": "the same with `method=\"librosa_phase_vocoder\"` (`librosa.effects.time_stretch`: "
+    "STFT n_fft 2048, hop 512, phase vocoder, inverse STFT).",
+}
+
+
+def write(res: dict, out: Path, command: str) -> str:
+    m, threads = res["machine"], res["threads"]
+    machine = machine_text(m).replace(f", {m['cores']} threads", "")
+    lines = ["# Whole-clip time stretch, one rate per example: augcl, torchaudio, audiomentations", "",
+             f"`{command}`", "",
+             f"{machine}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; augcl's Numba kernels "
+             f"{'available' if res['kernels'] else 'not installed'}. Input ({res['batch']}, "
+             f"{int(res['seconds'] * SR)}) float32: tone bursts (`benchmarks.stretch_fidelity.make_bursts`), output "
+             f"(B, ceil(T / 0.8)) and each row's length ceil(T / rate). Thread counts {', '.join(map(str, threads))} "
+             "(torch and Numba), interleaved with the chains in a new random order every round; "
+             f"median of {res['repeats']} rounds, warm-up excluded. "
+             f"Load: 1-min load average {res['load_before']:.2f} before the run, {res['load_after']:.2f} after, on "
+             "a machine shared with other processes: the absolute times are not a quiet machine's; the ratios are "
+             "of chains measured side by side. audiomentations runs on one core whatever the setting. Ratio: the "
+             "chain's time over augcl[auto]'s at the same thread count (above 1: slower than augcl).", "",
+             "## The chains", ""] + [f"* `{name}`: {what}" for name, what in res["chains"].items()] + [""]
+    for scenario, r in res["results"].items():
+        what = ("each example's rate uniform in [0.8, 1.25]: torchaudio makes one call per row" if scenario == "uniform"
+                else f"each example's rate one of {', '.join(map(str, res['rate_set']))}: torchaudio makes one call "
+                     "per rate")
+        lines += [f"## Speed: `{scenario}` ({what})", "",
+                  "| chain | " + " | ".join(f"{n} thread{'s' * (n > 1)}: s/batch | x augcl" for n in threads)
+                  + " |", "| --- " * (2 * len(threads) + 1) + "|"]
+        for name in r["threads"][str(threads[0])]:
+            cells = [f"{t['median_s']:.3f} | {t['ratio_to_augcl']:.2f}x"
+                     for t in (r["threads"][str(n)][name] for n in threads)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Fidelity on tone bursts", "",
+              f"`benchmarks.stretch_fidelity.measure` on {res['n_bursts']} bursts (3 s) stretched at "
+              f"{', '.join(map(str, res['quality_rates']))} by each chain "
+              f"({next(iter(res['quality'].values()))['n_signals']} signals): absolute errors of the burst's level, "
+              "pitch and onset (the onset is where the burst's partial first reaches half its level; a burst that "
+              "never does counts from the end of the clip, so a few such misses make most of a mean onset error).", "",
+              "| chain | level err mean (dB) | level err max (dB) | pitch err mean (%) | pitch err max (%) | "
+              "onset err mean (ms) | onset err max (ms) |", "| --- " * 7 + "|"]
+    for name, q in res["quality"].items():
+        lines.append(f"| {name} | {q['level_err_db_mean']:.2f} | {q['level_err_db_max']:.2f} | "
+                     f"{q['pitch_err_pct_mean']:.3f} | {q['pitch_err_pct_max']:.3f} | {q['onset_err_ms_mean']:.1f} | "
+                     f"{q['onset_err_ms_max']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    save(res, text, out, "stretch", "cpu", _plot, "clips/s by chain, scenario and thread count")
+    return text
+
+
+def _plot(res: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(s, str(n)) for s in res["results"] for n in res["threads"]]
+    names = list(res["chains"])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    grouped_bars(ax, [f"{s}\n{n} thread{'s' * (n != '1')}" for s, n in groups],
+                 {name: [res["results"][s]["threads"][n][name]["clips_per_s"] for s, n in groups] for name in names},
+                 labels=True)
+    ax.set_ylabel("clips/s")
+    ax.set_title(f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, CPU")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch (and Numba) thread counts")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-bursts", type=int, default=24, help="bursts for the fidelity figures (each at 4 rates)")
+    p.add_argument("--quick", action="store_true", help="B=4, 1-s clips, 1 thread, 1 round, 2 bursts; writes only "
+                   "where --out is given")
+    p.add_argument("--out", type=Path, default=None, help="default docs/benchmarks (with --quick: write nothing)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.seconds, args.threads, args.repeats, args.n_bursts = 4, 1.0, [1], 1, 2
+    res = run(args.batch, args.seconds, args.threads, args.repeats, args.n_bursts)
+    command = (f"python -m benchmarks.stretch --batch {args.batch} --seconds {args.seconds:g} --threads "
+               f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --n-bursts {args.n_bursts}")
+    if args.quick and args.out is None:
+        for scenario, r in res["results"].items():
+            print(scenario, {k: round(v["median_s"], 3) for k, v in r["threads"]["1"].items()})
+    else:
+        print(write(res, args.out or Path("docs/benchmarks"), command))
+    return res
+
+
+if __name__ == "__main__":
+    main()
