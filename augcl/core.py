@@ -160,13 +160,16 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tens
         raise ValueError(f"start has {B} rows but wave has {wave.shape[0]}; pass rows= to read a subset")
     if cpu_branch(wave.device) and T >= width:
         # index whole windows out of a zero-copy unfold view (a row copy each, instead of an int64 index
-        # per sample), then redo the few windows that cross the clip's ends (a host-side choice: no sync on a CPU)
+        # per sample), then redo the few windows that cross the clip's ends sample by sample (a host-side choice: no
+        # sync on a CPU). Only those windows: redoing their whole rows cost whole-clip stretches 8x the reads
         inner = start.clamp(0, T - width)
         index = torch.arange(B) if rows is None else rows
         out = wave.unfold(-1, width, 1)[index.reshape((B,) + (1,) * (start.ndim - 1)), inner]
-        edge = (inner != start).reshape(B, -1).any(-1).nonzero().flatten()
-        if len(edge):
-            out[edge] = _gather_samples(wave[index[edge]], start[edge], width)
+        edge = (inner != start).nonzero(as_tuple=True)
+        if len(edge[0]):
+            pos = start[edge].unsqueeze(-1) + torch.arange(width)
+            inside = ((pos >= 0) & (pos < T)).to(wave.dtype)
+            out[edge] = wave[index[edge[0]].unsqueeze(-1), pos.clamp(0, T - 1)] * inside
         if limit is not None:  # zero the tails of the windows that cross the limit (host-side choice, as above)
             valid = limit.to(torch.long).reshape((B,) + (1,) * (start.ndim - 1)) - start  # valid samples per window
             flat, valid = out.reshape(-1, width), valid.reshape(-1)
