@@ -386,3 +386,21 @@ def test_cuda_equals_cpu_for_the_same_params(name, bank):
     out = t.to(dev)(x.to(dev), lengths=lengths.to(dev), params={k: v.to(dev) for k, v in ref.params.items()})
     assert out.samples.device.type == "cuda"
     torch.testing.assert_close(out.samples.cpu(), ref.samples, atol=2e-4, rtol=1e-3)
+
+
+@given(T=st.integers(1, 1500), C=st.integers(1, 3), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_any_length_and_lengths_give_finite_output_of_the_promised_shape(T, C, seed, data):
+    """Clips from one sample long to a few vocoder windows, any valid lengths: every transform returns finite
+    samples of the promised shape, valid lengths in range, and nothing but zeros past them where they shrink."""
+    lengths = torch.tensor(data.draw(st.lists(st.integers(1, T), min_size=3, max_size=3)))
+    x = torch.randn(3, C, T, generator=cpu_generator(seed))
+    ir = RIRBank(torch.tensor([[1.0, 0.5, 0.25]]), torch.tensor([3]), SR)
+    for t in (TimeStretch(p=1.0, leave_length_unchanged=False, output_type="dict"),
+              ApplyImpulseResponse(ir, p=1.0, output_type="dict"), AddNoise(kind="colored", p=1.0, output_type="dict"),
+              Gain(p=1.0, output_type="dict"), RandomSegment(200, output_type="dict")):
+        out = t(x, lengths=lengths, generator=cpu_generator(seed))
+        assert torch.isfinite(out.samples).all() and out.samples.shape[:2] == (3, C)
+        assert out.lengths.shape == (3,) and (out.lengths >= 0).all() and (out.lengths <= out.samples.shape[-1]).all()
+        if isinstance(t, (TimeStretch, RandomSegment)):
+            for b in range(3):
+                assert (out.samples[b, :, int(out.lengths[b]):] == 0).all()
