@@ -1,4 +1,4 @@
-"""Everything a GPU can show about augcl, in one command (under 20 minutes on an H100): run it first on a lent GPU.
+"""Everything a GPU can show about augcl, in one command (under 23 minutes on an H100): run it first on a lent GPU.
 
     python -m benchmarks.gpu                   # needs a CUDA GPU; writes docs/benchmarks/*_cuda.* and kernels_cuda.json
     python -m benchmarks.gpu --parts kernels graph     # some parts only
@@ -19,6 +19,9 @@ part only; each has a time limit, all of them ``--budget-s``):
   the roofline); writes augment_cuda.*.
 * ``train``: ``benchmarks.train --device cuda`` (augmentation's share of a bf16 EfficientNet-B0 step, B=128);
   writes train_cuda.*.
+* ``stretch``: ``benchmarks.stretch --device cuda`` (whole-clip ``TimeStretch``, one rate per example, B=64 x 4 s:
+  augcl[torch] and augcl[kernels] against torchaudio on the device, audiomentations on the CPU; burst fidelity);
+  writes stretch_cuda.*.
 
 Writes ``gpu_cuda.{json,md}``: every part's status (``ok``, ``failed`` with its error, ``skipped`` with why), its
 numbers, the targets (reported, not asserted) and the GPU's name. A failed part does not stop the others, and every
@@ -29,7 +32,8 @@ into a temporary folder: ``tests`` runs ``pytest -m cuda`` (every test skips); `
 (``FakeTensorMode``) that the forward with params makes no host sync (what capture needs), then runs the refill,
 comparison and timing code with eager calls in place of the replay, and records ``skipped: no GPU``; ``compile``
 traces ``fullgraph=True`` on fake CUDA (backend ``eager``), then compares and times a CPU compile with graph breaks
-allowed (the CPU forward's finite and level checks are host syncs by design).
+allowed (the CPU forward's finite and level checks are host syncs by design); ``stretch`` runs the device run's
+rows and timing (``--device-run``) on the CPU.
 """
 from __future__ import annotations
 
@@ -50,9 +54,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("tests", "kernels", "graph", "compile", "augment", "train")
-#: seconds each part may run on a GPU (together 20 minutes; the dry run's parts take a few seconds each)
-PART_LIMIT_S = {"tests": 200, "kernels": 90, "graph": 90, "compile": 240, "augment": 330, "train": 250}
+PARTS = ("tests", "kernels", "graph", "compile", "augment", "train", "stretch")
+#: seconds each part may run on a GPU (together 23 minutes; the dry run's parts take a few seconds each). stretch:
+#: its device rows take milliseconds; audiomentations' CPU rows ~2.3 s a round x 8 rounds x 2 scenarios, its
+#: fidelity batch ~5 s, imports and the CUDA kernel's build ~30 s: ~80 s, limit about twice that
+PART_LIMIT_S = {"tests": 200, "kernels": 90, "graph": 90, "compile": 240, "augment": 330, "train": 250,
+                "stretch": 180}
 #: the forward's log-mels compiled vs eager: float32 reassociation moves a value by ~1e-6 relative (~1e-5 nepers);
 #: 1e-3 nepers (0.004 dB) leaves room for that and catches any real difference
 COMPILE_ATOL = 1e-3
@@ -439,8 +446,26 @@ def part_train(dry: bool, out: Path) -> dict:
             "files": sorted(p.name for p in out.glob("train*"))}
 
 
+def part_stretch(dry: bool, out: Path) -> dict:
+    """``benchmarks.stretch`` on the device (writes stretch_<device>.*; the dry run: its device-run rows on the CPU):
+    augcl against torchaudio on the device, per scenario, with the ratio to augcl's anchor row."""
+    from benchmarks import stretch
+
+    device = _device(dry)
+    args = ["--device", str(device), "--out", str(out)]
+    if dry:
+        args += ["--device-run", "--batch", "4", "--seconds", "1", "--repeats", "1", "--n-bursts", "2"]
+    res = stretch.main(args)
+    name = "stretch" + ("" if device.type == "cpu" else f"_{device.type}")
+    return {"anchor": res["anchor"], "auto_backend": res["auto_backend"], "skipped": res["skipped"],
+            "rows": {scenario: {chain: {"ms": 1e3 * t["median_s"], "ratio_to_anchor": t["ratio_to_augcl"]}
+                                for chain, t in next(iter(r["threads"].values())).items()}
+                     for scenario, r in res["results"].items()},
+            "files": sorted(p.name for p in out.glob(f"{name}.*"))}
+
+
 PART_FUNCTIONS = {"tests": part_tests, "kernels": part_kernels, "graph": part_graph, "compile": part_compile,
-                  "augment": part_augment, "train": part_train}
+                  "augment": part_augment, "train": part_train, "stretch": part_stretch}
 
 
 class PartFailure(Exception):
@@ -592,6 +617,18 @@ def _one_line(name: str, r: dict) -> str:
     if name == "train":
         return "; ".join(f"{n}: step {v['step_ms']:.1f} ms, augment {100 * v['augment_share']:.1f} %"
                          for n, v in d.get("rows", {}).items())
+    if name == "stretch":
+        anchor = d.get("anchor")
+
+        def one(scenario: str, rows: dict) -> str:
+            ta = rows.get("torchaudio", {})
+            kern = rows.get("augcl[kernels]")
+            return (f"{scenario}: {anchor} {rows.get(anchor, {}).get('ms', 0):.2f} ms, torchaudio "
+                    f"{ta.get('ms', 0):.2f} ms ({ta.get('ratio_to_anchor', 0):.2f}x)"
+                    + (f", augcl[kernels] {kern['ratio_to_anchor']:.2f}x" if kern else ""))
+
+        return "; ".join(one(s, rows) for s, rows in d.get("rows", {}).items()) + (
+            f"; kernels not run: {d['skipped']['augcl[kernels]']}" if d.get("skipped") else "")
     return ""
 
 

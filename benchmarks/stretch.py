@@ -1,7 +1,8 @@
 """Whole-clip time stretch, one rate per example: augcl against torchaudio and audiomentations, speed and fidelity.
 
-    python -m benchmarks.stretch            # B=64 clips x 4 s, 1 and 2 threads; writes docs/benchmarks/stretch.*
-    python -m benchmarks.stretch --quick    # tiny, checks that the benchmark runs (writes only where --out is given)
+    python -m benchmarks.stretch                  # B=64 clips x 4 s, 1 and 2 threads; writes docs/benchmarks/stretch.*
+    python -m benchmarks.stretch --device cuda    # the device run (below); writes docs/benchmarks/stretch_cuda.*
+    python -m benchmarks.stretch --quick          # tiny, checks that the benchmark runs (writes only where --out is given)
 
 Input: the tone bursts of :func:`benchmarks.stretch_fidelity.make_bursts` (a tone after a noise burst or another
 tone, in light noise), 4 s at 16 kHz. Two scenarios of per-example rates, the same rates for every chain (augcl's
@@ -30,6 +31,19 @@ time over augcl[auto]'s at the same thread count. audiomentations runs on one co
 
 Fidelity: :func:`benchmarks.stretch_fidelity.measure` (burst level error, pitch error, onset error) on its bursts
 stretched by each chain at 0.8, 0.9, 1.1 and 1.25, all rates in one batch per chain.
+
+The device run (``--device cuda``; ``--device-run`` gives its layout on a CPU, for the GPU dry run and the tests):
+
+* augcl's rows are ``augcl[torch]`` and ``augcl[kernels]`` (the numba-cuda phase step; left out, with the reason
+  recorded, where :func:`augcl.kernels.available` is False), called with a generator on the device. ``auto`` uses
+  the kernels only on the device types of ``augcl.kernels.AUTO_DEVICES`` (the CPU only today), so on CUDA it is
+  ``augcl[torch]``: that row is the ratio's anchor.
+* torchaudio's chain runs on the device; its grouping by rate reads the rates on the host (a sync), inside the timed
+  call, as that chain must.
+* audiomentations has no device code: its rows run on the CPU of the same machine, on a host copy of the batch made
+  before timing, named ``... (CPU)``: the reference a GPU user would otherwise run in data-loader workers.
+* One setting, no thread sweep (torch's CPU threads as they are); ``sync()`` (``torch.cuda.synchronize``) right
+  before and after every timed call; the fidelity batch goes through the same device chains, measured on the host.
 """
 from __future__ import annotations
 
@@ -39,8 +53,10 @@ import os
 import random
 import statistics
 import time
-from importlib.metadata import version
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -48,7 +64,7 @@ import torch
 import augcl
 from augcl.stretch import stretched_length
 from benchmarks.stretch_fidelity import SR, make_bursts, measure
-from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
+from benchmarks.throughput import grouped_bars, machine_info, machine_text, save, sync as device_sync
 
 N_FFT, HOP = 512, 128
 MIN_RATE, MAX_RATE = 0.8, 1.25
@@ -56,6 +72,7 @@ RATE_SET = (0.8, 0.9, 1.1, 1.2, 1.25)
 QUALITY_RATES = (0.8, 0.9, 1.1, 1.25)
 SCENARIOS = {"uniform": None, "5 rates": RATE_SET}  # None: uniform in [MIN_RATE, MAX_RATE]
 AUDIOMENTATIONS_METHODS = {"signalsmith": "signalsmith_stretch", "librosa": "librosa_phase_vocoder"}
+CPU_ROW = " (CPU)"  # the suffix of a row that runs on the CPU in a device run (audiomentations)
 
 
 def out_samples(T: int) -> int:
@@ -66,34 +83,38 @@ def out_samples(T: int) -> int:
 class AugclChain:
     """``augcl.TimeStretch`` of the scenario; :meth:`draw` is the timed call, :meth:`replay` the fidelity one."""
 
-    def __init__(self, backend: str, rate_set=None):
+    def __init__(self, backend: str, rate_set=None, device="cpu"):
+        self.device = torch.device(device)
         kw = dict(rates=rate_set) if rate_set else dict(min_rate=MIN_RATE, max_rate=MAX_RATE)
         self.stretch = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend)
         self.record = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend,
                                         output_type="dict")
 
     def draw(self, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.stretch(x, generator=torch.Generator().manual_seed(seed))
+        return self.stretch(x, generator=self._generator(seed))
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def rates(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """The rates :meth:`draw` applies with ``seed`` (the ``params`` of the same draw)."""
-        return self.record(x, generator=torch.Generator().manual_seed(seed)).params["stretch_rate"]
+        return self.record(x, generator=self._generator(seed)).params["stretch_rate"]
 
     def replay(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stretch at given ``rates``: the params of a recorded call with its rates replaced (augcl's replay)."""
-        params = dict(self.record(x, generator=torch.Generator().manual_seed(0)).params)
-        params["stretch_rate"] = rates.to(params["stretch_rate"].dtype)
+        params = dict(self.record(x, generator=self._generator(0)).params)
+        params["stretch_rate"] = rates.to(params["stretch_rate"])  # its device and dtype
         return self.stretch(x, params=params)
 
 
 class TorchaudioChain:
     """One STFT of the batch, ``TimeStretch`` per distinct rate on its rows, one inverse STFT of the padded result."""
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
         import torchaudio
 
-        self.window = torch.hann_window(N_FFT)
-        self.vocoder = torchaudio.transforms.TimeStretch(hop_length=HOP, n_freq=N_FFT // 2 + 1)
+        self.window = torch.hann_window(N_FFT, device=device)
+        self.vocoder = torchaudio.transforms.TimeStretch(hop_length=HOP, n_freq=N_FFT // 2 + 1).to(device)
 
     def __call__(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = x.shape
@@ -101,13 +122,13 @@ class TorchaudioChain:
         spec = torch.stft(x, N_FFT, HOP, window=self.window, return_complex=True)  # (B, F, K)
         values, group = torch.unique(rates, return_inverse=True)
         out = spec.new_zeros(B, spec.shape[1], math.ceil(spec.shape[-1] / MIN_RATE))
-        for i, rate in enumerate(values.tolist()):  # TimeStretch takes one rate a call
+        for i, rate in enumerate(values.tolist()):  # TimeStretch takes one rate a call (on a device: a host sync)
             rows = (group == i).nonzero().flatten()
             stretched = self.vocoder(spec[rows], overriding_rate=rate)
             out[rows, :, : stretched.shape[-1]] = stretched
         lengths = stretched_length(T, rates).clamp_max(L)
         y = torch.istft(out, N_FFT, HOP, window=self.window, length=L)
-        return y * (torch.arange(L) < lengths[:, None]), lengths
+        return y * (torch.arange(L, device=y.device) < lengths[:, None]), lengths
 
 
 class AudiomentationsChain:
@@ -121,7 +142,7 @@ class AudiomentationsChain:
         self.stretch.freeze_parameters()  # the rates are the example's, set below, not its own draw
 
     def __call__(self, x: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        wave, L = x.numpy(), out_samples(x.shape[-1])
+        wave, L = x.cpu().numpy(), out_samples(x.shape[-1])
         out = np.zeros((len(wave), L), dtype=np.float32)
         lengths = torch.empty(len(wave), dtype=torch.long)
         for b, rate in enumerate(rates.tolist()):
@@ -131,17 +152,42 @@ class AudiomentationsChain:
         return torch.from_numpy(out), lengths
 
 
-def chains(rate_set) -> dict:
-    """Every chain for a scenario, as ``name -> (call(x, rates, seed), fidelity(x, rates))``."""
+class Row(NamedTuple):
+    """One chain: ``call(x, rates, seed)`` the timed call, ``stretch(x, rates)`` the fidelity one, both on ``device``
+    (the inputs are moved there before timing)."""
+
+    call: Callable
+    stretch: Callable
+    device: torch.device
+
+
+def augcl_rows(device, device_run: bool) -> tuple[dict, dict, str]:
+    """augcl's rows as ``name -> backend``, the rows left out (``name -> why``) and the ratio's anchor row.
+
+    A CPU run: ``auto`` (the kernels where Numba is installed) and ``torch``; the anchor ``augcl[auto]``. A device run:
+    ``torch`` and ``kernels`` where :func:`augcl.kernels.available`; ``auto`` is one of them there (the kernels only on
+    ``AUTO_DEVICES``), so the anchor is ``augcl[torch]``, the row every device has."""
+    if not device_run:
+        return {"augcl[auto]": "auto", "augcl[torch]": "torch"}, {}, "augcl[auto]"
+    why = augcl.kernels.unavailable(device)
+    rows = {"augcl[torch]": "torch"} | ({} if why else {"augcl[kernels]": "kernels"})
+    return rows, ({} if why is None else {"augcl[kernels]": why}), "augcl[torch]"
+
+
+def chains(rate_set, device="cpu", device_run: bool = False) -> dict:
+    """Every chain for a scenario, as ``name -> Row``: augcl's and torchaudio's on ``device``, audiomentations' on the
+    CPU (named ``... (CPU)`` in a device run)."""
+    device, cpu = torch.device(device), torch.device("cpu")
     out = {}
-    for backend in ("auto", "torch"):
-        c = AugclChain(backend, rate_set)
-        out[f"augcl[{backend}]"] = (lambda x, rates, seed, c=c: c.draw(x, seed), c.replay)
-    ta = TorchaudioChain()
-    out["torchaudio"] = (lambda x, rates, seed: ta(x, rates), ta)
+    for name, backend in augcl_rows(device, device_run)[0].items():
+        c = AugclChain(backend, rate_set, device)
+        out[name] = Row(lambda x, rates, seed, c=c: c.draw(x, seed), c.replay, device)
+    ta = TorchaudioChain(device)
+    out["torchaudio"] = Row(lambda x, rates, seed: ta(x, rates), ta, device)
     for name, method in AUDIOMENTATIONS_METHODS.items():
         am = AudiomentationsChain(method)
-        out[f"audiomentations[{name}]"] = (lambda x, rates, seed, am=am: am(x, rates), am)
+        out[f"audiomentations[{name}]" + (CPU_ROW if device_run else "")] = Row(
+            lambda x, rates, seed, am=am: am(x, rates), am, cpu)
     return out
 
 
@@ -155,45 +201,61 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-def time_scenario(rate_set, x: torch.Tensor, threads, repeats: int, seed: int) -> dict:
-    """Seconds per batch of every chain at every thread count, interleaved; the same rates for every chain."""
-    calls = {name: call for name, (call, _) in chains(rate_set).items()}
-    rates = AugclChain("auto", rate_set).rates(x, seed)
+def time_scenario(rate_set, x: torch.Tensor, settings: dict, repeats: int, seed: int, device="cpu",
+                  device_run: bool = False, sync: Optional[Callable[[], None]] = None) -> dict:
+    """Seconds per batch of every chain at every setting, interleaved; the same rates for every chain.
+
+    ``settings``: label -> a function that applies it (a CPU run: ``{"1": set_threads(1), ...}``; a device run: one
+    setting). ``sync()`` runs right before and after every timed call (default: ``torch.cuda.synchronize`` on a CUDA
+    ``device``, nothing on a CPU). ``x`` (on any device) is copied to each chain's device before timing."""
+    device = torch.device(device)
+    sync = sync or partial(device_sync, device)
+    rows = chains(rate_set, device, device_run)
+    backends, _, anchor = augcl_rows(device, device_run)
+    rates = AugclChain(backends[anchor], rate_set, device).rates(x.to(device), seed)
+    inputs = {d: (x.to(d), rates.to(d)) for d in {r.device for r in rows.values()}}
     L = out_samples(x.shape[-1])
-    want = stretched_length(x.shape[-1], rates).clamp_max(L)
-    set_threads(max(threads))
-    for name, call in calls.items():  # warm-up (allocator, FFT plans, Numba's cache); every output checked
-        y, lengths = call(x, rates, seed)
-        if tuple(y.shape) != (len(x), L) or not torch.isfinite(y).all() or (lengths - want).abs().max() > 2:
+    want = stretched_length(x.shape[-1], rates.cpu()).clamp_max(L)
+    list(settings.values())[-1]()  # the warm-up at the last setting (a CPU run: the most threads)
+    for name, row in rows.items():  # warm-up (allocator, FFT plans, Numba's cache and CUDA build); outputs checked
+        y, lengths = row.call(*inputs[row.device], seed)
+        sync()
+        if (tuple(y.shape) != (len(x), L) or not bool(torch.isfinite(y).all())
+                or int((lengths.cpu() - want).abs().max()) > 2):
             raise RuntimeError(f"{name} made {tuple(y.shape)} (or non-finite samples, or lengths other than "
                                f"ceil(T / rate)), expected ({len(x)}, {L})")
-    times = {n: {name: [] for name in calls} for n in threads}
+    times = {label: {name: [] for name in rows} for label in settings}
     order = random.Random(seed)
-    for _ in range(repeats):  # every thread count and chain once per round, in a new random order each round
-        for n in order.sample(list(threads), len(threads)):
-            set_threads(n)
-            for name in order.sample(list(calls), len(calls)):
+    for _ in range(repeats):  # every setting and chain once per round, in a new random order each round
+        for label in order.sample(list(settings), len(settings)):
+            settings[label]()
+            for name in order.sample(list(rows), len(rows)):
+                row = rows[name]
+                sync()  # the device idle before the clock starts, and done with this call when it stops
                 t0 = time.perf_counter()
-                calls[name](x, rates, seed)
-                times[n][name].append(time.perf_counter() - t0)
+                row.call(*inputs[row.device], seed)
+                sync()
+                times[label][name].append(time.perf_counter() - t0)
     out = {}
-    for n, by_chain in times.items():
-        anchor = statistics.median(by_chain["augcl[auto]"])
-        out[str(n)] = {name: {"median_s": statistics.median(ts), "clips_per_s": len(x) / statistics.median(ts),
-                              "ratio_to_augcl": statistics.median(ts) / anchor, "times_s": ts}
-                       for name, ts in by_chain.items()}
+    for label, by_chain in times.items():
+        anchor_s = statistics.median(by_chain[anchor])
+        out[label] = {name: {"median_s": statistics.median(ts), "clips_per_s": len(x) / statistics.median(ts),
+                             "ratio_to_augcl": statistics.median(ts) / anchor_s, "times_s": ts}
+                      for name, ts in by_chain.items()}
     return {"rates": rates.tolist(), "threads": out}
 
 
-def fidelity(n_bursts: int, seed: int) -> dict:
-    """:func:`benchmarks.stretch_fidelity.measure` over ``n_bursts`` bursts x ``QUALITY_RATES`` for every chain:
-    mean and max of the absolute level error (dB), pitch error (%) and onset error (ms)."""
+def fidelity(n_bursts: int, seed: int, device="cpu", device_run: bool = False) -> dict:
+    """:func:`benchmarks.stretch_fidelity.measure` over ``n_bursts`` bursts x ``QUALITY_RATES`` for every chain (each
+    on its device, measured on the host): mean and max of the absolute level error (dB), pitch error (%) and onset
+    error (ms)."""
     bursts = make_bursts(n_bursts, seed)
     x = torch.from_numpy(np.stack([b.wave for b in bursts])).repeat(len(QUALITY_RATES), 1)
     rates = torch.tensor(QUALITY_RATES, dtype=torch.float64).repeat_interleave(n_bursts)
     out = {}
-    for name, (_, stretch) in chains(RATE_SET).items():
-        y, lengths = stretch(x, rates)
+    for name, row in chains(RATE_SET, device, device_run).items():
+        y, lengths = row.stretch(x.to(row.device), rates.to(row.device))
+        y, lengths = y.cpu(), lengths.cpu()
         rows = [measure(bursts[i % n_bursts], y[i, : int(lengths[i])].numpy(), float(rates[i])) for i in range(len(x))]
         errors = {"level_err_db": np.array([abs(r["level_err_db"]) for r in rows]),
                   "pitch_err_pct": 100 * np.array([abs(r["pitch_err_rel"]) for r in rows]),
@@ -203,19 +265,48 @@ def fidelity(n_bursts: int, seed: int) -> dict:
     return out
 
 
-def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: int = 0) -> dict:
+def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: int = 0, device="cpu",
+        device_run: Optional[bool] = None, sync: Optional[Callable[[], None]] = None) -> dict:
+    """The whole benchmark. ``device_run`` (default: ``device`` is not the CPU) picks the device run's rows and its one
+    setting; ``threads`` is the CPU run's sweep (unused in a device run); ``sync`` as in :func:`time_scenario`."""
+    device = torch.device(device)
+    device_run = device.type != "cpu" if device_run is None else device_run
     load_before = os.getloadavg()[0]
     x = torch.from_numpy(np.stack([b.wave for b in make_bursts(batch, seed + 1, seconds)]))
-    results = {name: time_scenario(rate_set, x, threads, repeats, seed) for name, rate_set in SCENARIOS.items()}
-    set_threads(max(threads))
-    quality = fidelity(n_bursts, seed)
-    info = machine_info(torch.device("cpu")) | {"versions": {
-        k: version(k) for k in ("torchaudio", "audiomentations", "librosa", "python-stretch", "numba")}}
-    return {"batch": batch, "seconds": seconds, "repeats": repeats, "threads": list(threads), "n_bursts": n_bursts,
-            "seed": seed, "rate_range": [MIN_RATE, MAX_RATE], "rate_set": list(RATE_SET),
-            "quality_rates": list(QUALITY_RATES), "kernels": augcl.kernels.available("cpu"), "machine": info,
-            "load_before": load_before, "load_after": os.getloadavg()[0], "results": results, "quality": quality,
-            "chains": CHAINS}
+    settings = ({device.type: lambda: None} if device_run else
+                {str(n): partial(set_threads, n) for n in sorted(threads)})
+    results = {name: time_scenario(rate_set, x, settings, repeats, seed, device, device_run, sync)
+               for name, rate_set in SCENARIOS.items()}
+    if not device_run:
+        set_threads(max(threads))
+    quality = fidelity(n_bursts, seed, device, device_run)
+    packages = ("torchaudio", "audiomentations", "librosa", "python-stretch", "numba") + (
+        ("numba-cuda",) if device.type == "cuda" else ())
+    info = machine_info(device) | {"versions": {k: _version(k) for k in packages}}
+    res = {"batch": batch, "seconds": seconds, "repeats": repeats, "threads": list(threads), "n_bursts": n_bursts,
+           "seed": seed, "rate_range": [MIN_RATE, MAX_RATE], "rate_set": list(RATE_SET),
+           "quality_rates": list(QUALITY_RATES), "kernels": augcl.kernels.available(device), "machine": info,
+           "load_before": load_before, "load_after": os.getloadavg()[0], "results": results, "quality": quality,
+           "chains": CHAINS}
+    if device_run:
+        backends, skipped, anchor = augcl_rows(device, True)
+        res |= {"device": str(device), "device_run": True, "threads": [], "settings": list(settings),
+                "anchor": anchor, "skipped": skipped, "auto_backend": _auto_backend(device),
+                "auto_devices": list(augcl.kernels.AUTO_DEVICES), "cpu_threads": torch.get_num_threads(),
+                "chains": device_chains(device, backends)}
+    return res
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _auto_backend(device: torch.device) -> str:
+    """What augcl's default backend ``auto`` runs on ``device`` here."""
+    return "kernels" if device.type in augcl.kernels.AUTO_DEVICES and augcl.kernels.available(device) else "torch"
 
 
 CHAINS = {  # what each chain computes, for the results page (the module docstring says the same)
@@ -237,7 +328,28 @@ CHAINS = {  # what each chain computes, for the results page (the module docstri
 }
 
 
+def device_chains(device: torch.device, backends: dict) -> dict:
+    """What each chain of a device run computes, for its results page."""
+    on = f"on `{device.type}`"
+    gen = f"`generator=torch.Generator(device=\"{device.type}\").manual_seed(0)`"
+    notes = {"torch": "the pure-torch vocoder (float64 phases)",
+             "kernels": "its phase step in augcl's kernel for the device (numba-cuda on CUDA)"}
+    out = {name: f"`augcl.TimeStretch(min_rate=0.8, max_rate=1.25, p=1.0, leave_length_unchanged=False, "
+                 f"backend=\"{b}\")` (`rates=(0.8, 0.9, 1.1, 1.2, 1.25)` for `5 rates`) {on}, called with {gen}: "
+                 f"{notes[b]}." for name, b in backends.items()}
+    out["torchaudio"] = (CHAINS["torchaudio"][:-1] + f", {on}. The grouping by rate reads the distinct rates on the "
+                         "host (`torch.unique(...).tolist()`, a sync) inside the timed call: the chain cannot run "
+                         "without it.")
+    for name in AUDIOMENTATIONS_METHODS:
+        key = f"audiomentations[{name}]"
+        out[key + CPU_ROW] = (CHAINS[key][:-1] + "; on the CPU (audiomentations has no device code), on a host copy of "
+                              "the batch made before timing.")
+    return out
+
+
 def write(res: dict, out: Path, command: str) -> str:
+    if res.get("device_run"):
+        return write_device_run(res, out, command)
     m, threads = res["machine"], res["threads"]
     machine = machine_text(m).replace(f", {m['cores']} threads", "")
     lines = ["# Whole-clip time stretch, one rate per example: augcl, torchaudio, audiomentations", "",
@@ -265,36 +377,92 @@ def write(res: dict, out: Path, command: str) -> str:
                      for t in (r["threads"][str(n)][name] for n in threads)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Fidelity on tone bursts", "",
-              f"`benchmarks.stretch_fidelity.measure` on {res['n_bursts']} bursts (3 s) stretched at "
-              f"{', '.join(map(str, res['quality_rates']))} by each chain "
-              f"({next(iter(res['quality'].values()))['n_signals']} signals): absolute errors of the burst's level, "
-              "pitch and onset (the onset is where the burst's partial first reaches half its level; a burst that "
-              "never does counts from the end of the clip, so a few such misses make most of a mean onset error).", "",
-              "| chain | level err mean (dB) | level err max (dB) | pitch err mean (%) | pitch err max (%) | "
-              "onset err mean (ms) | onset err max (ms) |", "| --- " * 7 + "|"]
-    for name, q in res["quality"].items():
-        lines.append(f"| {name} | {q['level_err_db_mean']:.2f} | {q['level_err_db_max']:.2f} | "
-                     f"{q['pitch_err_pct_mean']:.3f} | {q['pitch_err_pct_max']:.3f} | {q['onset_err_ms_mean']:.1f} | "
-                     f"{q['onset_err_ms_max']:.1f} |")
-    lines += ["", "## Reading", ""] + reading(res)
+    lines += _fidelity_lines(res) + ["", "## Reading", ""] + reading(res)
     text = "\n".join(lines) + "\n"
     save(res, text, out, "stretch", "cpu", _plot, "clips/s by chain, scenario and thread count")
     return text
 
 
+def write_device_run(res: dict, out: Path, command: str) -> str:
+    """The device run's page: one setting, the ratio to ``res["anchor"]``, audiomentations' rows on the CPU."""
+    m, anchor, label = res["machine"], res["anchor"], res["settings"][0]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v is not None)
+    kernels = ("available" if res["kernels"] else f"not run ({res['skipped'].get('augcl[kernels]', 'unavailable')})")
+    lines = ["# Whole-clip time stretch on the device, one rate per example: augcl, torchaudio, audiomentations (CPU)",
+             "", f"`{command}`", "",
+             f"{machine_text(m)}, {versions}; augcl's kernels on `{res['device']}` {kernels}. Input ({res['batch']}, "
+             f"{int(res['seconds'] * SR)}) float32: tone bursts (`benchmarks.stretch_fidelity.make_bursts`), output "
+             "(B, ceil(T / 0.8)) and each row's length ceil(T / rate), the CPU run's workload "
+             "([stretch.md](stretch.md)). "
+             f"augcl's and torchaudio's chains run on `{res['device']}`, the device synchronised right before and after "
+             "every timed call; one setting, no thread sweep (the device chains use the CPU only to launch work; "
+             f"torch's CPU threads: {res['cpu_threads']}). Chains interleaved in a new random order every round; median "
+             f"of {res['repeats']} rounds, warm-up excluded (the kernel's build, FFT plans). "
+             f"Load: 1-min load average {res['load_before']:.2f} before the run, {res['load_after']:.2f} after. "
+             f"Ratio: the chain's time over {anchor}'s (above 1: slower). The anchor is augcl's pure-torch chain on "
+             f"the device: augcl's default backend `auto` runs `{res['auto_backend']}` here (it uses the kernels only "
+             f"on {', '.join(res['auto_devices'])}: `augcl.kernels.AUTO_DEVICES`), so `auto` is the "
+             f"augcl[{res['auto_backend']}] row.", "",
+             "audiomentations has no device code. Its rows, marked (CPU), run in the same process on one core of this "
+             "machine's CPU, on a host copy of the batch made before timing: kept as the reference a GPU user would "
+             "otherwise run in data-loader workers, so the ratio says roughly how many such cores (at perfect "
+             "scaling) one device call replaces. They cost the run its most time; the CPU run's page has them on "
+             "the repository's CPU.", "", "## The chains", ""]
+    lines += [f"* `{name}`: {what}" for name, what in res["chains"].items()]
+    lines += [f"* `{name}`: not run: {why}" for name, why in res["skipped"].items()] + [""]
+    for scenario, r in res["results"].items():
+        what = ("each example's rate uniform in [0.8, 1.25]: torchaudio makes one call per row" if scenario == "uniform"
+                else f"each example's rate one of {', '.join(map(str, res['rate_set']))}: torchaudio makes one call "
+                     "per rate")
+        lines += [f"## Speed: `{scenario}` ({what})", "",
+                  f"| chain | ms/batch | clips/s | x {anchor} |", "| --- | --- | --- | --- |"]
+        for name, t in r["threads"][label].items():
+            lines.append(f"| {name} | {1e3 * t['median_s']:.2f} | {t['clips_per_s']:.0f} | "
+                         f"{t['ratio_to_augcl']:.2f}x |")
+        lines.append("")
+    lines += _fidelity_lines(res) + ["", "## Reading", ""] + reading(res)
+    text = "\n".join(lines) + "\n"
+    save(res, text, out, "stretch", res["device"], _plot, f"clips/s by chain and scenario, {res['device']}")
+    return text
+
+
+def _fidelity_lines(res: dict) -> list[str]:
+    lines = ["## Fidelity on tone bursts", "",
+             f"`benchmarks.stretch_fidelity.measure` on {res['n_bursts']} bursts (3 s) stretched at "
+             f"{', '.join(map(str, res['quality_rates']))} by each chain "
+             f"({next(iter(res['quality'].values()))['n_signals']} signals): absolute errors of the burst's level, "
+             "pitch and onset (the onset is where the burst's partial first reaches half its level; a burst that "
+             "never does counts from the end of the clip, so a few such misses make most of a mean onset error).", "",
+             "| chain | level err mean (dB) | level err max (dB) | pitch err mean (%) | pitch err max (%) | "
+             "onset err mean (ms) | onset err max (ms) |", "| --- " * 7 + "|"]
+    for name, q in res["quality"].items():
+        lines.append(f"| {name} | {q['level_err_db_mean']:.2f} | {q['level_err_db_max']:.2f} | "
+                     f"{q['pitch_err_pct_mean']:.3f} | {q['pitch_err_pct_max']:.3f} | {q['onset_err_ms_mean']:.1f} | "
+                     f"{q['onset_err_ms_max']:.1f} |")
+    return lines
+
+
 def reading(res: dict) -> list[str]:
     """What the tables say, in words, from this run's figures (nothing here is typed in by hand)."""
     out = []
+    device_run = res.get("device_run", False)
     for scenario, r in res["results"].items():
-        for n in res["threads"]:
+        for n in res.get("settings", res["threads"]):
             rows = r["threads"][str(n)]
             others = {k: v for k, v in rows.items() if not k.startswith("augcl")}
             fastest = min(others, key=lambda k: others[k]["median_s"])
             ratio = others[fastest]["ratio_to_augcl"]
-            verdict = (f"{1 / ratio:.2f}x augcl's speed" if ratio < 1 else f"{ratio:.2f}x augcl's time")
-            out.append(f"* `{scenario}`, {n} thread{'s' * (n > 1)}: the fastest other chain is {fastest}, at "
-                       f"{verdict}.")
+            ref = res["anchor"] if device_run else "augcl"
+            verdict = (f"{1 / ratio:.2f}x {ref}'s speed" if ratio < 1 else f"{ratio:.2f}x {ref}'s time")
+            if not device_run:
+                out.append(f"* `{scenario}`, {n} thread{'s' * (n > 1)}: the fastest other chain is {fastest}, at "
+                           f"{verdict}.")
+                continue
+            ta = rows["torchaudio"]["ratio_to_augcl"]
+            kern = (f"; augcl[kernels] at {rows['augcl[kernels]']['ratio_to_augcl']:.2f}x {res['anchor']}'s time"
+                    if "augcl[kernels]" in rows else "")
+            out.append(f"* `{scenario}` on `{n}`: torchaudio on the device takes {ta:.2f}x {res['anchor']}'s time"
+                       f"{kern}; the fastest other chain is {fastest}, at {verdict}.")
     q = res["quality"]
     faithful = [k for k, v in q.items() if v["level_err_db_max"] < 1.5 and v["onset_err_ms_max"] < 30]
     out += ["", f"Chains that keep every burst's level within 1.5 dB and its onset within 30 ms: "
@@ -305,8 +473,11 @@ def reading(res: dict) -> list[str]:
                  for k, v in rows.items() if not k.startswith("augcl"))
     tail = ("What augcl adds is the batch form: per-example rates in one call on any device, lengths-aware, with no "
             "host sync (tests/test_devices.py), where audiomentations loops over clips in numpy and torchaudio needs a "
-            "call per distinct rate. This benchmark runs on the CPU only.")
-    if slower:
+            "call per distinct rate. This page is the CPU run (`--device cuda` writes stretch_cuda.md).")
+    if device_run:
+        tail = ("The device rows time the whole call, host syncs included (torchaudio's grouping by rate; augcl's "
+                "call makes none). The CPU run's page ([stretch.md](stretch.md)) has the thread sweep.")
+    elif slower:
         tail = ("On a CPU augcl's stretch is not the fastest here: it reads two analysis frames per synthesis frame "
                 "(the second for the instantaneous frequency), and the batch is stretched to the longest length any "
                 "rate can give. " + tail)
@@ -320,14 +491,18 @@ def _plot(res: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(s, str(n)) for s in res["results"] for n in res["threads"]]
-    names = list(res["chains"])
+    device_run = res.get("device_run", False)
+    groups = [(s, str(n)) for s in res["results"] for n in res.get("settings", res["threads"])]
+    names = list(res["results"][groups[0][0]]["threads"][groups[0][1]])
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    grouped_bars(ax, [f"{s}\n{n} thread{'s' * (n != '1')}" for s, n in groups],
+    grouped_bars(ax, [f"{s}\n{n}" if device_run else f"{s}\n{n} thread{'s' * (n != '1')}" for s, n in groups],
                  {name: [res["results"][s]["threads"][n][name]["clips_per_s"] for s, n in groups] for name in names},
                  labels=True)
-    ax.set_ylabel("clips/s")
-    ax.set_title(f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, CPU")
+    where = f"{res['device']} (audiomentations on the CPU)" if device_run else "CPU"
+    if device_run:
+        ax.set_yscale("log")
+    ax.set_ylabel("clips/s (log)" if device_run else "clips/s")
+    ax.set_title(f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, {where}")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(png, dpi=90)
@@ -336,23 +511,41 @@ def _plot(res: dict, png: Path) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (the thread sweep) or a device such as cuda (the device run)")
+    p.add_argument("--device-run", action="store_true", help="the device run's rows and single setting on --device "
+                   "even where it is the CPU (the GPU dry run's check of that path; needs --out or --quick)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch (and Numba) thread counts")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch (and Numba) thread counts "
+                   "(CPU run only)")
+    p.add_argument("--repeats", type=int, default=None, help="rounds (default 3 on a CPU, 7 in a device run: the "
+                   "device rows are cheap, audiomentations' CPU rows cost ~2 s a round)")
     p.add_argument("--n-bursts", type=int, default=24, help="bursts for the fidelity figures (each at 4 rates)")
     p.add_argument("--quick", action="store_true", help="B=4, 1-s clips, 1 thread, 1 round, 2 bursts; writes only "
                    "where --out is given")
     p.add_argument("--out", type=Path, default=None, help="default docs/benchmarks (with --quick: write nothing)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    device_run = args.device_run or device.type != "cpu"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU here (--device-run checks the device run's path on the CPU)")
+    if device.type == "cpu" and device_run and args.out is None and not args.quick:
+        p.error("--device-run on the CPU needs --out (docs/benchmarks/stretch.* is the CPU run's page)")
+    if args.repeats is None:
+        args.repeats = 7 if device_run else 3
     if args.quick:
         args.batch, args.seconds, args.threads, args.repeats, args.n_bursts = 4, 1.0, [1], 1, 2
-    res = run(args.batch, args.seconds, args.threads, args.repeats, args.n_bursts)
-    command = (f"python -m benchmarks.stretch --batch {args.batch} --seconds {args.seconds:g} --threads "
-               f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --n-bursts {args.n_bursts}")
+    res = run(args.batch, args.seconds, args.threads, args.repeats, args.n_bursts, device=device,
+              device_run=device_run)
+    if device_run:
+        command = (f"python -m benchmarks.stretch --device {args.device}{' --device-run' * args.device_run} --batch "
+                   f"{args.batch} --seconds {args.seconds:g} --repeats {args.repeats} --n-bursts {args.n_bursts}")
+    else:
+        command = (f"python -m benchmarks.stretch --batch {args.batch} --seconds {args.seconds:g} --threads "
+                   f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --n-bursts {args.n_bursts}")
     if args.quick and args.out is None:
         for scenario, r in res["results"].items():
-            print(scenario, {k: round(v["median_s"], 3) for k, v in r["threads"]["1"].items()})
+            print(scenario, {k: round(v["median_s"], 3) for k, v in next(iter(r["threads"].values())).items()})
     else:
         print(write(res, args.out or Path("docs/benchmarks"), command))
     return res

@@ -167,7 +167,8 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
     res = gpu.main(["--dry-run", "--out", str(tmp_path)])
     assert res["failures"] == []
     assert {n: r["status"] for n, r in res["parts"].items()} == {
-        "tests": "ok", "kernels": "ok", "graph": "skipped", "compile": "ok", "augment": "ok", "train": "ok"}
+        "tests": "ok", "kernels": "ok", "graph": "skipped", "compile": "ok", "augment": "ok", "train": "ok",
+        "stretch": "ok"}
     assert res["parts"]["graph"]["reason"].startswith("no GPU")
     for preset in ("ts+mask", "all"):
         r = res["parts"]["graph"]["details"][preset]
@@ -179,9 +180,14 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
     assert kernels["pipeline_all"]["max_abs_diff_log_mel"] > 0  # stretched rows: the kernel ran
     assert kernels["action"].startswith(("add", "remove", "none"))
     assert all(t["measured"] is not None for t in res["targets"].values())
+    stretch = res["parts"]["stretch"]["details"]  # the device run's rows, on the CPU
+    assert stretch["anchor"] == "augcl[torch]" and stretch["files"] == ["stretch.json", "stretch.md", "stretch.png"]
+    for rows in stretch["rows"].values():
+        assert rows["augcl[torch]"]["ratio_to_anchor"] == 1.0 and rows["torchaudio"]["ms"] > 0
     for name in ("gpu_dryrun.json", "gpu_dryrun.md", "augment.md", "train.md"):
         assert (tmp_path / name).stat().st_size > 0
-    assert "## Failures\n\nNone." in (tmp_path / "gpu_dryrun.md").read_text()
+    summary = (tmp_path / "gpu_dryrun.md").read_text()
+    assert "## Failures\n\nNone." in summary and "| stretch | ok |" in summary and "torchaudio" in summary
     again = gpu.main(["--dry-run", "--out", str(tmp_path), "--parts", "tests"])  # a run split over commands
     assert list(again["parts"]) == list(gpu.PARTS) and again["failed_now"] == []
     assert [n for n, r in again["parts"].items() if not r.get("earlier_run")] == ["tests"]
