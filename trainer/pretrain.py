@@ -9,7 +9,9 @@ one keeps its own length), convert on the device, normalise each clip's level ov
 (``--normalize``), make anchor/positive log-mels with ``PairAugmenter`` on the device (inside the step, not in
 DataLoader workers; segments are drawn inside each clip's valid part), embed both with the encoder and
 projection, bilinear InfoNCE, Adam. Writes ``OUT/config.json``, ``OUT/metrics.jsonl`` (one line per step),
-``OUT/checkpoints/last.pt`` (atomic: model, optimizer, step, data position, every RNG state) and ``OUT/loss.png``.
+``OUT/checkpoints/last.pt`` (atomic: model, optimizer, step, data position, every RNG state) and ``OUT/loss.png``;
+with the ``tensorboard`` package (``pip install 'augcl[tensorboard]'``; ``--no-tensorboard`` turns it off), the same
+scalars and the first batch's anchor/positive log-mels as TensorBoard events in ``OUT/tensorboard``.
 ``--resume`` continues from ``last.pt``; SIGTERM or Ctrl-C writes it before exiting.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from augcl import PRESETS, PairAugmenter
 from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
-from . import common
+from . import common, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
@@ -97,9 +99,10 @@ def augment_batch(augment, batch, generator, device):
 
 def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
     """One step; ``model`` may be DDP-wrapped. Returns loss, positive-retrieval accuracy and ``finite`` (which clips
-    of the batch were free of NaN/Inf: ``pair.params["finite"]``), as tensors: no host sync."""
+    of the batch were free of NaN/Inf: ``pair.params["finite"]``), as tensors: no host sync; and the augmented
+    ``pair`` itself (the first one is drawn in TensorBoard)."""
     pair = augment_batch(augment, batch, generator, device)
-    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"]}
+    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"], "pair": pair}
 
 
 def forward_loss(model, pair, cfg: PretrainConfig, device):
@@ -250,17 +253,20 @@ def load_checkpoint(ckpt: dict, model, optimizer, generator, rank: int) -> tuple
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "loss.png")
+RUN_DIRS = ("checkpoints", tb.SUBDIR)
 
 
 def _holds_run(out: Path) -> bool:
-    return (out / "checkpoints" / "last.pt").is_file() or any((out / f).is_file() for f in RUN_FILES)
+    return ((out / "checkpoints" / "last.pt").is_file() or any((out / f).is_file() for f in RUN_FILES)
+            or any((out / tb.SUBDIR).glob("events.out.tfevents.*")))
 
 
 def _clear_run(out: Path) -> None:
     """--overwrite: remove the run's files (the packed copy of a --data folder, a cache, is kept)."""
     import shutil
 
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for d in RUN_DIRS:
+        shutil.rmtree(out / d, ignore_errors=True)
     for f in RUN_FILES:
         (out / f).unlink(missing_ok=True)
 
@@ -281,9 +287,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     common.atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
-def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
+def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = True) -> Path:
     """Run (or resume) pretraining; returns the output folder. Argument and file errors raise
-    :class:`~trainer.common.UsageError` before any work."""
+    :class:`~trainer.common.UsageError` before any work. ``tensorboard``: also write TensorBoard events (rank 0,
+    ``OUT/tensorboard``) when the package is installed; not a configuration field, so it may differ on resume and
+    changes no run's fingerprint."""
     validate(cfg)
     common.set_threads(cfg.threads)
     try:
@@ -294,13 +302,14 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     lock = common.lock_run_dir(out) if rank == 0 else None
     try:
-        return _pretrain(cfg, progress, device, rank, world)
+        return _pretrain(cfg, progress, device, rank, world, tensorboard)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: int, world: int) -> Path:
+def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: int, world: int,
+              tensorboard: bool) -> Path:
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
     if rank == 0:
         removed = common.remove_stale_temporaries(ckpt_dir) + common.remove_stale_temporaries(out)
@@ -352,6 +361,9 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
                                                               "store": fingerprint})
         _truncate_metrics(out / "metrics.jsonl", step)
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    # a resumed run redoes the steps after the checkpoint: TensorBoard drops the earlier files' events from step + 1 on
+    # (from 0 when no checkpoint was reached: the run starts over)
+    writer = tb.open_writer(out, purge_step=step + 1 if step else 0) if rank == 0 and tensorboard else None
     stop = _StopFlag()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.preset}", disable=not progress or rank != 0,
                dynamic_ncols=True)
@@ -363,6 +375,9 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
             t_last = time.perf_counter()
             for batch_data in loader:
                 stats = train_step(model, augment, optimizer, batch_data, generator, cfg, device)
+                if writer and step == 0:
+                    tb.log_pairs(writer, stats["pair"].anchor, stats["pair"].positive, step=0)
+                del stats["pair"]
                 step, batch = step + 1, batch + 1
                 # one sync per step, for the log: loss, accuracy and whether every clip was finite in one transfer
                 loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
@@ -375,12 +390,16 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
                 if metrics:
-                    metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "acc": acc,
-                                              "clips_per_s": rate, "time": time.time()}) + "\n")
+                    row = {"loss": loss, "acc": acc, "clips_per_s": rate, "lr": optimizer.param_groups[0]["lr"]}
+                    metrics.write(json.dumps({"step": step, "epoch": epoch} | row | {"time": time.time()}) + "\n")
                     metrics.flush()
+                    if writer:
+                        tb.log_scalars(writer, "train", row, step)
                 stopping = common.any_rank(stop.raised, device) if world > 1 else stop.raised
                 if stopping or step % cfg.checkpoint_every == 0 or step >= cfg.steps:
                     save_checkpoint(ckpt_dir, model, optimizer, generator, step, epoch, batch, **save)
+                    if writer:  # every event the checkpoint covers is on disk before a kill can strike
+                        writer.flush()
                 if stopping:
                     stop.raised = True
                     break
@@ -393,14 +412,17 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
         stop.restore()
         if metrics:
             metrics.close()
+        if writer:
+            writer.close()
     if rank == 0:
         if stop.raised:
             print(f"stopped at step {step}; checkpoint in {ckpt_dir / 'last.pt'}. Continue with the same command "
                   "and --resume.", file=sys.stderr)
         else:
             plot_loss(out / "metrics.jsonl", out / "loss.png")
+            events = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if writer else ""
             print(f"pretraining done: {step} steps. Outputs in {out}/: config.json, metrics.jsonl, loss.png, "
-                  f"checkpoints/last.pt\nNext: python -m trainer.probe --checkpoint {ckpt_dir / 'last.pt'}")
+                  f"checkpoints/last.pt{events}\nNext: python -m trainer.probe --checkpoint {ckpt_dir / 'last.pt'}")
     return out
 
 
@@ -431,6 +453,11 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
+    return parse_cli(argv)[0]
+
+
+def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[PretrainConfig, bool]:
+    """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
     p = argparse.ArgumentParser(prog="python -m trainer.pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(PretrainConfig):
@@ -442,11 +469,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
             choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
                        "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS}
             p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
-    return PretrainConfig(**vars(p.parse_args(argv)))
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
+    args = vars(p.parse_args(argv))
+    tensorboard = args.pop("tensorboard")
+    return PretrainConfig(**args), tensorboard
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    return common.run_cli(lambda a: pretrain(parse_args(a)), argv, "trainer.pretrain")
+    def run(a):
+        cfg, tensorboard = parse_cli(a)
+        return pretrain(cfg, tensorboard=tensorboard)
+
+    return common.run_cli(run, argv, "trainer.pretrain")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ Fine-tuning and supervised training see one random window per training clip per 
 clip-level macro F1 of a grouped validation split carved from the training store; the best epoch's weights
 are kept. Every mode runs ``--seeds`` seeds; ``OUT/metrics.json`` holds the mean of each metric, its std
 (``<metric>_std``) and every seed's metrics (``per_seed``). Also writes ``OUT/scores.npz`` (seed-mean clip
-scores on the test store), ``OUT/per_class_f1.png`` and ``OUT/confusion.png``.
+scores on the test store), ``OUT/per_class_f1.png`` and ``OUT/confusion.png``; with the ``tensorboard`` package
+(``--no-tensorboard`` turns it off), TensorBoard events in ``OUT/tensorboard``: each seed's training curves (loss and
+validation macro F1 per epoch; the linear probe's CV macro F1 per lam) and the test metrics.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from tqdm import tqdm
 from augcl import PRESETS
 from augcl.transforms import LogMel
 
-from . import common, plots
+from . import common, plots, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
 from .metrics import clip_metrics
@@ -332,9 +334,11 @@ def predict_clips(model: Classifier, store, clips, gains, windows, multi, window
 
 def train_network(model: Classifier, windows: Windows, store: PackedStore, train_clips: np.ndarray,
                   val_clips: Optional[np.ndarray], gains: np.ndarray, multi: bool, cfg: ProbeConfig, seed: int,
-                  device) -> dict:
+                  device, writer=None) -> dict:
     """Adam on one random window per training clip per epoch; with ``val_clips``, stop after ``patience`` epochs
-    without a better validation clip macro F1 and restore the best epoch's weights. Returns the record."""
+    without a better validation clip macro F1 and restore the best epoch's weights. Returns the record. ``writer``
+    (TensorBoard, optional) gets ``<mode>/seed<seed>/train_loss`` (the epoch's mean batch loss) and
+    ``.../val_macro_f1`` at step = epoch (1-based)."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     targets = store.targets()
@@ -344,6 +348,7 @@ def train_network(model: Classifier, windows: Windows, store: PackedStore, train
     bar = tqdm(range(cfg.max_epochs), desc=cfg.mode, leave=False)
     for epoch in bar:
         model.train()
+        loss_sum, n_batches = 0.0, 0
         for batch in np.array_split(rng.permutation(train_clips), max(1, math.ceil(len(train_clips) / cfg.batch_size))):
             starts = np.floor(rng.random(len(batch)) * (np.maximum(store.length[batch] - windows.segment, 0) + 1))
             x = windows(read_windows(store, batch, starts.astype(np.int64), gains, windows).to(device))
@@ -351,11 +356,17 @@ def train_network(model: Classifier, windows: Windows, store: PackedStore, train
             opt.zero_grad()
             loss.backward()
             opt.step()
+            loss_sum, n_batches = loss.detach() + loss_sum, n_batches + 1
+        tag = f"{cfg.mode}/seed{seed}"
+        if writer:
+            writer.add_scalar(f"{tag}/train_loss", float(loss_sum) / n_batches, epoch + 1)
         if val_clips is None:
             continue
         scores = predict_clips(model, store, val_clips, gains, windows, multi, cfg.window_batch, device)
         f1 = clip_metrics(y_val if multi else y_val.astype(np.int64), scores.numpy())["macro_f1"]
         curve.append(f1)
+        if writer:
+            writer.add_scalar(f"{tag}/val_macro_f1", f1, epoch + 1)
         bar.set_postfix(loss=f"{loss.item():.3f}", val_f1=f"{f1:.3f}")
         if f1 > best["f1"]:
             best = {"f1": f1, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
@@ -458,9 +469,10 @@ def _encoder(cfg: ProbeConfig, seed: int) -> tuple[nn.Module, str, str]:
     return encoder, preset, cfg.normalize or normalize
 
 
-def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) -> tuple[list, dict]:
+def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device, writer=None) -> tuple[list, dict]:
     """Frozen encoder (BN re-estimated on the training windows), features once, then per seed: CV for lam,
-    refit, test scores."""
+    refit, test scores. ``writer`` (TensorBoard, optional) gets each seed's CV curve, ``<mode>/seed<s>/cv_macro_f1``
+    at step j for lam ``LAMBDAS[j]`` (the grid, smallest first, is in the text ``<mode>/lams``)."""
     encoder, preset, normalize = _encoder(cfg, cfg.seed)
     encoder = encoder.to(device)
     windows = Windows(preset, train.sample_rate).to(device)
@@ -474,6 +486,12 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) 
     fits = []
     for s in range(cfg.seeds):
         cv = select_lambda(h, clip, targets, groups, len(train.classes), multi, cfg.seed + s)
+        if writer:
+            for j, f1 in enumerate(cv["cv_macro_f1"]):
+                writer.add_scalar(f"{cfg.mode}/seed{cfg.seed + s}/cv_macro_f1", f1, j)
+            grid = ", ".join(f"{j}: {lam:.3g}" for j, lam in enumerate(cv["lams"]))
+            writer.add_text(f"{cfg.mode}/lams", f"cv_macro_f1 step j is lam j of the grid ({grid}); seed "
+                            f"{cfg.seed + s} chose lam {cv['lam']:.3g}", s)
         head, info = linear_head(h, targets[torch.from_numpy(clip)].to(h.device), len(train.classes), multi, cv["lam"])
         fits.append((head.cpu(), cv | {k: info[k] for k in ("iterations", "grad_norm", "objective")}))
     # the test store is read only now, after every fit
@@ -490,7 +508,7 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) 
     return runs, extra
 
 
-def run_network(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device) -> tuple[list, dict]:
+def run_network(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device, writer=None) -> tuple[list, dict]:
     """Per seed: a grouped validation split, training with early stopping, test scores from the best weights."""
     targets, groups, multi = train.targets(), train.groups(), train.multi_label
     n_groups = len(set(groups))
@@ -510,7 +528,7 @@ def run_network(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device)
             train_clips, val_clips = np.arange(len(train)), None
             stopping = {"early_stopping": False, "why": f"the training store has {n_groups} group(s): no grouped "
                         f"validation split; trained the full max_epochs={cfg.max_epochs}"}
-        record = train_network(model, windows, train, train_clips, val_clips, gains, multi, cfg, seed, device)
+        record = train_network(model, windows, train, train_clips, val_clips, gains, multi, cfg, seed, device, writer)
         test_gains = test.gains(normalize)
         scores = predict_clips(model, test, np.arange(len(test)), test_gains, windows, multi, cfg.window_batch, device)
         runs.append((scores, stopping | record))
@@ -543,8 +561,14 @@ def seed_summary(per_seed: list[dict]) -> dict:
     return out | {"seeds": n, "per_seed": per_seed}
 
 
-def probe(cfg: ProbeConfig) -> dict:
-    """Run the mode over ``cfg.seeds`` seeds; write metrics.json, scores.npz and both plots; return the metrics."""
+#: the test metrics written to TensorBoard as scalars ``test/<name>`` (seed means; ``accuracy``: single-label only)
+TB_METRICS = ("macro_f1", "wAP", "mAP", "accuracy")
+
+
+def probe(cfg: ProbeConfig, tensorboard: bool = True) -> dict:
+    """Run the mode over ``cfg.seeds`` seeds; write metrics.json, scores.npz and both plots; return the metrics.
+    ``tensorboard``: also write TensorBoard events to ``OUT/tensorboard`` when the package is installed (not a
+    configuration field: it changes nothing the probe computes)."""
     check(cfg)
     common.set_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -555,7 +579,25 @@ def probe(cfg: ProbeConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = stores(cfg)
-    runs, extra = (run_linear if cfg.mode in ("linear", "random") else run_network)(cfg, train, test, device)
+    writer = None
+    if tensorboard:
+        # the probe rewrites metrics.json each run: the events of an earlier probe in this folder go with it
+        for old in (out / tb.SUBDIR).glob("events.out.tfevents.*"):
+            old.unlink()
+        writer = tb.open_writer(out)
+    try:
+        runs, extra = (run_linear if cfg.mode in ("linear", "random") else run_network)(cfg, train, test, device,
+                                                                                         writer)
+        result = _finish(cfg, train, test, runs, extra, out, t0, writer)
+    finally:
+        if writer:
+            writer.close()
+    return result
+
+
+def _finish(cfg: ProbeConfig, train: PackedStore, test: PackedStore, runs: list, extra: dict, out: Path, t0: float,
+            writer) -> dict:
+    """Metrics over seeds from the test scores; metrics.json, scores.npz, both plots and the TensorBoard summary."""
     y_true = test.targets().numpy()
     y_true = y_true if test.multi_label else y_true.astype(np.int64)
     per_seed = [clip_metrics(y_true, scores.numpy(), train.classes) | {"seed": cfg.seed + s} | record
@@ -574,22 +616,39 @@ def probe(cfg: ProbeConfig) -> dict:
     summary += f", wAP {result['wAP']:.3f}, mAP {result['mAP']:.3f}"
     if "accuracy" in result:
         summary += f", accuracy {result['accuracy']:.3f}"
-    print(f"{label}: {summary}. Wrote {out}/metrics.json, scores.npz, per_class_f1.png, confusion.png")
+    if writer:
+        tb.log_scalars(writer, "test", {k: result[k] for k in TB_METRICS if k in result}, 0)
+        writer.add_text("test/summary", f"{label}: {summary}", 0)
+    events = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if writer else ""
+    print(f"{label}: {summary}. Wrote {out}/metrics.json, scores.npz, per_class_f1.png, confusion.png{events}")
     return result
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> ProbeConfig:
+    return parse_cli(argv)[0]
+
+
+def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[ProbeConfig, bool]:
+    """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
     p = argparse.ArgumentParser(prog="python -m trainer.probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(ProbeConfig):
         kind = {"int": int, "float": float, "str": str, "Optional[str]": str}[f.type]
         choices = {"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS}.get(f.name)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices)
-    return ProbeConfig(**vars(p.parse_args(argv)))
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
+    args = vars(p.parse_args(argv))
+    tensorboard = args.pop("tensorboard")
+    return ProbeConfig(**args), tensorboard
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return common.run_cli(lambda a: probe(parse_args(a)), argv, "trainer.probe")
+    def run(a):
+        cfg, tensorboard = parse_cli(a)
+        return probe(cfg, tensorboard=tensorboard)
+
+    return common.run_cli(run, argv, "trainer.probe")
 
 
 if __name__ == "__main__":
