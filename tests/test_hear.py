@@ -154,6 +154,12 @@ def test_scene_embedding_is_the_mean_of_the_probes_features_over_its_tiling(mode
 
 # --- determinism, batches, chunks -------------------------------------------------------------------------------
 
+def test_an_empty_batch_gives_empty_outputs(model):
+    emb, ts = hear.get_timestamp_embeddings(torch.zeros(0, SR), model)
+    assert emb.shape == (0, 1 + SR // HOP, 256) and ts.shape == (0, 1 + SR // HOP)
+    assert hear.get_scene_embeddings(torch.zeros(0, SR), model).shape == (0, 256)
+
+
 def test_deterministic(model):
     audio = noise(2, 2 * SR + 5, seed=9)
     a, ta = hear.get_timestamp_embeddings(audio, model)

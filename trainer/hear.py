@@ -121,7 +121,7 @@ class HearModel(nn.Module):
         for a in range(0, n_sounds * k, self.window_batch):
             w = torch.arange(a, min(a + self.window_batch, n_sounds * k), device=padded.device)
             out[a:a + len(w)] = self.encoder(self.windows(view[w // k, offsets[w % k]])).float()
-        return out.view(n_sounds, k, -1)
+        return out.view(n_sounds, k, self.scene_embedding_size)
 
 
 def check_audio(audio, model: HearModel) -> None:
