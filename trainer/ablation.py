@@ -15,6 +15,12 @@ for every preset, the difference to the noise-only baseline with the seeds paire
 when it is no larger than the seed-to-seed std of either row. Writes ``OUT/ablation.md``,
 ``OUT/ablation.json`` and ``OUT/per_class_f1.png``.
 
+Then (unless ``--no-invariance``) ``trainer.invariance`` per pretraining seed: every preset's encoder, a random-init
+one (seeded by the pretraining seed) and the time-averaged log-mel, all on the same altered copies of the test clips
+(``OUT/invariance/seed<k>``); the report gains each preset's mean top-1 retrieval beside its F1 and wAP and
+per-nuisance tables, and ``--invariance-report`` writes the full tables with their seed-paired differences to
+noise-only (``OUT/invariance/invariance.md`` always).
+
 Every run lives in its own folder under OUT with a ``fingerprint.json`` of its configuration and data; a finished
 run is reused only when the fingerprint matches (otherwise the command stops and says which settings differ),
 and an interrupted one resumes, so an interrupted ablation continues where it stopped.
