@@ -217,3 +217,20 @@ def test_ablation_invariance_summary_is_mean_and_std_over_seeds():
     s = ablation.summarize_invariance({0: one(0.5), 1: one(0.7), 2: one(0.9)})
     cell = s["results"]["noise:h"]["gain@+6 dB"]["top1"]
     assert cell["mean"] == pytest.approx(0.7) and cell["std"] == pytest.approx(0.2) and s["seeds"] == [0, 1, 2]
+
+
+def test_a_stretched_copy_is_tiled_over_its_new_length(tiny):
+    """TimeStretch(leave_length_unchanged=False) makes a clip of n samples ceil(n / rate) long; the copy gets the
+    probe's windows for that length (k = ceil(length / segment)), not the original's."""
+    _, store, _ = tiny
+    cfg = cfg_for(tiny)
+    windows, gains = P.Windows("ts+mask", SR), store.gains("rms")
+    idx = np.arange(len(store))
+    rate = 0.8
+    t = I.TimeStretch(rates=(rate,), p=1.0, leave_length_unchanged=False)
+    clips = torch.cat([c for _, _, c in I.altered_windows(store, idx, gains, windows, "cpu", cfg, wave_t=t,
+                                                          generator=torch.Generator().manual_seed(0))])
+    stretched = np.ceil(store.length / rate).astype(np.int64)
+    want = np.maximum(1, -(-stretched // windows.segment))
+    np.testing.assert_array_equal(torch.bincount(clips, minlength=len(store)).numpy(), want)
+    assert (want > np.maximum(1, -(-store.length // windows.segment))).any()  # the test can tell them apart
