@@ -15,6 +15,12 @@ for every preset, the difference to the noise-only baseline with the seeds paire
 when it is no larger than the seed-to-seed std of either row. Writes ``OUT/ablation.md``,
 ``OUT/ablation.json`` and ``OUT/per_class_f1.png``.
 
+Then (unless ``--no-invariance``) ``trainer.invariance`` per pretraining seed: every preset's encoder, a random-init
+one (seeded by the pretraining seed) and the time-averaged log-mel, all on the same altered copies of the test clips
+(``OUT/invariance/seed<k>``); the report gains each preset's mean top-1 retrieval beside its F1 and wAP and
+per-nuisance tables, and ``--invariance-report`` writes the full tables with their seed-paired differences to
+noise-only (``OUT/invariance/invariance.md`` always).
+
 Every run lives in its own folder under OUT with a ``fingerprint.json`` of its configuration and data; a finished
 run is reused only when the fingerprint matches (otherwise the command stops and says which settings differ),
 and an interrupted one resumes, so an interrupted ablation continues where it stopped.
@@ -41,6 +47,7 @@ from .pretrain import validate as pretrain_validate
 from .probe import ProbeConfig, probe
 from .probe import check as probe_check
 from .probe import stores as probe_stores
+from .invariance import InvarianceConfig, invariance, plot_top1
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
 ROW_NAMES = {"noise": "Noise only (COLA baseline)", "ts": "Time stretching", "rir": "RIR filtering",
@@ -79,7 +86,8 @@ def _pretrained(cfg: PretrainConfig, store: Path) -> str:
 
 def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
     cfg = replace(base, out=str(out), **kw)
-    record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "checkpoint")}
+    # threads change no number (and fingerprints written before the setting existed lack it)
+    record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "checkpoint", "threads")}
     if cfg.checkpoint is not None:
         record["checkpoint"] = json.loads((Path(cfg.checkpoint).parents[1] / "fingerprint.json").read_text())
         record["checkpoint_step"] = _steps_done(Path(cfg.checkpoint).parents[1])
@@ -87,6 +95,21 @@ def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     return probe(cfg)
+
+
+def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> dict:
+    """Every preset's pretrained encoder of one seed, its random-init twin and the log-mel baseline, measured on the
+    same altered copies of the probe's test clips (``trainer.invariance``); reused when finished."""
+    cfg = InvarianceConfig(checkpoint=next(iter(checkpoints.values())), data=args.test_data or "builtin",
+                           out=str(out), seed=seed, device=args.device, threads=args.threads,
+                           builtin_test=args.builtin_test, normalize=args.normalize)
+    record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "checkpoint")}
+    record["checkpoints"] = {p: json.loads((Path(c).parents[1] / "fingerprint.json").read_text()) |
+                             {"step": _steps_done(Path(c).parents[1])} for p, c in checkpoints.items()}
+    common.claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
+    if (out / "invariance.json").is_file():
+        return json.loads((out / "invariance.json").read_text())
+    return invariance(cfg, checkpoints)
 
 
 def _probe_stores(probe_base: ProbeConfig) -> dict:
@@ -155,11 +178,19 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
     for key, mode in (("supervised", "supervised"), ("random_init", "random")):
         res = _probed(probe_base, out / key, stores, mode=mode, seed=args.seed, seeds=args.seeds * args.probe_seeds)
         runs[key] = {s["seed"]: {mode: s} for s in res["per_seed"]}
+    inv = {}
+    if args.invariance:  # after the probes: their numbers are never held up by it
+        for seed in seeds:
+            ckpts = {p: str(out / p.replace("+", "_") / f"seed{seed}" / "pretrain" / "checkpoints" / "last.pt")
+                     for p in args.presets}
+            inv[seed] = _invariance(args, out / "invariance" / f"seed{seed}", ckpts, seed, stores)
     result = {"command": command, "budget": args.budget, "steps": steps, "batch_size": batch, "encoder": encoder,
               "clip_seconds": args.clip_seconds, "normalize": args.normalize, "data": args.data,
               "train_data": args.train_data, "test_data": args.test_data, "seeds": seeds,
               "probe_seeds": args.probe_seeds, "presets": list(args.presets), "runs": runs,
               "summary": summarize(runs, list(args.presets))}
+    if inv:
+        result["invariance"] = summarize_invariance(inv)
     common.write_json(out / "ablation.json", result)
     text = table(result)
     (out / "ablation.md").write_text(text)
@@ -172,9 +203,111 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(text.replace("](per_class_f1.png)", f"]({report.stem}_per_class_f1.png)"))
         plots.per_class_f1(series, report.with_name(report.stem + "_per_class_f1.png"), title)
+    if inv:
+        write_invariance_report(result, out / "invariance")
+        if args.invariance_report:
+            write_invariance_report(result, Path(args.invariance_report))
     print(text)
     print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'per_class_f1.png'}")
     return result
+
+
+INVARIANCE_METRICS = ("top1", "top5", "cos_same", "cos_diff", "score")
+
+
+def summarize_invariance(by_seed: dict) -> dict:
+    """``{representation: {nuisance: {metric: stats over seeds}}}`` from each seed's ``invariance.json``, plus the
+    rir bank and clip count (the same in every seed)."""
+    first = next(iter(by_seed.values()))
+    out = {}
+    for rep, nuisances in first["results"].items():
+        out[rep] = {nu: {m: _stats([r["results"][rep][nu][m] for r in by_seed.values()]) for m in INVARIANCE_METRICS}
+                    for nu in nuisances}
+    return {"n_clips": first["n_clips"], "rir_bank": first["rir_bank"], "chance": first["chance"],
+            "seeds": list(by_seed), "results": out}
+
+
+def _inv_columns(presets: list, what: str) -> list[tuple[str, str]]:
+    return [(p, f"{p}:{what}") for p in presets] + [("random init", f"random_{what}"), ("log-mel", "logmel")]
+
+
+def invariance_tables(result: dict, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    """Markdown tables (rows: nuisance levels; columns: presets, random init, log-mel; cells mean ± std over seeds)."""
+    inv = result["invariance"]
+    res, presets = inv["results"], result["presets"]
+    out = []
+    for metric, what in metrics:
+        cols = _inv_columns(presets, what)
+        out += [f"### {INVARIANCE_TITLES[metric]}, {what} (log-mel: its 64-d time average)", "",
+                "| nuisance | " + " | ".join(c for c, _ in cols) + " |", "| --- |" + " --- |" * len(cols)]
+        for nu in res["logmel"]:
+            cells = [f"{res[k][nu][metric]['mean']:.3f} ± {res[k][nu][metric]['std']:.3f}" if k in res else ""
+                     for _, k in cols]
+            out.append(f"| {nu} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def invariance_deltas(result: dict, metric: str = "top1") -> list[str]:
+    """Each preset's seed-paired difference to noise-only per nuisance level (h and z), marked "(within)" when no
+    larger than either row's seed-to-seed std, as the F1 tables do."""
+    res, presets = result["invariance"]["results"], [p for p in result["presets"] if p != "noise"]
+    if "noise:h" not in res or not presets:
+        return []
+    out = []
+    for what in ("h", "z"):
+        out += [f"### Δ {INVARIANCE_TITLES[metric].lower()} vs noise-only, {what} (seeds paired; \"(within)\": no "
+                "larger than either row's seed-to-seed std)", "",
+                "| nuisance | " + " | ".join(presets) + " |", "| --- |" + " --- |" * len(presets)]
+        for nu, base in res[f"noise:{what}"].items():
+            cells = []
+            for p in presets:
+                mine = res[f"{p}:{what}"][nu][metric]
+                d = np.subtract(mine["values"], base[metric]["values"])
+                within = abs(d.mean()) <= max(mine["std"], base[metric]["std"])
+                cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) if len(d) > 1 else 0.0:.3f}" + (" (within)" if within else ""))
+            out.append(f"| {nu} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+INVARIANCE_TITLES = {"top1": "Top-1 retrieval of the altered copy", "top5": "Top-5 retrieval",
+                     "cos_same": "cos(clip, altered clip)", "cos_diff": "cos between different clips",
+                     "score": "Normalised similarity (cos same - cos diff) / (1 - cos diff)"}
+
+
+def _invariance_intro(result: dict) -> list[str]:
+    inv = result["invariance"]
+    return [f"Each of the {inv['n_clips']} test clips altered whole by one nuisance at one level (`trainer.invariance`: "
+            f"time stretch, one room IR per clip from the bank ({inv['rir_bank']['source']}, {inv['rir_bank'].get('n_irs', 0)} "
+            "IRs), white noise at an SNR, gain, SpecAugment time or frequency masks on the log-mel windows); its "
+            "embedding (the mean over the windows tiling its own length) compared with every original's. Top-1/top-5: "
+            "fraction of altered copies whose own original is among the 1/5 originals of highest cosine (chance "
+            f"{inv['chance']['top1']:.3f} / {inv['chance']['top5']:.3f}). Cells: mean ± std over the "
+            f"{len(inv['seeds'])} pretraining seeds (the random-init encoder: one fresh initialisation per seed; every "
+            "seed its own nuisance draws, shared by all its columns).", ""]
+
+
+def write_invariance_report(result: dict, path: Path) -> None:
+    """The full invariance report: ``path.md`` (or ``path/invariance.md``), its JSON and PNG beside it."""
+    md = path / "invariance.md" if path.suffix != ".md" else path
+    md.parent.mkdir(parents=True, exist_ok=True)
+    png, js = md.with_suffix(".png"), md.with_suffix(".json")
+    text = ["# Invariance of the ablation's encoders", "", f"Written by `{result['command']}`.", ""]
+    text += _invariance_intro(result)
+    text += [f"![top-1 retrieval, h]({png.name})", ""]
+    text += invariance_deltas(result)
+    text += invariance_tables(result, [(m, w) for m in ("top1", "score", "cos_same", "cos_diff", "top5")
+                                       for w in ("h", "z")])
+    md.write_text("\n".join(text))
+    common.write_json(js, {"command": result["command"], "presets": result["presets"]} | result["invariance"])
+    res = result["invariance"]["results"]
+    cols = _inv_columns(result["presets"], "h")
+    plot_top1({c: {nu: v["top1"]["mean"] for nu, v in res[k].items()} for c, k in cols},
+              result["invariance"]["chance"]["top1"], png,
+              f"top-1 retrieval of the altered copy (h; log-mel baseline), mean ± std over "
+              f"{len(result['invariance']['seeds'])} seeds",
+              {c: {nu: v["top1"]["std"] for nu, v in res[k].items()} for c, k in cols})
 
 
 def _mean_per_class(by_seed: dict, mode: str) -> dict:
@@ -251,6 +384,27 @@ def table(result: dict) -> str:
         out.append(f"| {ROW_NAMES['random_init']} | {cell('random_init', 'random', metric)} | | | |")
         out.append("")
     out += ["![per-class F1](per_class_f1.png)", ""]
+    if "invariance" in result:
+        res = result["invariance"]["results"]
+        out += ["## Invariance (`trainer.invariance`)", ""] + _invariance_intro(result)
+        out += ["Beside F1 and wAP: each preset's top-1 retrieval averaged over the nuisance levels (mean ± std over "
+                "seeds of the per-seed average).", "",
+                "| augmentation | freeze encoder F1 | wAP | mean top-1, h | mean top-1, z |", "| --- | --- | --- | --- | --- |"]
+
+        def avg(key: str) -> str:
+            if key not in res:
+                return ""
+            per_seed = np.mean([v["top1"]["values"] for v in res[key].values()], axis=0)
+            return f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0:.3f}"
+
+        for key in result["presets"]:
+            out.append(f"| {ROW_NAMES.get(key, key)} | {cell(key, 'linear', 'macro_f1')} | {cell(key, 'linear', 'wAP')} | "
+                       f"{avg(key + ':h')} | {avg(key + ':z')} |")
+        out.append(f"| {ROW_NAMES['random_init']} | {cell('random_init', 'random', 'macro_f1')} | "
+                   f"{cell('random_init', 'random', 'wAP')} | {avg('random_h')} | {avg('random_z')} |")
+        out.append(f"| Time-averaged log-mel (no learning) | | | {avg('logmel')} | |")
+        out.append("")
+        out += invariance_tables(result, [("top1", "h"), ("top1", "z"), ("score", "h"), ("score", "z")])
     return "\n".join(out)
 
 
@@ -284,6 +438,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/ablation")
     p.add_argument("--pretrain-only", action="store_true",
                    help="only pretrain every (seed, preset), e.g. on a GPU machine; probe later without this flag")
+    p.add_argument("--no-invariance", dest="invariance", action="store_false",
+                   help="skip the invariance measurements (trainer.invariance; a few minutes per seed on a CPU)")
+    p.add_argument("--invariance-report", default=None,
+                   help="also write the full invariance report here (e.g. docs/invariance_builtin.md; .json, .png beside)")
     p.add_argument("--report", default=None, help="also write the table (and plot beside it) here, e.g. docs/...")
     return p
 
