@@ -30,8 +30,8 @@ the copy is as close as itself, 0: as close as another clip; cos_same alone says
 has cosine 0.9); ``top1``/``top5``: the fraction of copies whose own original is among the k originals most cosine-
 similar to them (ties counted against; chance is k / N).
 
-Cost: one encoder pass over all windows per nuisance level (12 with the defaults) and one for the originals, per model. Writes
-``OUT/invariance.json``, ``OUT/invariance.md`` and ``OUT/invariance.png``.
+Cost: one encoder pass over all windows per nuisance level (12 with the defaults) and one for the originals, per
+model. Writes ``OUT/invariance.json``, ``OUT/invariance.md`` and ``OUT/invariance.png``.
 """
 from __future__ import annotations
 
