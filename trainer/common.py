@@ -25,6 +25,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def run_device(name: str) -> torch.device:
+    """:func:`pick_device` for a command's ``--device``: a device that cannot be used is a :class:`UsageError`."""
+    try:
+        return pick_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"--device: {e}") from None
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group torchrun describes (RANK/WORLD_SIZE in the environment); (0, 1) without it."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():

@@ -305,10 +305,7 @@ def invariance(cfg: InvarianceConfig, checkpoints: Optional[dict[str, str]] = No
     check(cfg)
     common.set_threads(cfg.threads)
     t0 = time.perf_counter()
-    try:
-        device = common.pick_device(cfg.device)
-    except (ValueError, RuntimeError) as e:
-        raise common.UsageError(f"--device: {e}") from None
+    device = common.run_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg)

@@ -294,10 +294,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = Tru
     changes no run's fingerprint."""
     validate(cfg)
     common.set_threads(cfg.threads)
-    try:
-        device = common.pick_device(cfg.device)
-    except (ValueError, RuntimeError) as e:
-        raise common.UsageError(f"--device: {e}") from None
+    device = common.run_device(cfg.device)
     rank, world = common.init_distributed(device)
     out = Path(cfg.out)
     lock = common.lock_run_dir(out) if rank == 0 else None

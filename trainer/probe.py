@@ -572,10 +572,7 @@ def probe(cfg: ProbeConfig, tensorboard: bool = True) -> dict:
     check(cfg)
     common.set_threads(cfg.threads)
     t0 = time.perf_counter()
-    try:
-        device = common.pick_device(cfg.device)
-    except (ValueError, RuntimeError) as e:
-        raise common.UsageError(f"--device: {e}") from None
+    device = common.run_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = stores(cfg)
