@@ -57,7 +57,8 @@ from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
 from benchmarks import roofline
-from benchmarks.throughput import grouped_bars, machine_info, machine_text, save, sync
+from benchmarks.throughput import (apply_workload_args, grouped_bars, machine_info, machine_text, save, sync,
+                                   workload_args)
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
 SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
@@ -516,19 +517,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["noise", "ts", "rir", "mask", "ts+mask", "all"],
                    choices=sorted(set(PRESETS) - {"cola"}), help="the other libraries run on ts+mask and all")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); recorded")
+    workload_args(p, "B=4, 2-s clips, 1 repetition; writes nothing")
     p.add_argument("--no-whole-clip", action="store_true", help="leave out the slow whole-clip torchaudio chain")
-    p.add_argument("--quick", action="store_true", help="B=4, 2-s clips, 1 repetition; writes nothing")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_workload_args(args)
     if args.quick:
-        args.batch, args.seconds, args.repeats = 4, 2.0, 1
         args.presets = [p for p in args.presets if p in ANCHORED]
     workdir = Path(tempfile.mkdtemp(prefix="augcl-bench-augment-"))
     try:

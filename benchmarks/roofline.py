@@ -26,13 +26,12 @@ import json
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from augcl import PRESETS, PairAugmenter
 from augcl.pair import CPU_CHUNK
-from benchmarks.throughput import machine_info, machine_text, save, sync
+from benchmarks.throughput import apply_workload_args, machine_info, machine_text, save, sync, workload_args
 
 
 def work(batch: int = 128, sample_rate: int = 16000) -> dict:
@@ -157,18 +156,9 @@ def text(r: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--quick", action="store_true", help="B=4, 2-s clips, small peaks; writes nothing")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    workload_args(p, "B=4, 2-s clips, small peaks; writes nothing")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.batch, args.seconds, args.repeats = 4, 2.0, 1
+    apply_workload_args(args)
     device = torch.device(args.device)
     r = analyse(augcl_time(args.batch, args.seconds, device, args.repeats), device, args.batch, args.quick)
     r["machine"] = machine_info(device)

@@ -64,6 +64,26 @@ def save(res: dict, text: str, out: Path, stem: str, device: str, plot=None, cap
     (out / f"{name}.md").write_text(text)
 
 
+def workload_args(p: argparse.ArgumentParser, quick_help: str) -> None:
+    """The options every batch benchmark shares: ``--batch``, ``--seconds``, ``--repeats``, ``--device``, ``--threads``,
+    ``--quick`` (help ``quick_help``) and ``--out``; :func:`apply_workload_args` acts on them once parsed."""
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); recorded")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+
+
+def apply_workload_args(args: argparse.Namespace) -> None:
+    """Set ``--threads``; ``--quick`` shrinks the workload to B=4 clips of 2 s, one repetition."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.batch, args.seconds, args.repeats = 4, 2.0, 1
+
+
 def grouped_bars(ax, groups, series: dict, labels: bool = False) -> None:
     """Bars of each ``series`` (name -> one value per group) side by side within each group on ``ax``; absent values
     are 0. ``labels``: the value on each bar."""
