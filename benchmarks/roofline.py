@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 
 import torch
 
 from augcl import PRESETS, PairAugmenter
 from augcl.pair import CPU_CHUNK
-from benchmarks.throughput import apply_workload_args, machine_info, machine_text, save, sync, workload_args
+from benchmarks.throughput import (apply_workload_args, machine_info, machine_text, median_s, save,
+                                   workload_args)
 
 
 def work(batch: int = 128, sample_rate: int = 16000) -> dict:
@@ -65,15 +64,8 @@ def work(batch: int = 128, sample_rate: int = 16000) -> dict:
 
 
 def _median(fn, device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    fn()  # warm-up
+    return median_s(fn, device, repeats)
 
 
 def peaks(device: torch.device, matmul_n: int = 2048, copy_mb: int = 256, repeats: int = 5) -> dict:

@@ -48,6 +48,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_s(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn``, each timed between two :func:`sync` (no warm-up call)."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def machine_text(m: dict) -> str:
     """``Machine: <cpu>, <n> threads[, <gpu>]; torch <version>`` for a results page."""
     return f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}"
