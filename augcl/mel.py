@@ -13,8 +13,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .core import work_dtype
-from .vocoder import stretched_frames
+from .vocoder import _check_rate_bound, stretched_frames, stretched_starts
 
 
 def _hz_to_mel(f: Tensor, scale: str) -> Tensor:
@@ -119,10 +120,19 @@ def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log
              log_gain: Optional[Tensor] = None) -> Tensor:
     """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``, times ``exp(log_gain)``
     ``(B,)`` per row if given (see :func:`log_mel`)."""
-    if log_mode not in ("offset", "clamp"):
-        raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
+    _check_log_mode(log_mode)
     pw = _spectral_power(spec, power)
     mel = torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
+    return _log_of_mel(mel, log_eps, log_mode, log_gain)
+
+
+def _check_log_mode(log_mode: str) -> None:
+    if log_mode not in ("offset", "clamp"):
+        raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
+
+
+def _log_of_mel(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[Tensor] = None) -> Tensor:
+    """The log of mel energies ``(B, n_mels, K)`` (a fresh tensor: modified in place), times ``exp(log_gain)``."""
     gained = None
     if log_gain is not None:
         g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
@@ -155,11 +165,15 @@ def log_mel_frames(
 
 
 def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
-                      log_mode: str, log_gain: Optional[Tensor] = None) -> Tensor:
+                      log_mode: str, log_gain: Optional[Tensor] = None, sparse: Optional[tuple] = None) -> Tensor:
     """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
-    windows them in place: one full-size temporary fewer)."""
-    spec = torch.fft.rfft(windowed, n=n_fft).transpose(-1, -2)
-    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
+    windows them in place: one full-size temporary fewer). ``sparse``: the filterbank's nonzero spans
+    (:func:`augcl.kernels.sparse_filterbank`): the power and mel projection then run in the CPU kernel."""
+    spec = torch.fft.rfft(windowed, n=n_fft)  # (B, K, F)
+    if sparse is None:
+        return _mel_log(spec.transpose(-1, -2), filterbank, power, log_eps, log_mode, log_gain)
+    _check_log_mode(log_mode)
+    return _log_of_mel(kernels.mel_energy(spec, sparse, power), log_eps, log_mode, log_gain)
 
 
 @dataclass(frozen=True)
@@ -205,8 +219,10 @@ class LogMel(nn.Module):
     end with a broadband click).
     """
 
-    def __init__(self, config: MelConfig = MelConfig(), sample_rate: int = 16000):
+    def __init__(self, config: MelConfig = MelConfig(), sample_rate: int = 16000, backend: str = "auto"):
         super().__init__()
+        kernels.check_backend(backend)
+        self.backend = backend
         if not config.win_length <= config.n_fft:
             raise ValueError(f"mel win_length ({config.win_length}) must be <= n_fft ({config.n_fft})")
         self.config = config
@@ -220,6 +236,15 @@ class LogMel(nn.Module):
             window = torch.nn.functional.pad(window, (left, config.n_fft - config.win_length - left))
         self.register_buffer("filterbank", fb, persistent=False)
         self.register_buffer("window", window, persistent=False)
+        self._sparse = None  # the filterbank's nonzero spans for the CPU kernel, made on first use
+
+    def _kernel_filterbank(self, device: torch.device) -> Optional[tuple]:
+        """The sparse filterbank where the power + mel projection runs in the CPU kernel on ``device``, else None."""
+        if device.type != "cpu" or not kernels.use_kernels(self.backend, device):
+            return None
+        if self._sparse is None:
+            self._sparse = kernels.sparse_filterbank(self.filterbank)
+        return self._sparse
 
     def forward(self, wave: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """``(..., T)`` -> ``(..., n_mels, frames)``; ``lengths`` ``(B,)`` for ``(B, ..., T)``: valid samples per row."""
@@ -251,8 +276,20 @@ class LogMel(nn.Module):
         padding added). ``log_gain`` ``(B,)``: the rows' mel energies times ``exp(log_gain)``, in the log domain (see
         :func:`augcl.functional.log_mel`)."""
         c = self.config
-        return log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
-                       power=c.power, log_eps=c.log_eps, log_mode=c.log_mode, log_gain=log_gain)
+        sparse = self._kernel_filterbank(x.device)
+        if sparse is None:
+            return log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
+                           power=c.power, log_eps=c.log_eps, log_mode=c.log_mode, log_gain=log_gain)
+        x = x.to(work_dtype(x.dtype))
+        win = self.window.to(x.dtype)
+        return _log_mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
+                                 c.log_eps, c.log_mode, log_gain, sparse)
+
+    def windowed_log_mel(self, frames: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
+        """``(B, K, win_length)`` frames already multiplied by the window -> ``(B, n_mels, K)``."""
+        c = self.config
+        return _log_mel_windowed(frames, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain,
+                                 self._kernel_filterbank(frames.device))
 
     def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
                 divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
@@ -263,7 +300,18 @@ class LogMel(nn.Module):
         the log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
         ``log_gain`` ``(B,)``: as in :meth:`from_context`."""
         c = self.config
-        f = stretched_frames(x, rate, first, frames, c.hop_length, self.window.shape[-1], max_rate, lengths=lengths)
+        width = self.window.shape[-1]
+        sparse = self._kernel_filterbank(x.device)
+        if sparse is not None:  # the CPU kernels: gather, mask and window in one pass
+            rate = rate.to(torch.float64)
+            if max_rate is not None:
+                _check_rate_bound(rate, max_rate)
+            x = x.to(work_dtype(x.dtype))
+            f = kernels.frames_at(x, stretched_starts(rate, first, frames, c.hop_length, width // 2),
+                                  self.window.to(x.dtype), lengths,
+                                  None if divisor is None else 1.0 / divisor.to(x.dtype))
+            return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain, sparse)
+        f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
         if divisor is not None:
             f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))

@@ -14,8 +14,44 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from . import kernels
 from .banks import NoiseBank
 from .core import Params, Transform, _coin, _randint_below, _uniform, draw_device, valid_mask, work_dtype
+
+
+#: SplitMix64's constants (as signed int64: torch has no unsigned 64-bit shifts): the Weyl increment and the two mixers
+_GOLDEN, _MIX1, _MIX2 = -0x61C8864680B583EB, -0x40A7B892E31B1A47, -0x6B2FB644ECCEEE15
+
+
+def _logical_shift(z: Tensor, bits: int) -> Tensor:
+    """``z >> bits`` of int64 ``z`` read as unsigned (torch's ``>>`` on int64 copies the sign bit)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def white_noise(seed: Tensor, length: int) -> Tensor:
+    """``(B, length)`` float32 standard normal noise, row ``b`` a function of ``seed[b]`` (int64) alone.
+
+    A counter-based generator: value ``j`` of a row is SplitMix64's output function of ``seed + (j // 2 + 1) *
+    golden`` (wrapping int64 arithmetic), whose top and low 24-bit halves (``j`` even, odd) give ``u = (v + 0.5) /
+    2 ** 24`` and the normal ``sqrt(2) erfinv(2 u - 1)`` (at most 5.4 in magnitude). No state: any part of a row, on
+    any device, is computed independently of the rest, so the noise of a batch is its seeds (a replay stores ``B``
+    integers, not ``B * length`` samples), and the CPU kernel (:mod:`augcl.kernels.noise_cpu`) computes it on every
+    core. Cost: ~15 integer ops and an ``erfinv`` per value.
+    """
+    seed = seed.to(torch.long)
+    j = torch.arange(length, device=seed.device)
+    z = seed[:, None] + ((j >> 1) + 1) * _GOLDEN
+    z = (z ^ _logical_shift(z, 30)) * _MIX1
+    z = (z ^ _logical_shift(z, 27)) * _MIX2
+    z = z ^ _logical_shift(z, 31)
+    v = torch.where(j % 2 == 0, _logical_shift(z, 40), (z >> 8) & 0xFFFFFF)
+    x = (2 * v + 1).to(torch.float32) * 2.0 ** -24 - 1.0  # 2 u - 1, exact
+    return torch.erfinv(x).mul_(math.sqrt(2.0))
+
+
+def draw_seeds(batch: int, generator=None, device=None) -> Tensor:
+    """``(batch,)`` int64 seeds for :func:`white_noise`, uniform over 62 bits."""
+    return torch.randint(-(2 ** 62), 2 ** 62, (batch,), generator=generator, device=device)
 
 
 def add_noise(wave: Tensor, noise: Tensor, snr_db: Tensor, valid: Optional[Tensor] = None) -> Tensor:
@@ -96,16 +132,21 @@ class AddNoise(Transform):
     :class:`~augcl.banks.NoiseBank`, or a folder of recordings loaded once at ``sample_rate``). ``std``: Gaussian noise
     of that fixed standard deviation instead of an SNR.
 
-    Params: ``noise_applied``, ``snr_db`` (not with ``std``); ``noise`` (white/colored: the white samples themselves, so
-    a replay is exact) and ``color_exponent`` (colored); ``noise_index``, ``noise_start`` (bank).
+    Params: ``noise_applied``, ``snr_db`` (not with ``std``); ``noise_seed`` (white/colored: the seed of the example's
+    white noise, :func:`white_noise`, so a replay is exact) and ``color_exponent`` (colored); ``noise_index``,
+    ``noise_start`` (bank). ``backend``: the white noise in the CPU kernel (``"auto"``, ``"kernels"``) or the torch
+    reference (``"torch"``); the same numbers to float32 rounding of ``erfinv``.
     """
 
     KINDS = ("white", "colored", "bank")
 
     def __init__(self, snr_db: tuple = (5.0, 30.0), *, kind: str = "white", color_exponent: tuple = (-1.0, 2.0),
                  bank: Union[NoiseBank, str, Path, None] = None, std: Optional[float] = None, p: float = 0.5,
-                 mode: str = "per_example", sample_rate: Optional[int] = None, output_type: str = "tensor"):
+                 mode: str = "per_example", sample_rate: Optional[int] = None, output_type: str = "tensor",
+                 backend: str = "auto"):
         super().__init__(p, mode, sample_rate, output_type)
+        kernels.check_backend(backend)
+        self.backend = backend
         if kind not in self.KINDS:
             raise ValueError(f"noise kind must be one of {self.KINDS}, got {kind!r}")
         for name, pair in (("snr_db", snr_db), ("color_exponent", color_exponent)):
@@ -129,19 +170,21 @@ class AddNoise(Transform):
         self.bank = bank if kind == "bank" else None
 
     @classmethod
-    def from_config(cls, config: NoiseConfig, bank: Optional[NoiseBank] = None, sample_rate: int = 16000) -> "AddNoise":
+    def from_config(cls, config: NoiseConfig, bank: Optional[NoiseBank] = None, sample_rate: int = 16000,
+                    backend: str = "auto") -> "AddNoise":
         """The block a :class:`NoiseConfig` describes (PairAugmenter's)."""
         if config.kind == "bank" and bank is None:
             if config.bank_folder is None:
                 raise ValueError("noise kind 'bank' needs NoiseConfig.bank_folder or a NoiseBank passed as bank=")
             bank = config.bank_folder
         return cls(config.snr_db, kind=config.kind, color_exponent=config.color_exponent,
-                   bank=bank if config.kind == "bank" else None, std=config.std, p=config.p, sample_rate=sample_rate)
+                   bank=bank if config.kind == "bank" else None, std=config.std, p=config.p, sample_rate=sample_rate,
+                   backend=backend)
 
     @property
     def param_keys(self) -> tuple:
         cfg = self.config
-        drawn = ("noise_index", "noise_start") if cfg.kind == "bank" else ("noise",)
+        drawn = ("noise_index", "noise_start") if cfg.kind == "bank" else ("noise_seed",)
         return (("noise_applied",) + (("snr_db",) if cfg.std is None else ()) + drawn
                 + (("color_exponent",) if cfg.kind == "colored" else ()))
 
@@ -155,7 +198,7 @@ class AddNoise(Transform):
             params["noise_index"] = torch.randint(len(self.bank), (batch,), generator=generator, device=device)
             params["noise_start"] = _randint_below(self.bank.lengths[params["noise_index"]], generator, device)
         else:
-            params["noise"] = torch.randn(batch, length, generator=generator, device=device)
+            params["noise_seed"] = draw_seeds(batch, generator, device)
             if cfg.kind == "colored":
                 params["color_exponent"] = _uniform(batch, *cfg.color_exponent, generator, device)
         return params
@@ -164,9 +207,14 @@ class AddNoise(Transform):
         """The drawn noise ``(B, length)``, before its gain."""
         if self.config.kind == "bank":
             return self.bank.read(params["noise_index"], params["noise_start"], length)
+        seed = params["noise_seed"]
+        if kernels.use_kernels(self.backend, seed.device) and seed.device.type == "cpu":
+            white = kernels.white_noise(seed, length)
+        else:
+            white = white_noise(seed, length)
         if self.config.kind == "colored":
-            return colored_noise(params["noise"], params["color_exponent"])
-        return params["noise"]
+            return colored_noise(white, params["color_exponent"])
+        return white
 
     def add(self, x: Tensor, params: Params, valid: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
         """``x`` ``(B, C, T)`` plus the drawn noise where applied; ``valid`` ``(B, T)`` bool: the SNR is measured over,

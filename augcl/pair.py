@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as AF
+from . import kernels
 from .banks import NoiseBank, RIRBank
 from .core import check_generator, draw_device
 from .transforms import (AddNoise, ApplyImpulseResponse, Gain, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig,
@@ -127,11 +128,19 @@ class Branch(nn.Module):
         #: the stretched segment goes straight to the log-mel: read its frames at the stretched positions
         self.spectral = method in ("auto", "spectral") and not waveform_blocks
         self.rir = ApplyImpulseResponse.from_config(config.rir, rir_bank, sr) if config.rir is not None else None
-        self.noise = AddNoise.from_config(config.noise, noise_bank, sr) if config.noise is not None else None
+        self.noise = AddNoise.from_config(config.noise, noise_bank, sr, backend) if config.noise is not None else None
         self.gain = Gain.from_config(config.gain) if config.gain is not None else None
         self.mel = mel
         self.mask = SpecAugment.from_config(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
+
+    def _fused_noise(self, x: Tensor) -> bool:
+        """Whether this branch is a plain segment + white noise at an SNR -> log-mel, run by the CPU kernels."""
+        noise = self.noise
+        return (noise is not None and noise.config.kind == "white" and noise.config.std is None
+                and self.segment.stretch is None and self.rir is None and self.gain is None and not len(self.extra)
+                and x.dtype == torch.float32 and self.mel._kernel_filterbank(x.device) is not None
+                and kernels.use_kernels(noise.backend, x.device) and self.mel.config.center)
 
     @property
     def param_keys(self) -> tuple:
@@ -169,6 +178,14 @@ class Branch(nn.Module):
                 divisor = 1.0 / scale if divisor is None else divisor / scale
             spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
                                                   log_gain=log_gain).unsqueeze(1)
+            return self.mask.apply(spec, params) if self.mask is not None else spec
+        if self._fused_noise(x):  # the CPU kernels: crop, noise and frames in one pass (kernels.noisy_frames)
+            mel, seg = self.mel, self.segment
+            c = mel.config
+            frames = kernels.noisy_frames(
+                x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
+                params["snr_db"], params["noise_applied"], lengths, None if divisor is None else 1.0 / divisor)
+            spec = mel.windowed_log_mel(frames, log_gain).unsqueeze(1)
             return self.mask.apply(spec, params) if self.mask is not None else spec
         y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
@@ -245,7 +262,7 @@ class PairAugmenter(nn.Module):
         self.config = config
         self.check_finite = check_finite
         self.chunk_size = chunk_size
-        mel = LogMel(config.mel, config.sample_rate)
+        mel = LogMel(config.mel, config.sample_rate, backend=backend)
         self.backend = backend
         self.anchor = Branch(config.anchor, config, mel, anchor_extra, rir_bank, noise_bank, backend)
         self.positive = Branch(config.positive, config, mel, positive_extra, rir_bank, noise_bank, backend)

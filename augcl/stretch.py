@@ -105,17 +105,23 @@ def check_config(config: StretchConfig) -> None:
 
 
 def stretch_rows(x: Tensor, rate: Tensor, applied: Tensor, start: Tensor, length: int, plain: Tensor,
-                 config: StretchConfig, backend: str = "auto", lengths: Optional[Tensor] = None) -> Tensor:
+                 config: StretchConfig, backend: str = "auto", lengths: Optional[Tensor] = None,
+                 out_lengths: Optional[Tensor] = None) -> Tensor:
     """``length`` samples from ``start`` of each row of ``x`` ``(B, T)`` stretched by ``rate`` where ``applied``,
     ``plain`` ``(B, length)`` elsewhere. On a CPU only the applied rows are computed (a host-side selection, free
-    there); elsewhere every row is, then selected (no sync). The vocoder runs on the kernels where ``backend`` says."""
-    stretch = kernels.time_stretch_segment if kernels.use_kernels(backend, x.device) else time_stretch_segment
+    there); elsewhere every row is, then selected (no sync). The vocoder runs on the kernels where ``backend`` says.
+    ``out_lengths`` ``(B,)``: the samples of each stretched row the caller keeps (it zeroes the rest), so that the CPU
+    kernels skip the frames past them."""
+    use = kernels.use_kernels(backend, x.device)
+    stretch = kernels.time_stretch_segment if use else time_stretch_segment
     kw = dict(n_fft=config.n_fft, hop_length=config.hop_length, max_rate=config.rate_bound)
     if cpu_branch(x.device):
         rows = applied.nonzero().flatten()
         out = plain.clone()
         if len(rows):
             part = None if lengths is None else lengths[rows]
+            if use and out_lengths is not None:
+                kw["out_lengths"] = out_lengths[rows]
             out[rows] = stretch(x, rate[rows], start[rows], length, rows=rows, lengths=part, **kw).to(out.dtype)
         return out
     return _select(applied, stretch(x, rate, start, length, lengths=lengths, **kw), plain)
@@ -184,7 +190,8 @@ class TimeStretch(Transform):
         plain = pad_to_length(flat, L)[:, :L]
         row_lengths = None if lengths is None else valid.repeat_interleave(C)
         start = torch.zeros(N * C, dtype=torch.long, device=x.device)
-        y = stretch_rows(flat, rate, applied, start, L, plain, self.config, self.backend, row_lengths)
+        y = stretch_rows(flat, rate, applied, start, L, plain, self.config, self.backend, row_lengths,
+                         new.repeat_interleave(C))
         # a stretched row is zero past its new length (the vocoder's tail there reads the padding)
         y = torch.where(valid_mask(new.repeat_interleave(C), L) | ~applied[:, None], y, 0.0)
         out_lengths = torch.where(params["stretch_applied"], new, valid.clamp_max(L))

@@ -97,10 +97,7 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
     """
     dev = wave.device
     rate = rate.to(device=dev, dtype=position_dtype(dev))
-    first = first.to(device=dev, dtype=torch.long)
-    half = width // 2 if centre is None else int(centre)
-    centres = first[:, None] + torch.arange(n_frames, device=dev) * hop_length + half
-    src_first = torch.round(centres.to(rate.dtype) * rate[:, None]).to(torch.long) - half
+    src_first = stretched_starts(rate, first, n_frames, hop_length, width // 2 if centre is None else int(centre))
     whole = wave.shape[-1] + 2 * width  # holds every window that reads the clip, at any rate (_frames_in_region)
     if max_rate is None:
         span = whole
@@ -109,6 +106,15 @@ def stretched_frames(wave: Tensor, rate: Tensor, first: Tensor, n_frames: int, h
         span = min(math.ceil((n_frames - 1) * hop_length * max_rate) + width + 2, whole)
     limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
     return _frames_at(wave, src_first, width, span, rows, limit)
+
+
+def stretched_starts(rate: Tensor, first: Tensor, n_frames: int, hop_length: int, centre: int) -> Tensor:
+    """``(B, n_frames)`` source position of the first sample of each frame of :func:`stretched_frames` (whose
+    sample ``centre`` sits at the source position ``round(c * rate)`` of the stretched frame's centre ``c``)."""
+    dev = rate.device
+    first = first.to(device=dev, dtype=torch.long)
+    centres = first[:, None] + torch.arange(n_frames, device=dev) * hop_length + centre
+    return torch.round(centres.to(rate.dtype) * rate[:, None]).to(torch.long) - centre
 
 
 def _check_rate_bound(rate: Tensor, max_rate: float) -> None:

@@ -121,14 +121,16 @@ def _branch_case(with_lengths, B=34, T=24000):
 def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_lengths, impulse_bank):
     """The switch sends CPU tensors down the accelerator branches (whole batch at once, every row stretched and
     selected, windows gathered by index and from regions, the scale computed for every row, the finite flag): the
-    output is bit for bit the CPU branches'. ``auto`` runs the Numba vocoder kernel (where installed) on both."""
+    output is bit for bit the CPU branches'. ``auto`` on the device branches runs the reference, as on a GPU (the CPU
+    kernels are host code), so it is compared with the CPU branches of ``backend="torch"``."""
     if backend == "auto" and not kernels.available("cpu"):
         pytest.skip("needs numba")
     aug = make(preset, impulse_bank, backend=backend)
+    ref_aug = make(preset, impulse_bank, backend="torch")
     x, lengths = _branch_case(with_lengths)
-    ref = aug(x, generator=cpu_generator(5), lengths=lengths)
+    ref = ref_aug(x, generator=cpu_generator(5), lengths=lengths)
     with AF._force_device_path():
-        assert not AF.cpu_branch(x.device)
+        assert not AF.cpu_branch(x.device) and not kernels.use_kernels(backend, x.device)
         got = aug(x, generator=cpu_generator(5), lengths=lengths)
     assert AF.cpu_branch(x.device)  # the switch is off again
     assert ref.params.keys() == got.params.keys()
@@ -414,15 +416,17 @@ def _standalone(impulse_bank):
     from augcl import LogMel, TimeStretch
 
     return {
-        "stretch": TimeStretch(0.8, 1.25, p=0.5, output_type="dict"),
-        "stretch-longer": TimeStretch(rates=(0.9, 1.1), p=0.5, leave_length_unchanged=False, output_type="dict"),
+        # the reference backend: the device branches run it (the CPU kernels are host code), so the CPU branches must
+        "stretch": TimeStretch(0.8, 1.25, p=0.5, output_type="dict", backend="torch"),
+        "stretch-longer": TimeStretch(rates=(0.9, 1.1), p=0.5, leave_length_unchanged=False, output_type="dict",
+                                      backend="torch"),
         "rir": ApplyImpulseResponse(impulse_bank, p=0.5, compensate_for_propagation_delay=True, output_type="dict"),
-        "white": AddNoise(p=0.5, output_type="dict"),
-        "colored": AddNoise(kind="colored", p=0.5, mode="per_channel", output_type="dict"),
+        "white": AddNoise(p=0.5, output_type="dict", backend="torch"),
+        "colored": AddNoise(kind="colored", p=0.5, mode="per_channel", output_type="dict", backend="torch"),
         "gain": Gain(p=0.5, mode="per_batch", output_type="dict"),
         "segment": RandomSegment(4000, p=0.5, output_type="dict"),
-        "segment-stretch": RandomSegment(4000, stretch=StretchConfig(), output_type="dict"),
-        "mel": LogMel(),
+        "segment-stretch": RandomSegment(4000, stretch=StretchConfig(), output_type="dict", backend="torch"),
+        "mel": LogMel(backend="torch"),
         "masks": SpecAugment(p=0.5, output_type="dict"),
     }
 

@@ -425,8 +425,8 @@ def test_params_of_another_augmenter_or_with_missing_keys_name_the_keys():
     x = _other_batch(2, 32000)
     noise, ts = make("noise"), make("ts+mask")
     params = noise(x, generator=cpu_generator(0)).params
-    missing = {k: v for k, v in params.items() if k != "anchor.noise"}
-    with pytest.raises(ValueError, match=r"params do not match this augmenter \(missing \['anchor.noise'\]\); pass"):
+    missing = {k: v for k, v in params.items() if k != "anchor.noise_seed"}
+    with pytest.raises(ValueError, match=r"params do not match this augmenter \(missing \['anchor.noise_seed'\]\); pass"):
         noise(x, params=missing)
     with pytest.raises(ValueError, match=r"not its own \['anchor.extra'\]\)"):
         noise(x, params={**params, "anchor.extra": torch.zeros(2)})

@@ -35,10 +35,12 @@ import functools
 import importlib.util
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import vocoder as AF
+from ..core import cpu_branch
 
 BACKENDS = ("auto", "torch", "kernels")
 #: device types where ``"auto"`` uses the kernels: those where a benchmark measured them faster than the reference
@@ -103,6 +105,8 @@ def use_kernels(backend: str, device) -> bool:
     if backend == "torch":
         return False
     device = torch.device(device)
+    if device.type == "cpu" and not cpu_branch(device):  # the CPU kernels are host code: the accelerator branch
+        return False  # (forced on a CPU by the test-only _force_device_path) runs the reference, as on a GPU
     if backend == "kernels":
         why = unavailable(device)
         if why is not None:
@@ -126,13 +130,143 @@ def vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) -> 
     raise RuntimeError(f"no augcl kernel for {spec0.device}")
 
 
+def sparse_filterbank(filterbank: Tensor) -> tuple:
+    """The nonzero span of each band of a dense filterbank ``(F, M)`` (:func:`.mel_cpu.sparse_filterbank`), for
+    :func:`mel_energy`."""
+    from . import mel_cpu
+
+    return mel_cpu.sparse_filterbank(filterbank.detach().cpu().numpy())
+
+
+def mel_energy(spec: Tensor, sparse: tuple, power: float) -> Tensor:
+    """Kernel version of the power + mel projection of :func:`augcl.mel._mel_log`: complex ``(B, K, F)`` on the CPU
+    -> mel energies ``(B, M, K)``, summing only the bins each band covers (``sparse``: :func:`sparse_filterbank`)."""
+    from . import mel_cpu
+
+    return torch.from_numpy(mel_cpu.run(spec.contiguous().numpy(), sparse, power))
+
+
+def white_noise(seed: Tensor, length: int) -> Tensor:
+    """Kernel version of :func:`augcl.noise.white_noise` on the CPU: the same integers and uniforms, ``erfinv`` to
+    2e-6."""
+    from . import noise_cpu
+
+    return torch.from_numpy(noise_cpu.run(seed.to(torch.long).contiguous().numpy(), length))
+
+
+def _np(t: Tensor, dtype=None):
+    t = t.detach() if dtype is None else t.detach().to(dtype)
+    return t.contiguous().numpy()
+
+
+def _row_scale(scale: Optional[Tensor], rows: int, dtype) -> Tensor:
+    return torch.ones(rows, dtype=dtype) if scale is None else scale.reshape(rows).to(dtype)
+
+
+def frames_at(wave: Tensor, first: Tensor, window: Tensor, limit: Optional[Tensor] = None,
+              scale: Optional[Tensor] = None) -> Tensor:
+    """Windowed frames ``(B, K, W)``: ``wave[b, first[b, k] + i] * window[i] * scale[b]``, zeros outside ``[0,
+    min(T, limit[b]))`` (:func:`.frames_cpu.windows`; the reference: :func:`augcl.core._gather_windows`, then the
+    window product). CPU, float32/float64 ``wave`` ``(B, T)``."""
+    from . import frames_cpu
+
+    B, T = wave.shape
+    K, W = first.shape[1], window.shape[-1]
+    out = torch.empty(B, K, W, dtype=wave.dtype)
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
+    frames_cpu.windows(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, wave.dtype),
+                       _np(_row_scale(scale, B, wave.dtype)), out.numpy())
+    return out
+
+
+def noisy_frames(wave: Tensor, start: Tensor, frames: int, hop_length: int, window: Tensor, seed: Tensor,
+                 snr_db: Tensor, applied: Tensor, limit: Optional[Tensor] = None,
+                 scale: Optional[Tensor] = None) -> Tensor:
+    """The windowed frames ``(B, frames, W)`` of the segments ``wave[b, start[b]:]`` plus white noise of
+    :func:`augcl.noise.white_noise` at ``snr_db`` where ``applied`` (:func:`.frames_cpu.noisy_frames`; the reference:
+    :func:`augcl.segment.crop_segments`, :meth:`augcl.noise.AddNoise.add`, the frames of
+    :func:`augcl.mel.log_mel`). CPU, float32 ``wave`` ``(B, T)``."""
+    from . import frames_cpu
+
+    B, T = wave.shape
+    out = torch.empty(B, frames, window.shape[-1], dtype=torch.float32)
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
+    frames_cpu.noisy_frames(_np(wave, torch.float32), _np(start, torch.long), _np(lim, torch.long),
+                            _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64), _np(applied, torch.bool),
+                            _np(window, torch.float32), _np(_row_scale(scale, B, torch.float32)), hop_length,
+                            out.numpy())
+    return out
+
+
+#: frames of one chunk of the CPU vocoder: its spectra (4 x 2048 x 257 complex64, 17 MB) stay in the caches
+VOCODER_CHUNK_FRAMES = 2048
+
+
 def time_stretch_segment(wave: Tensor, rate: Tensor, start: Tensor, length: int, *, n_fft: int = 512,
                          hop_length: int = 128, max_rate: Optional[float] = None,
-                         rows: Optional[Tensor] = None, lengths: Optional[Tensor] = None) -> Tensor:
+                         rows: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+                         out_lengths: Optional[Tensor] = None) -> Tensor:
     """:func:`augcl.functional.time_stretch_segment` with the phase step in a kernel (same arguments, same result
-    to float32 rounding). float64 input, or a device without a kernel, runs the reference."""
+    to float32 rounding). float64 input, or a device without a kernel, runs the reference.
+
+    On the CPU the whole vocoder runs chunk by chunk (:func:`_time_stretch_cpu`); ``out_lengths`` ``(B,)``: samples of
+    each output row that are needed (the rest may be anything: the caller zeroes it), so frames past them are skipped.
+    """
     if wave.dtype == torch.float64 or not available(wave.device):
         return AF.time_stretch_segment(wave, rate, start, length, n_fft=n_fft, hop_length=hop_length,
                                        max_rate=max_rate, rows=rows, lengths=lengths)
+    if wave.device.type == "cpu":
+        return _time_stretch_cpu(wave, rate, start, length, n_fft, hop_length, max_rate, rows, lengths, out_lengths)
     spec0, spec1 = AF._vocoder_analysis(wave, rate, start, length, n_fft, hop_length, max_rate, rows, lengths)
     return AF._vocoder_synthesis(vocoder_phase(spec0, spec1, n_fft, hop_length), length, n_fft, hop_length)
+
+
+@functools.lru_cache(maxsize=16)
+def _synthesis_tables(n_fft: int, hop: int, n_frames: int) -> tuple:
+    """The Hann window and the reciprocal of its squared overlap-add over ``n_frames`` frames (float32)."""
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    env = AF._overlap_add((window ** 2).expand(1, n_frames, n_fft), hop)[0]
+    inv = torch.where(env > 0, 1.0 / env, torch.zeros_like(env))
+    return window.float().numpy(), inv.float().numpy()
+
+
+def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop: int,
+                      max_rate: Optional[float], rows: Optional[Tensor], lengths: Optional[Tensor],
+                      out_lengths: Optional[Tensor]) -> Tensor:
+    """The vocoder on the CPU in chunks of about :data:`VOCODER_CHUNK_FRAMES` frames, each one's frames, spectra and
+    synthesis in the caches: windowed analysis frames (Numba), two real FFTs (torch), the phase kernel, the inverse
+    FFT (torch) and the overlap-add (Numba). Rows are grouped by the frames their ``out_lengths`` need, so a chunk
+    computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame)."""
+    from . import frames_cpu, vocoder_cpu
+
+    x = wave.detach().to(torch.float32).contiguous()
+    B = rate.shape[0]
+    T = x.shape[-1]
+    rate = rate.to(torch.float64)
+    if max_rate is not None:
+        AF._check_rate_bound(rate, max_rate)
+    pad = n_fft // hop
+    n_frames = -(-length // hop) + 2 * pad + 1
+    d = max(n_fft // 8, 1)
+    offset = pad * hop + n_fft // 2  # where the segment's first sample lies in the overlap-add
+    first = AF.stretched_starts(rate, start.to(torch.long) - pad * hop - n_fft // 2, n_frames, hop, n_fft // 2)
+    need = torch.full((B,), n_frames, dtype=torch.long)
+    if out_lengths is not None:  # frame k covers overlap-add samples [k * hop, k * hop + n_fft)
+        need = (-(-(offset + out_lengths.to(torch.long)) // hop)).clamp(1, n_frames)
+    order = torch.argsort(need, stable=True)
+    src_rows = torch.arange(B) if rows is None else rows.to(torch.long)
+    limit = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.to(torch.long)
+    window, inv_env = _synthesis_tables(n_fft, hop, n_frames)
+    out = torch.empty(B, length, dtype=torch.float32)
+    xn, outn = x.numpy(), out.numpy()
+    per_chunk = max(1, VOCODER_CHUNK_FRAMES // n_frames)  # rows a chunk takes (a host-side split: free on a CPU)
+    for idx in order.split(per_chunk):
+        k_max = int(need[idx[-1]])  # rows sorted by need: the chunk's last needs the most
+        f0 = torch.empty(len(idx), k_max, n_fft)
+        f1 = torch.empty(len(idx), k_max, n_fft)
+        frames_cpu.analysis_frames(xn, _np(src_rows[idx]), _np(first[idx, :k_max]), _np(limit[idx]), window, d,
+                                   f0.numpy(), f1.numpy())
+        spec = vocoder_cpu.run(torch.fft.rfft(f0).numpy(), torch.fft.rfft(f1).numpy(), n_fft, hop)
+        synth = torch.fft.irfft(torch.from_numpy(spec), n=n_fft)
+        frames_cpu.overlap_add(synth.numpy(), window, inv_env, hop, offset, _np(idx), outn)
+    return out

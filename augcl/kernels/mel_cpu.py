@@ -1,0 +1,84 @@
+"""The log-mel's power and mel projection as one Numba kernel on the CPU (parallel over rows).
+
+Replaces the first half of :func:`augcl.mel._mel_log` (the reference) after the real FFT: per row, ``|spec| ** power``
+of every bin, then each mel band as the sum over only the bins its triangle covers (the log stays in torch, whose
+vectorised log is faster than libm's one value at a time). The mel
+filterbank is triangles that overlap only their neighbours: each bin lies in at most two bands, so the sparse sum
+is ~2 multiply-adds per bin where the reference's dense matmul does ``n_mels`` (64 for the paper's front end: 30x
+fewer), and the power spectrum is never materialised as a full-size temporary.
+
+The terms summed are the reference's nonzero products (its zeros add exactly nothing), in another order: float32
+rounding differs (tests/test_kernels.py bounds it).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+def sparse_filterbank(filterbank: np.ndarray) -> tuple:
+    """``(first, offsets, weights)`` of a dense filterbank ``(F, M)``: band ``m`` covers bins ``first[m] ...
+    first[m] + (offsets[m + 1] - offsets[m]) - 1`` with ``weights[offsets[m]:offsets[m + 1]]`` (its nonzero span)."""
+    F, M = filterbank.shape
+    first = np.zeros(M, np.int64)
+    offsets = np.zeros(M + 1, np.int64)
+    spans = []
+    for m in range(M):
+        nz = np.flatnonzero(filterbank[:, m])
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+        first[m] = lo
+        spans.append(filterbank[lo:hi, m])
+        offsets[m + 1] = offsets[m] + (hi - lo)
+    weights = np.concatenate(spans) if spans else np.zeros(0)
+    return first, offsets, weights.astype(filterbank.dtype)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
+def mel_energy(spec, first, offsets, weights, power, out):
+    """``out[b, m, k] = sum_f w[m, f] |spec[b, k, f]| ** power`` over band ``m``'s span only; ``spec`` ``(B, K, F)``
+    complex, ``out`` ``(B, M, K)`` real (float32 sums for complex64, as the reference's matmul)."""
+    B, K, F = spec.shape
+    M = first.shape[0]
+    lo_bin, hi_bin = F, 0
+    for m in range(M):  # the bins any band reads
+        n = offsets[m + 1] - offsets[m]
+        if n > 0:
+            lo_bin = min(lo_bin, first[m])
+            hi_bin = max(hi_bin, first[m] + n)
+    u0 = np.uint64(0)
+    for b in prange(B):
+        # the power spectrum bin-major (F, K), so that each band's sum below is a multiply-add of whole rows of K
+        # frames (contiguous, vectorised) instead of a short sum per frame
+        pw = np.empty((F, K), out.dtype)
+        for k in range(K):
+            z = spec[b, k]
+            for f in range(lo_bin, hi_bin):
+                e = z[f].real * z[f].real + z[f].imag * z[f].imag
+                if power == 2.0:
+                    pw[f, k] = e
+                elif power == 1.0:
+                    pw[f, k] = math.sqrt(e)
+                else:
+                    pw[f, k] = e ** (0.5 * power)
+        for m in range(M):
+            lo, o0, n = first[m], offsets[m], offsets[m + 1] - offsets[m]
+            row = out[b, m]
+            for k in range(u0, np.uint64(K)):  # unsigned: no wraparound branch, the loop vectorises
+                row[k] = 0.0
+            for j in range(n):
+                w = weights[o0 + j]
+                src = pw[lo + j]
+                for k in range(u0, np.uint64(K)):
+                    row[k] += w * src[k]
+
+
+def run(spec: np.ndarray, sparse: tuple, power: float) -> np.ndarray:
+    """:func:`mel_energy` on a C-contiguous complex ``spec`` ``(B, K, F)``; returns ``(B, M, K)``."""
+    first, offsets, weights = sparse
+    B, K, _ = spec.shape
+    real = np.float64 if spec.dtype == np.complex128 else np.float32
+    out = np.empty((B, len(first), K), real)
+    mel_energy(spec, first, offsets, weights.astype(real), float(power), out)
+    return out

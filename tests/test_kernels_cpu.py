@@ -1,0 +1,185 @@
+"""The CPU kernels of the log-mel, the anchor's noise and the vocoder's framing (augcl.kernels: mel_cpu, noise_cpu,
+frames_cpu) against the functional reference and against independent truth (Python integers, scipy's normal)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from augcl import PRESETS, LogMel, MelConfig, PairAugmenter, kernels
+from augcl import functional as AF
+from augcl.mel import _log_mel_windowed, _mel_log
+from augcl.noise import AddNoise, white_noise
+
+from .conftest import cpu_generator
+
+pytestmark = pytest.mark.skipif(not kernels.available("cpu"), reason="Numba is not installed")
+
+MASK64 = (1 << 64) - 1
+
+
+def _splitmix_reference(seed: int, n: int) -> list:
+    """White noise's uniforms ``2 u - 1`` from Python integers (SplitMix64 written out: independent of torch's int64
+    arithmetic and of Numba's uint64)."""
+    out = []
+    for j in range(n):
+        z = (seed + (j // 2 + 1) * 0x9E3779B97F4A7C15) & MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        v = z >> 40 if j % 2 == 0 else (z >> 8) & 0xFFFFFF
+        out.append((2 * v + 1) / 2 ** 24 - 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, -1, 2 ** 62 - 1, -(2 ** 62), 123456789])
+def test_white_noise_is_splitmix64_then_the_normal_quantile(seed):
+    from scipy.special import erfinv
+
+    n = 37
+    x = np.array(_splitmix_reference(seed % (1 << 64), n))
+    truth = math.sqrt(2) * erfinv(x)
+    ref = white_noise(torch.tensor([seed]), n)[0].double().numpy()
+    ker = kernels.white_noise(torch.tensor([seed]), n)[0].double().numpy()
+    np.testing.assert_allclose(ref, truth, rtol=2e-6, atol=2e-6)  # float32 erfinv of the exact float32 argument
+    np.testing.assert_allclose(ker, truth, rtol=2e-6, atol=2e-6)  # Giles' approximation and a series log
+
+
+def test_white_noise_kernel_equals_the_reference_over_many_values():
+    seeds = torch.randint(-(2 ** 62), 2 ** 62, (16,), generator=cpu_generator(0))
+    ref, ker = white_noise(seeds, 20001), kernels.white_noise(seeds, 20001)
+    assert ker.dtype == ref.dtype == torch.float32 and ker.shape == ref.shape == (16, 20001)
+    err = (ker - ref).abs()
+    assert float(err.max()) <= 2e-6 * (1 + float(ref.abs().max())), float(err.max())
+
+
+def test_white_noise_is_standard_normal_white_and_independent_between_rows():
+    from scipy import stats
+
+    seeds = torch.randint(-(2 ** 62), 2 ** 62, (8,), generator=cpu_generator(1))
+    x = kernels.white_noise(seeds, 50000).double().numpy()
+    flat = x.ravel()
+    assert abs(flat.mean()) < 4 / math.sqrt(flat.size) and abs(flat.std() - 1) < 0.005
+    assert stats.kstest(flat[:100000], "norm").pvalue > 1e-3
+    lag1 = np.mean([np.corrcoef(r[:-1], r[1:])[0, 1] for r in x])  # even/odd halves of one 64-bit output
+    lag2 = np.mean([np.corrcoef(r[:-2], r[2:])[0, 1] for r in x])
+    rows = np.corrcoef(x)[np.triu_indices(8, 1)]
+    bound = 5 / math.sqrt(x.shape[1])
+    assert abs(lag1) < bound and abs(lag2) < bound and np.abs(rows).max() < bound
+
+
+def test_white_noise_of_a_prefix_is_the_prefix_and_a_replay_is_exact():
+    seeds = torch.tensor([5, 6, 7])
+    long, short = white_noise(seeds, 1000), white_noise(seeds, 333)
+    assert torch.equal(long[:, :333], short)
+    assert torch.equal(kernels.white_noise(seeds, 1000)[:, :333], kernels.white_noise(seeds, 333))
+    t = AddNoise(p=1.0, output_type="dict")
+    x = torch.randn(3, 1, 4000, generator=cpu_generator(2))
+    out = t(x, generator=cpu_generator(3))
+    assert out.params["noise_seed"].dtype == torch.long and out.params["noise_seed"].shape == (3,)
+    assert torch.equal(t(x, params=out.params).samples, out.samples)
+
+
+@given(power=st.sampled_from([1.0, 2.0, 1.5]), n_fft=st.sampled_from([256, 400, 512]),
+       n_mels=st.sampled_from([16, 64, 80]), scale=st.sampled_from(["slaney", "htk"]), seed=st.integers(0, 2 ** 16))
+def test_mel_kernel_equals_the_dense_matmul(power, n_fft, n_mels, scale, seed):
+    """The sparse sum over each band's span against the reference's dense (n_mels, F) matmul: the same nonzero terms,
+    summed in another order (float32: relative to each band's energy)."""
+    lm = LogMel(MelConfig(n_fft=n_fft, win_length=n_fft, n_mels=n_mels, mel_scale=scale, power=power))
+    frames = torch.randn(3, 7, n_fft, generator=cpu_generator(seed))
+    spec = torch.fft.rfft(frames)
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    ref = torch.matmul(lm.filterbank.T, spec.transpose(-1, -2).abs() ** power)
+    got = kernels.mel_energy(spec, sparse, power)
+    assert got.shape == ref.shape == (3, n_mels, 7)
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=1e-6 * float(ref.abs().max()))
+    # and in float64, the bins and weights in the same order as the matmul reads them: equal to rounding
+    got64 = kernels.mel_energy(spec.to(torch.complex128), sparse, power)
+    ref64 = torch.matmul(lm.filterbank.double().T, spec.to(torch.complex128).transpose(-1, -2).abs() ** power)
+    torch.testing.assert_close(got64, ref64, rtol=1e-12, atol=1e-12 * float(ref64.abs().max()))
+
+
+def test_log_mel_with_the_kernel_equals_the_reference_with_gain_and_both_log_modes():
+    lm = LogMel()
+    frames = torch.randn(4, 9, 400, generator=cpu_generator(4)) * lm.window
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    gain = torch.tensor([0.0, 3.0, -2.0, 80.0])
+    for mode in ("offset", "clamp"):
+        ref = _mel_log(torch.fft.rfft(frames).transpose(-1, -2), lm.filterbank, 2.0, 1e-6, mode, gain)
+        got = _log_mel_windowed(frames, lm.filterbank, 400, 2.0, 1e-6, mode, gain, sparse)
+        torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+
+
+@given(B=st.integers(1, 4), T=st.integers(1, 3000), K=st.integers(1, 12), width=st.sampled_from([7, 64, 400]),
+       lo=st.integers(-900, 3000), step=st.integers(0, 300), seed=st.integers(0, 2 ** 16), limited=st.booleans())
+def test_frames_kernel_equals_the_gather_and_window(B, T, K, width, lo, step, seed, limited):
+    """Windows at any starts (before the clip, across its end, past a row's length) against the reference's gather
+    (an index per sample, :func:`augcl.core._gather_samples`) times the window and a row scale."""
+    g = cpu_generator(seed)
+    x = torch.randn(B, T, generator=g)
+    first = lo + torch.arange(K) * step + torch.randint(-5, 6, (B, K), generator=g)
+    limit = torch.randint(1, T + 1, (B,), generator=g) if limited else None
+    window = torch.rand(width, generator=g)
+    scale = torch.rand(B, generator=g) + 0.5
+    ref = AF._gather_samples(x, first, width, limit) * window * scale.reshape(-1, 1, 1)
+    got = kernels.frames_at(x, first, window, limit, scale)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_noisy_frames_kernel_equals_crop_noise_and_frames(with_lengths):
+    """The fused anchor (crop, white noise at an SNR over the valid samples, windowed frames) against the reference
+    blocks one after the other."""
+    B, T, K, hop = 6, 30000, 96, 160
+    mel = LogMel()
+    noise = AddNoise(p=1.0, backend="torch")
+    x = torch.randn(B, T, generator=cpu_generator(5)) * 0.1
+    n = (K - 1) * hop + 400
+    start = torch.tensor([-200, 0, 5000, T - n, T - 100, 14000])
+    lengths = torch.tensor([T, 9000, 20000, 1, T, 14500]) if with_lengths else None
+    params = noise.sample(B, n, cpu_generator(6))
+    params["noise_applied"][1] = False
+    seg = AF.crop_segments(x, start, n, lengths)
+    pos = start[:, None] + torch.arange(n)
+    valid = (pos >= 0) & (pos < (T if lengths is None else lengths[:, None]))
+    y = noise.apply(seg, params, valid)
+    ref = y.unfold(-1, 400, hop) * mel.window
+    got = kernels.noisy_frames(x, start, K, hop, mel.window, params["noise_seed"], params["snr_db"],
+                               params["noise_applied"], lengths)
+    assert got.shape == (B, K, 400)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_every_preset_on_the_kernels_equals_the_reference(preset, with_lengths, impulse_bank):
+    """``backend="auto"`` (every CPU kernel) against ``"torch"`` on the same params: the log-mels agree to float32
+    rounding, except the vocoder's float32 phases in ``all`` (bins within 30 dB of their frame's loudest)."""
+    x = torch.randn(5, 24000, generator=cpu_generator(7)) * 0.1
+    lengths = torch.tensor([24000, 16000, 9000, 24000, 500]) if with_lengths else None
+    kw = {"rir_bank": impulse_bank} if PRESETS[preset](16000).positive.rir is not None else {}
+    ref = PairAugmenter.from_preset(preset, backend="torch", **kw)(x, generator=cpu_generator(8), lengths=lengths)
+    got = PairAugmenter.from_preset(preset, backend="auto", **kw)(x, params=ref.params, lengths=lengths)
+    torch.testing.assert_close(got.anchor, ref.anchor, rtol=0, atol=1e-4)
+    if preset != "all":
+        torch.testing.assert_close(got.positive, ref.positive, rtol=0, atol=1e-4)
+    else:
+        loud = ref.positive > ref.positive.amax(dim=2, keepdim=True) - math.log(1e3)
+        assert float((got.positive - ref.positive)[loud].abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("rates", [(0.8, 1.25), (0.5, 2.0)])
+def test_vocoder_out_lengths_skip_only_frames_past_them(rates):
+    """The CPU vocoder with ``out_lengths`` (rows grouped by the frames they need) equals the whole-length run on
+    every sample a row keeps."""
+    x = torch.randn(7, 20000, generator=cpu_generator(9)) * 0.1
+    rate = torch.empty(7, dtype=torch.float64).uniform_(*rates, generator=cpu_generator(10))
+    start = torch.zeros(7, dtype=torch.long)
+    L = math.ceil(20000 / rates[0])
+    keep = AF.stretched_length(20000, rate).clamp_max(L)
+    full = kernels.time_stretch_segment(x, rate, start, L)
+    part = kernels.time_stretch_segment(x, rate, start, L, out_lengths=keep)
+    inside = torch.arange(L) < keep[:, None]
+    assert torch.equal(full[inside], part[inside])
