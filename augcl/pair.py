@@ -99,6 +99,10 @@ SCALE_ABOVE = 2.0 ** 40
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
+#: the same with the CPU kernels (``backend="auto"`` with Numba): a chunk of 8 clips keeps its frames and spectra (~0.6 MB
+#: each) in the core's L2 from the framing kernel through the FFT to the mel kernel; 8 was the fastest of 2-128 for
+#: ts+mask at 1 thread (39.8 ms a B=128 batch against 51.6 with 32; ``python -m benchmarks.throughput --chunk-sizes``)
+KERNEL_CHUNK = 8
 
 
 class Pair(NamedTuple):
@@ -238,8 +242,8 @@ class PairAugmenter(nn.Module):
             ``True`` on an accelerator raises at once, at the cost of a host sync. Finite input of any magnitude
             gives finite output: rows too loud for float32 powers are augmented divided by a power of two
             (:data:`SCALE_ABOVE`).
-        chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
-            whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
+        chunk_size: clips each branch processes at a time. Default (None): on a CPU :data:`KERNEL_CHUNK` with the
+            kernels, :data:`CPU_CHUNK` without, the whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
             not depend on it; it only bounds the size of the temporaries.
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
@@ -412,7 +416,8 @@ class PairAugmenter(nn.Module):
     def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
         """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
-        size = self.chunk_size or (CPU_CHUNK if AF.cpu_branch(x.device) else B)
+        size = self.chunk_size or (B if not AF.cpu_branch(x.device) else
+                                   KERNEL_CHUNK if kernels.use_kernels(self.backend, x.device) else CPU_CHUNK)
         if size >= B:
             yield x, params, divisor
             return

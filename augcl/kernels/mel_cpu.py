@@ -35,6 +35,10 @@ def sparse_filterbank(filterbank: np.ndarray) -> tuple:
     return first, offsets, weights.astype(filterbank.dtype)
 
 
+#: frames per tile: one AVX-512 register of float32
+TILE = 16
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
 def mel_energy(spec, first, offsets, weights, power, out):
     """``out[b, m, k] = sum_f w[m, f] |spec[b, k, f]| ** power`` over band ``m``'s span only; ``spec`` ``(B, K, F)``
@@ -47,31 +51,34 @@ def mel_energy(spec, first, offsets, weights, power, out):
         if n > 0:
             lo_bin = min(lo_bin, first[m])
             hi_bin = max(hi_bin, first[m] + n)
-    u0 = np.uint64(0)
+    u0, tile = np.uint64(0), np.uint64(TILE)
     for b in prange(B):
-        # the power spectrum bin-major (F, K), so that each band's sum below is a multiply-add of whole rows of K
-        # frames (contiguous, vectorised) instead of a short sum per frame
-        pw = np.empty((F, K), out.dtype)
-        for k in range(K):
-            z = spec[b, k]
-            for f in range(lo_bin, hi_bin):
-                e = z[f].real * z[f].real + z[f].imag * z[f].imag
-                if power == 2.0:
-                    pw[f, k] = e
-                elif power == 1.0:
-                    pw[f, k] = math.sqrt(e)
-                else:
-                    pw[f, k] = e ** (0.5 * power)
-        for m in range(M):
-            lo, o0, n = first[m], offsets[m], offsets[m + 1] - offsets[m]
-            row = out[b, m]
-            for k in range(u0, np.uint64(K)):  # unsigned: no wraparound branch, the loop vectorises
-                row[k] = 0.0
-            for j in range(n):
-                w = weights[o0 + j]
-                src = pw[lo + j]
-                for k in range(u0, np.uint64(K)):
-                    row[k] += w * src[k]
+        # TILE frames at a time, their power spectrum bin-major (F, TILE) in L1: each band is then a multiply-add of
+        # whole TILE-wide rows (one vector op each) over the band's span, instead of a short scalar sum per frame
+        pw = np.zeros((F, TILE), out.dtype)
+        for k0 in range(0, K, TILE):
+            n_k = min(TILE, K - k0)
+            for kk in range(n_k):
+                z = spec[b, k0 + kk]
+                for f in range(lo_bin, hi_bin):
+                    e = z[f].real * z[f].real + z[f].imag * z[f].imag
+                    if power == 2.0:
+                        pw[f, kk] = e
+                    elif power == 1.0:
+                        pw[f, kk] = math.sqrt(e)
+                    else:
+                        pw[f, kk] = e ** (0.5 * power)
+            for m in range(M):
+                lo, o0, n = first[m], offsets[m], offsets[m + 1] - offsets[m]
+                acc = np.zeros(TILE, out.dtype)
+                for j in range(n):
+                    w = weights[o0 + j]
+                    src = pw[lo + j]
+                    for kk in range(u0, tile):  # unsigned: no wraparound branch, the loop vectorises
+                        acc[kk] += w * src[kk]
+                row = out[b, m, k0:k0 + n_k]
+                for kk in range(u0, np.uint64(n_k)):
+                    row[kk] = acc[kk]
 
 
 def run(spec: np.ndarray, sparse: tuple, power: float) -> np.ndarray:

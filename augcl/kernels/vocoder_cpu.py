@@ -137,6 +137,126 @@ def run(spec0: np.ndarray, spec1: np.ndarray, n_fft: int, hop: int) -> np.ndarra
     out = np.empty_like(spec0)
     mag, omega_prev, pa0 = (np.empty((B, nb), real) for _ in range(3))
     acc, nearest, rot = np.empty((B, nb), np.float64), np.empty((B, nb), np.int64), np.empty((B, nb), spec0.dtype)
+    if spec0.dtype == np.complex64:
+        phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d)
+        return out
     phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest, omega_bin, rot_d, rot,
                spec0.dtype == np.complex128)
     return out
+
+
+@njit(cache=True, inline="always", fastmath={"contract", "arcp", "nsz"})
+def _atan2_poly(y, x):
+    """:func:`_atan2`'s float32 polynomial without branches (selects), so that a loop of it vectorises."""
+    ax, ay = abs(x), abs(y)
+    hi, lo = max(ax, ay), min(ax, ay)
+    a = lo / max(hi, np.float32(1e-38))
+    z = a * a
+    c0, c1, c2, c3, c4, c5, c6, c7 = _ATAN
+    r = a * (c0 + z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * (c6 + z * c7)))))))
+    r = 0.5 * math.pi - r if ay > ax else r
+    r = math.pi - r if x < 0.0 else r
+    return -r if y < 0.0 else r
+
+
+@njit(cache=True, inline="always", fastmath={"contract", "arcp", "nsz"})
+def _cis(x):
+    """``exp(i x)`` complex64 for float32 ``x`` in [-pi, pi]: ``x = y + q pi`` (``|y| <= pi / 2``), Taylor series of
+    sin and cos of ``y`` to degree 11 and 12 (errors below 6e-8), signs by ``q``; no branch, so a loop vectorises."""
+    q = np.round(x * np.float32(1.0 / math.pi))
+    y = x - q * np.float32(math.pi)
+    y2 = y * y
+    sn = y * (np.float32(1.0) + y2 * (np.float32(-1 / 6) + y2 * (np.float32(1 / 120) + y2 * (np.float32(-1 / 5040) + y2 * (
+        np.float32(1 / 362880) + y2 * np.float32(-1 / 39916800))))))
+    cs = np.float32(1.0) + y2 * (np.float32(-0.5) + y2 * (np.float32(1 / 24) + y2 * (np.float32(-1 / 720) + y2 * (
+        np.float32(1 / 40320) + y2 * (np.float32(-1 / 3628800) + y2 * np.float32(1 / 479001600))))))
+    sign = np.float32(1.0) - np.float32(2.0) * (q != 0.0)
+    return complex(sign * cs, sign * sn)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
+def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
+    """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes, both phases
+    and the phase advance for every bin of a frame at once (the polynomial atan2, no branch), then the accumulation;
+    the rare bins the reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The
+    same arithmetic as :func:`phase_lock` with ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to
+    rounding: only a tie of two magnitudes can pick another peak)."""
+    B, K, nb = spec0.shape
+    d = max(n_fft // 8, 1)
+    inv_d = 1.0 / d
+    half_hop = 0.5 * hop
+    nyquist = n_fft // 2 if n_fft % 2 == 0 else -1
+    u0, unb = np.uint64(0), np.uint64(nb)
+    two_pi = 2.0 * math.pi
+    for b in prange(B):
+        mag = np.empty(nb, np.float32)
+        pa = np.empty(nb, np.float32)  # the frame's analysis phases
+        adv = np.empty(nb, np.float32)
+        omega_prev = np.empty(nb, np.float32)
+        acc = np.zeros(nb, np.float64)
+        pa0 = np.empty(nb, np.float32)
+        nearest = np.empty(nb, np.int64)
+        rot = np.empty(nb, np.complex64)
+        for k in range(K):
+            z0, z1, o = spec0[b, k], spec1[b, k], out[b, k]
+            silent = 0
+            for f in range(u0, unb):
+                re0, im0, re1, im1 = z0[f].real, z0[f].imag, z1[f].real, z1[f].imag
+                mag[f] = math.sqrt(re0 * re0 + im0 * im0)
+                cr, ci = re1 * re0 + im1 * im0, im1 * re0 - re1 * im0  # z1 * conj(z0)
+                rr, ri = rot_d[f].real, rot_d[f].imag
+                c2r, c2i = cr * rr - ci * ri, cr * ri + ci * rr
+                a = _atan2_poly(c2i, c2r)
+                adv[f] = -math.pi if a >= math.pi else a
+                pa[f] = _atan2_poly(im0, re0)
+                silent += 1 if (c2r == 0.0 and c2i == 0.0) else 0
+            adv[0] = 0.0  # real bins advance at their bin frequency, as in the reference
+            if nyquist >= 0:
+                adv[nyquist] = 0.0
+            if silent:  # a silent frame: angle(0) = 0, as torch.angle has it
+                for f in range(1, nb):
+                    if f != nyquist:
+                        z, w = z0[f], z1[f]
+                        cr, ci = w.real * z.real + w.imag * z.imag, w.imag * z.real - w.real * z.imag
+                        rr, ri = rot_d[f].real, rot_d[f].imag
+                        if cr * rr - ci * ri == 0.0 and cr * ri + ci * rr == 0.0:
+                            adv[f] = _wrap(math.atan2(w.imag, w.real) - math.atan2(z.imag, z.real)
+                                           - omega_bin[f] * d, False)
+            mx = np.float32(0.0)
+            if k == 0:
+                for f in range(u0, unb):
+                    om = omega_bin[f] + adv[f] * inv_d
+                    omega_prev[f] = om
+                    pa0[f] = pa[f]
+                    mx = max(mx, mag[f])
+            else:
+                for f in range(u0, unb):
+                    om = omega_bin[f] + adv[f] * inv_d
+                    s = half_hop * (om + omega_prev[f]) + math.pi  # _wrap with a floor (float32 kernel's)
+                    m = s - two_pi * math.floor(s * (0.5 / math.pi))
+                    m = m - two_pi if m >= two_pi else m
+                    acc[f] += m - math.pi
+                    omega_prev[f] = om
+                    mx = max(mx, mag[f])
+            floor = mx * np.float32(1e-6)
+            for f in range(u0, unb):  # every bin's rotation exp(i (synthesis - analysis phase)): used at peaks
+                th = pa0[f] + acc[f] - pa[f]
+                rot[f] = _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
+            # nearest peak: a left-to-right pass records the last peak, a right-to-left pass picks the closer one
+            last = -1
+            for f in range(nb):
+                m = mag[f]
+                if (m > floor and (f < 1 or mag[f - 1] <= m) and (f < 2 or mag[f - 2] <= m)
+                        and (f + 1 >= nb or mag[f + 1] <= m) and (f + 2 >= nb or mag[f + 2] <= m)):
+                    last = f
+                nearest[f] = last
+            nxt = -1
+            for f in range(nb - 1, -1, -1):
+                left = nearest[f]
+                if left == f:
+                    nxt = f
+                if left < 0 and nxt < 0:  # no peak in the frame: the bin keeps its own synthesis phase
+                    left = f
+                elif left < 0 or (nxt >= 0 and nxt - f < f - left):
+                    left = nxt
+                o[f] = z0[f] * rot[left]
