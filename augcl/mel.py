@@ -131,16 +131,23 @@ def _check_log_mode(log_mode: str) -> None:
         raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
 
 
-def _log_of_mel(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[Tensor] = None) -> Tensor:
-    """The log of mel energies ``(B, n_mels, K)`` (a fresh tensor: modified in place), times ``exp(log_gain)``."""
+def _log_of_mel(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[Tensor] = None,
+                inplace: bool = False) -> Tensor:
+    """The log of mel energies ``(B, n_mels, K)`` (a fresh tensor: modified), times ``exp(log_gain)``; ``inplace``: the
+    result is ``mel`` itself."""
     gained = None
     if log_gain is not None:
         g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
         floor = mel.new_full((), math.log(log_eps))  # filled on the device (new_tensor would copy from the host)
         scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
         gained = torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
-    out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
-    return out if gained is None else torch.where(g != 0, gained, out)
+    if inplace:
+        out = (mel.add_(log_eps) if log_mode == "offset" else mel.clamp_min_(log_eps)).log_()
+    else:
+        out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+    if gained is None:
+        return out
+    return out.copy_(torch.where(g != 0, gained, out)) if inplace else torch.where(g != 0, gained, out)
 
 
 def log_mel_frames(
@@ -165,15 +172,20 @@ def log_mel_frames(
 
 
 def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
-                      log_mode: str, log_gain: Optional[Tensor] = None, sparse: Optional[tuple] = None) -> Tensor:
+                      log_mode: str, log_gain: Optional[Tensor] = None, sparse: Optional[tuple] = None,
+                      out: Optional[Tensor] = None) -> Tensor:
     """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
     windows them in place: one full-size temporary fewer). ``sparse``: the filterbank's nonzero spans
-    (:func:`augcl.kernels.sparse_filterbank`): the power and mel projection then run in the CPU kernel."""
+    (:func:`augcl.kernels.sparse_filterbank`): the power and mel projection then run in the CPU kernel, which writes
+    into ``out`` ``(B, n_mels, K)`` if given (contiguous; the log then too, in place)."""
     spec = torch.fft.rfft(windowed, n=n_fft)  # (B, K, F)
     if sparse is None:
         return _mel_log(spec.transpose(-1, -2), filterbank, power, log_eps, log_mode, log_gain)
     _check_log_mode(log_mode)
-    return _log_of_mel(kernels.mel_energy(spec, sparse, power), log_eps, log_mode, log_gain)
+    if out is not None and not (out.is_contiguous() and out.dtype == spec.real.dtype):
+        out = None
+    mel = kernels.mel_energy(spec, sparse, power, out=out)
+    return _log_of_mel(mel, log_eps, log_mode, log_gain, inplace=True)
 
 
 @dataclass(frozen=True)
@@ -285,20 +297,22 @@ class LogMel(nn.Module):
         return _log_mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
                                  c.log_eps, c.log_mode, log_gain, sparse)
 
-    def windowed_log_mel(self, frames: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
-        """``(B, K, win_length)`` frames already multiplied by the window -> ``(B, n_mels, K)``."""
+    def windowed_log_mel(self, frames: Tensor, log_gain: Optional[Tensor] = None,
+                         out: Optional[Tensor] = None) -> Tensor:
+        """``(B, K, win_length)`` frames already multiplied by the window -> ``(B, n_mels, K)`` (into ``out`` where the
+        CPU kernels run)."""
         c = self.config
         return _log_mel_windowed(frames, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain,
-                                 self._kernel_filterbank(frames.device))
+                                 self._kernel_filterbank(frames.device), out)
 
     def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
                 divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                log_gain: Optional[Tensor] = None) -> Tensor:
+                log_gain: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
         """``(B, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at stretched
         position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
         :meth:`from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``:
         the log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
-        ``log_gain`` ``(B,)``: as in :meth:`from_context`."""
+        ``log_gain`` ``(B,)``: as in :meth:`from_context`; ``out``: where the CPU kernels may write the result."""
         c = self.config
         width = self.window.shape[-1]
         sparse = self._kernel_filterbank(x.device)
@@ -310,7 +324,8 @@ class LogMel(nn.Module):
             f = kernels.frames_at(x, stretched_starts(rate, first, frames, c.hop_length, width // 2),
                                   self.window.to(x.dtype), lengths,
                                   None if divisor is None else 1.0 / divisor.to(x.dtype))
-            return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain, sparse)
+            return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain, sparse,
+                                     out)
         f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
         if divisor is not None:

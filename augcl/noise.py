@@ -45,7 +45,7 @@ def white_noise(seed: Tensor, length: int) -> Tensor:
     z = (z ^ _logical_shift(z, 27)) * _MIX2
     z = z ^ _logical_shift(z, 31)
     v = torch.where(j % 2 == 0, _logical_shift(z, 40), (z >> 8) & 0xFFFFFF)
-    x = (2 * v + 1).to(torch.float32) * 2.0 ** -24 - 1.0  # 2 u - 1, exact
+    x = (2 * v + 1 - (1 << 24)).to(torch.float32) * 2.0 ** -24  # 2 u - 1, exact (|integer| < 2 ** 24: float32 holds it)
     return torch.erfinv(x).mul_(math.sqrt(2.0))
 
 

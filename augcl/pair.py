@@ -162,8 +162,15 @@ class Branch(nn.Module):
         return params
 
     def apply(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None) -> Tensor:
-        """The branch's log-mels of clips ``x`` with ``params``; ``divisor`` ``(B, 1)`` scales each clip by
-        ``1 / divisor`` (applied to the segment: the same as dividing the clip, without a pass over it).
+        """The branch's log-mels of clips ``x`` with ``params``, masked: :meth:`log_mel`, then the masks."""
+        spec = self.log_mel(x, params, divisor)
+        return self.mask.apply(spec, params) if self.mask is not None else spec
+
+    def log_mel(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None,
+                out: Optional[Tensor] = None) -> Tensor:
+        """The branch's log-mels ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params``, before the masks; ``divisor``
+        ``(B, 1)`` scales each clip by ``1 / divisor`` (applied to the segment: the same as dividing the clip, without
+        a pass over it). ``out``: where the CPU kernels may write them (returned then; otherwise a new tensor).
 
         ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
         (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
@@ -176,38 +183,34 @@ class Branch(nn.Module):
         log_gain = None
         if clip_scale is not None:
             log_gain = self.mel.config.power * torch.log(clip_scale.to(AF.work_dtype(x.dtype)))
+        into = None if out is None else out[:, 0]
         if self.spectral:
             if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
                 scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
                 divisor = 1.0 / scale if divisor is None else divisor / scale
-            spec = self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
-                                                  log_gain=log_gain).unsqueeze(1)
-            return self.mask.apply(spec, params) if self.mask is not None else spec
+            return self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
+                                                  log_gain=log_gain, out=into).unsqueeze(1)
         if self._fused_noise(x):  # the CPU kernels: crop, noise and frames in one pass (kernels.noisy_frames)
             mel, seg = self.mel, self.segment
             c = mel.config
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
                 params["snr_db"], params["noise_applied"], lengths, None if divisor is None else 1.0 / divisor)
-            spec = mel.windowed_log_mel(frames, log_gain).unsqueeze(1)
-            return self.mask.apply(spec, params) if self.mask is not None else spec
+            return mel.windowed_log_mel(frames, log_gain, out=into).unsqueeze(1)
         y = self.segment.apply(x, params, lengths=lengths)
         if divisor is not None:
             y = y / divisor
         if self.gain is not None:
             y = self.gain.apply(y, params)
         for t in self.extra:
-            out = t(y.unsqueeze(1), sample_rate=self.sample_rate)
-            y = (out.samples if hasattr(out, "samples") else out).reshape(y.shape).to(y.dtype)
+            res = t(y.unsqueeze(1), sample_rate=self.sample_rate)
+            y = (res.samples if hasattr(res, "samples") else res).reshape(y.shape).to(y.dtype)
         if self.rir is not None:
             y = self.rir.apply(y, params)
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
             y = self.noise.apply(y, params, valid, scale=clip_scale)
-        spec = self.mel.from_context(y, log_gain).unsqueeze(1)
-        if self.mask is not None:
-            spec = self.mask.apply(spec, params)
-        return spec
+        return self.mel.from_context(y, log_gain).unsqueeze(1)
 
 
 class PairAugmenter(nn.Module):
@@ -410,7 +413,17 @@ class PairAugmenter(nn.Module):
             p["lengths"] = valid
             if clip_scale is not None and norm is None:  # with normalize_clip the scale cancels in x / norm
                 p["clip_scale"] = clip_scale
-            specs.append(torch.cat([branch.apply(*chunk) for chunk in self.chunks(x, p, norm)]))
+            # the chunks' log-mels go straight into the batch's (the CPU kernels write there: no concatenation), then
+            # the masks, once for the batch
+            spec = x.new_empty(B, 1, self.config.mel.n_mels, self.config.segment_frames)
+            i = 0
+            for chunk in self.chunks(x, p, norm):
+                part = spec[i:i + chunk[0].shape[0]]
+                got = branch.log_mel(*chunk, out=part)
+                if got.data_ptr() != part.data_ptr():
+                    part.copy_(got)
+                i += chunk[0].shape[0]
+            specs.append(branch.mask.apply(spec, p) if branch.mask is not None else spec)
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
 
     def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):

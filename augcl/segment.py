@@ -135,12 +135,12 @@ class RandomSegment(Transform):
 
     def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
                           divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                          log_gain: Optional[Tensor] = None) -> Tensor:
+                          log_gain: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
         """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
         scales the clips by ``1 / divisor``; ``lengths`` ``(B,)``: valid samples per clip (as in :meth:`apply`);
-        ``log_gain`` ``(B,)``: as in :func:`augcl.functional.log_mel`."""
+        ``log_gain`` ``(B,)``: as in :func:`augcl.functional.log_mel`; ``out``: as in :meth:`LogMel.at_rate`."""
         return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound,
-                           divisor, lengths=lengths, log_gain=log_gain)
+                           divisor, lengths=lengths, log_gain=log_gain, out=out)
 
     def extra_repr(self) -> str:
         return f"segment_samples={self.segment_samples}, context={self.context}, " + super().extra_repr()

@@ -1,6 +1,7 @@
 """augcl.kernels against the functional reference: the Numba CPU kernel, the CUDA kernel (in numba's CUDA
 simulator here; on a real GPU where there is one) and the backend dispatcher."""
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -147,7 +148,8 @@ def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
     from augcl.kernels.vocoder_cpu import _atan2
 
     fast, ref = _atan2(y, x, False), float(np.arctan2(y, x))
-    assert _atan2(y, x, True) == ref
+    # the float64 kernel calls libm's atan2 (math.atan2); numpy's own (SIMD on AVX-512) may differ by an ulp
+    assert _atan2(y, x, True) == math.atan2(y, x)
     diff = abs(fast - ref)
     assert min(diff, abs(diff - 2 * np.pi)) <= 4e-8, (y, x, fast, ref)
 

@@ -138,12 +138,14 @@ def sparse_filterbank(filterbank: Tensor) -> tuple:
     return mel_cpu.sparse_filterbank(filterbank.detach().cpu().numpy())
 
 
-def mel_energy(spec: Tensor, sparse: tuple, power: float) -> Tensor:
+def mel_energy(spec: Tensor, sparse: tuple, power: float, out: Optional[Tensor] = None) -> Tensor:
     """Kernel version of the power + mel projection of :func:`augcl.mel._mel_log`: complex ``(B, K, F)`` on the CPU
-    -> mel energies ``(B, M, K)``, summing only the bins each band covers (``sparse``: :func:`sparse_filterbank`)."""
+    -> mel energies ``(B, M, K)``, summing only the bins each band covers (``sparse``: :func:`sparse_filterbank`);
+    written into ``out`` (contiguous) if given."""
     from . import mel_cpu
 
-    return torch.from_numpy(mel_cpu.run(spec.contiguous().numpy(), sparse, power))
+    res = mel_cpu.run(spec.contiguous().numpy(), sparse, power, None if out is None else out.numpy())
+    return out if out is not None else torch.from_numpy(res)
 
 
 def white_noise(seed: Tensor, length: int) -> Tensor:

@@ -61,7 +61,7 @@ def windows(x, first, limit, window, scale, out):
             _zero(o[hi:])
 
 
-@njit(cache=True, inline="always", fastmath={"reassoc", "contract", "nsz"})
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})  # not inlined: reassociation is for this sum alone
 def _energy(v):
     e = 0.0
     for i in range(U0, np.uint64(v.shape[0])):
@@ -69,7 +69,7 @@ def _energy(v):
     return e
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
 def noisy_frames(x, start, limit, seeds, snr_db, applied, window, scale, hop, out):
     """The windowed frames ``out`` ``(B, K, W)`` of segment ``x[b, start[b] : start[b] + n]`` (``n = (K - 1) * hop +
     W``; zeros outside ``[0, min(T, limit[b]))``) plus, where ``applied[b]``, white noise of stream ``seeds[b]``

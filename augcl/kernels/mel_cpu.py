@@ -81,11 +81,12 @@ def mel_energy(spec, first, offsets, weights, power, out):
                     row[kk] = acc[kk]
 
 
-def run(spec: np.ndarray, sparse: tuple, power: float) -> np.ndarray:
-    """:func:`mel_energy` on a C-contiguous complex ``spec`` ``(B, K, F)``; returns ``(B, M, K)``."""
+def run(spec: np.ndarray, sparse: tuple, power: float, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`mel_energy` on a C-contiguous complex ``spec`` ``(B, K, F)``; returns ``(B, M, K)`` (``out`` if given)."""
     first, offsets, weights = sparse
     B, K, _ = spec.shape
     real = np.float64 if spec.dtype == np.complex128 else np.float32
-    out = np.empty((B, len(first), K), real)
+    if out is None:
+        out = np.empty((B, len(first), K), real)
     mel_energy(spec, first, offsets, weights.astype(real), float(power), out)
     return out

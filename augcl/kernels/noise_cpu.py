@@ -38,7 +38,7 @@ def noise_row(key, out, x, arg, expo):
             z = (z ^ (z >> np.uint64(27))) * MIX2
             z = z ^ (z >> np.uint64(31))
             v = (z >> np.uint64(40)) if j % 2 == 0 else (z >> np.uint64(8)) & np.uint64(0xFFFFFF)
-            xv = np.float32(np.int32(v) * 2 + 1) * np.float32(2.0 ** -24) - one
+            xv = np.float32(np.int32(v) * 2 + 1 - 16777216) * np.float32(2.0 ** -24)  # exact: |integer| < 2 ** 24
             x[t] = xv
             arg[t] = (one - xv) * (one + xv)
         for t in range(m):  # split (1 - x)(1 + x) = mantissa * 2 ** exponent, the mantissa in [0.71, 1.41)
