@@ -53,7 +53,6 @@ import soundfile as sf
 import torch
 
 from augcl import PRESETS, PairAugmenter, kernels
-from augcl import functional as AF
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
 from benchmarks import roofline
@@ -270,7 +269,6 @@ WHOLE_CLIP = "torchaudio[whole clip]"
 #: each library's chains: the headline ratio is against the fastest of them
 LIBRARIES = {"torchaudio": ("torchaudio", WHOLE_CLIP), "torch-audiomentations": ("torch-audiomentations",),
              "audiomentations": ("audiomentations",)}
-STAGES = ("sample", "crop", "noise", "stretch", "rir", "mel", "masks")
 
 
 def backends(device: torch.device) -> list:
@@ -297,47 +295,27 @@ def _median_time(fn, device, repeats: int) -> float:
 
 
 def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
-    """Seconds per batch of each stage of augcl's pipeline (both branches), each timed alone on the same params,
-    chunk by chunk as the pipeline runs it (``PairAugmenter.chunks``)."""
+    """Seconds per batch of each part of augcl's pipeline, each timed alone on the same params: the draws, each
+    branch's log-mels chunk by chunk as the pipeline runs them (``Branch.log_mel`` on ``PairAugmenter.chunks``: the
+    branch's own dispatch, kernels included) and the masks on the batch. ``benchmarks.profile`` splits them op by op."""
     device = wave.device
     x = wave.to(torch.float32)
     g = torch.Generator(device=device).manual_seed(1)
-    params = aug.sample(x.shape[0], x.shape[-1], g, device)
-    stages = {name: [] for name in STAGES}
-    stages["sample"].append(lambda: aug.sample(x.shape[0], x.shape[-1], g, device))
+    B, T = x.shape
+    params = aug.sample(B, T, g, device)
+    valid = torch.full((B,), T, dtype=torch.long, device=device)
+    stages = {"sample": lambda: aug.sample(B, T, g, device)}
     for name, branch in (("anchor", aug.anchor), ("positive", aug.positive)):
-        branch_params = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")}
-        seg = branch.segment
-        for xc, p, _ in aug.chunks(x, branch_params):
-            if branch.spectral:  # stretch and log-mel are one gather + one log-mel: count the gather as the stretch
-                c = branch.mel.config
-                stages["stretch"].append(lambda s=seg, p=p, b=branch, xc=xc: AF.stretched_frames(
-                    xc, p["stretch_rate"], p["start"] - s.context, b.frames, c.hop_length, b.mel.window.shape[-1],
-                    s.stretch.rate_bound))
-                frames = stages["stretch"][-1]()
-                stages["mel"].append(lambda b=branch, f=frames: AF.log_mel_frames(
-                    f, b.mel.filterbank, b.mel.window, n_fft=c.n_fft, power=c.power, log_eps=c.log_eps,
-                    log_mode=c.log_mode))
-            else:
-                stages["crop"].append(lambda s=seg, p=p, xc=xc: AF.crop_segments(xc, p["start"] - s.context,
-                                                                                   s.output_samples))
-                if seg.stretch is not None:
-                    stages["stretch"].append(lambda s=seg, p=p, xc=xc: s.apply(xc, p))
-                y = seg.apply(xc, p)
-                if branch.rir is not None:
-                    stages["rir"].append(lambda b=branch, p=p, y=y: b.rir.apply(y, p))
-                if branch.noise is not None:
-                    stages["noise"].append(lambda b=branch, p=p, y=y: b.noise.apply(y, p))
-                stages["mel"].append(lambda b=branch, y=y: b.mel(y))
-            if branch.mask is not None:
-                spec = branch.mel(AF.crop_segments(xc, p["start"] - seg.context, seg.output_samples))
-                stages["masks"].append(lambda b=branch, p=p, s=spec: b.mask.apply(s, p))
+        p = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")} | {"lengths": valid}
+        chunks = list(aug.chunks(x, p))
+        stages[name] = lambda b=branch, c=chunks: [b.log_mel(*chunk) for chunk in c]
+        if branch.mask is not None:
+            spec = torch.cat(stages[name]())
+            stages[f"{name} masks"] = lambda b=branch, s=spec, p=p: b.mask.apply(s, p)
     out = {}
-    for name, fns in stages.items():
-        if fns:
-            for fn in fns:  # warm-up
-                fn()
-            out[name] = _median_time(lambda fns=fns: [fn() for fn in fns], device, repeats)
+    for name, fn in stages.items():
+        fn()  # warm-up
+        out[name] = _median_time(fn, device, repeats)
     out["whole pipeline"] = _median_time(lambda: aug(x, params=params), device, repeats)
     return out
 
@@ -477,11 +455,10 @@ def write(res: dict, out: Path, device: str) -> str:
             lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} | {r['ratio_to_augcl']:.2f}x |")
         lines.append("")
     lines += ["## Where augcl's time goes", "",
-              "Each stage timed alone on the same parameters (both branches together, chunk by chunk as the pipeline "
-              "runs them: `PairAugmenter.chunk_size`, 32 clips on a CPU), median, ms per batch. "
-              "`stretch` is the vocoder where a waveform block follows it (`all`; with the plain crop it selects "
-              "from), else the gather of the "
-              "stretched frames (the spectral route, whose log-mel is under `mel`); `crop` is the plain segments.", ""]
+              "Each part timed alone on the same parameters, median, ms per batch: the draws (`sample`), each branch's "
+              "log-mels chunk by chunk as the pipeline runs them (`Branch.log_mel`: crop, noise, stretch, RIR, framing, "
+              "FFT, mel and log, with the branch's own kernels; `PairAugmenter.chunk_size`), the masks on the batch. "
+              "`python -m benchmarks.profile` splits a call op by op.", ""]
     for preset, by_backend in res["stages"].items():
         cols = list(next(iter(by_backend.values())))
         lines += [f"### `{preset}`", "", "| backend | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
