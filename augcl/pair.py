@@ -250,8 +250,10 @@ class PairAugmenter(nn.Module):
             not depend on it; it only bounds the size of the temporaries.
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
-            are installed and measured faster on that device, else torch). Only the vocoder time stretch has
-            kernels; every other block is the reference on every backend.
+            are installed and measured faster on that device, else torch). The CPU kernels: the log-mel's power and
+            mel projection, the anchor's crop + white noise + framing, the stretched frames, and the whole vocoder;
+            RIRs, gains, masks and the FFTs are the reference on every backend (the CPU kernels are host code: on an
+            accelerator ``auto`` is the reference).
     """
 
     def __init__(self, config: PairConfig = PairConfig(), *, anchor_extra: Sequence[nn.Module] = (),

@@ -1,16 +1,23 @@
 """Fused kernels for the hot spots of :mod:`augcl.functional`, and the dispatcher that picks them.
 
-What the stage breakdown of ``python -m benchmarks.augment`` (docs/benchmarks/augment.md) and the op profile of
-``python -m benchmarks.profile --preset all --backend torch`` show, and what is here:
+What the profiles (``python -m benchmarks.profile``) showed, and what is here:
 
-* The phase-locked vocoder's phase step (:func:`augcl.functional._vocoder_phase`: magnitudes, phases,
+* The phase-locked vocoder's phase step (:func:`augcl.vocoder._vocoder_phase`: magnitudes, phases,
   instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
-  ``(B, K, F)``, most of a vocoder time stretch in the reference. One Numba kernel on the CPU
-  (:mod:`.vocoder_cpu`, parallel over examples) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per
-  example, numba-cuda on torch's memory and current stream) do it in one pass. The FFTs, the frame gather and the
-  overlap-add stay in torch (MKL / cuFFT do them well).
-* The log-mel front end: torch's FFT + matmul is already near the machine's limit on the CPU, so there is no
-  log-mel kernel (a fused log-mel + mask kernel would save the mask pass, ~1 % of a batch).
+  ``(B, K, F)``. One Numba kernel on the CPU (:mod:`.vocoder_cpu`, parallel over examples; its float32 version's
+  per-bin loops vectorise) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per example, numba-cuda on torch's
+  memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~2048 frames that
+  stay in the caches (:func:`time_stretch_segment`): windowed analysis frames and the overlap-add in Numba
+  (:mod:`.frames_cpu`), the FFTs in torch (MKL).
+* The log-mel: the FFTs stay in torch; the power and the mel projection are one Numba kernel (:mod:`.mel_cpu`) that
+  sums each band over its nonzero span only (the filterbank's triangles: ~6 bins a band, not 201).
+* The anchor: crop, white noise at an SNR over the valid samples and the windowed frames in one pass
+  (:func:`noisy_frames`), the noise from each row's seed (:mod:`.noise_cpu`, the counter-based generator of
+  :func:`augcl.noise.white_noise`); the positive's stretched frames gathered and windowed in one pass
+  (:func:`frames_at`).
+
+The CPU kernels are host code (NumPy views of CPU tensors): the accelerator branches (and the test-only
+``_force_device_path``) run the reference.
 
 Backends (``PairAugmenter(backend=...)``): ``"torch"`` the reference; ``"kernels"`` the kernels, an error naming
 the reason if none runs on the device (:func:`unavailable`); ``"auto"`` the kernels where they run *and* were
