@@ -125,6 +125,7 @@ def use_kernels(backend: str, device) -> bool:
 
 def vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) -> Tensor:
     """Kernel version of :func:`augcl.functional._vocoder_phase` on the spectra's device (complex ``(B, K, F)``)."""
+    _follow_torch_threads()
     if spec0.device.type == "cpu":
         from . import vocoder_cpu
 
@@ -149,6 +150,7 @@ def mel_energy(spec: Tensor, sparse: tuple, power: float, out: Optional[Tensor] 
     """Kernel version of the power + mel projection of :func:`augcl.mel._mel_log`: complex ``(B, K, F)`` on the CPU
     -> mel energies ``(B, M, K)``, summing only the bins each band covers (``sparse``: :func:`sparse_filterbank`);
     written into ``out`` (contiguous) if given."""
+    _follow_torch_threads()
     from . import mel_cpu
 
     res = mel_cpu.run(spec.contiguous().numpy(), sparse, power, None if out is None else out.numpy())
@@ -158,9 +160,20 @@ def mel_energy(spec: Tensor, sparse: tuple, power: float, out: Optional[Tensor] 
 def white_noise(seed: Tensor, length: int) -> Tensor:
     """Kernel version of :func:`augcl.noise.white_noise` on the CPU: the same integers and uniforms, ``erfinv`` to
     2e-6."""
+    _follow_torch_threads()
     from . import noise_cpu
 
     return torch.from_numpy(noise_cpu.run(seed.to(torch.long).contiguous().numpy(), length))
+
+
+def _follow_torch_threads() -> None:
+    """Run the CPU kernels on as many threads as torch's intra-op pool (``torch.set_num_threads``, the trainer's
+    ``--threads``): one setting for the whole pipeline. Numba's count is per calling thread and cheap to set."""
+    import numba
+
+    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
 
 
 def _np(t: Tensor, dtype=None):
@@ -177,6 +190,7 @@ def frames_at(wave: Tensor, first: Tensor, window: Tensor, limit: Optional[Tenso
     """Windowed frames ``(B, K, W)``: ``wave[b, first[b, k] + i] * window[i] * scale[b]``, zeros outside ``[0,
     min(T, limit[b]))`` (:func:`.frames_cpu.windows`; the reference: :func:`augcl.core._gather_windows`, then the
     window product). CPU, float32/float64 ``wave`` ``(B, T)``."""
+    _follow_torch_threads()
     from . import frames_cpu
 
     B, T = wave.shape
@@ -195,6 +209,7 @@ def noisy_frames(wave: Tensor, start: Tensor, frames: int, hop_length: int, wind
     :func:`augcl.noise.white_noise` at ``snr_db`` where ``applied`` (:func:`.frames_cpu.noisy_frames`; the reference:
     :func:`augcl.segment.crop_segments`, :meth:`augcl.noise.AddNoise.add`, the frames of
     :func:`augcl.mel.log_mel`). CPU, float32 ``wave`` ``(B, T)``."""
+    _follow_torch_threads()
     from . import frames_cpu
 
     B, T = wave.shape
@@ -246,6 +261,7 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     synthesis in the caches: windowed analysis frames (Numba), two real FFTs (torch), the phase kernel, the inverse
     FFT (torch) and the overlap-add (Numba). Rows are grouped by the frames their ``out_lengths`` need, so a chunk
     computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame)."""
+    _follow_torch_threads()
     from . import frames_cpu, vocoder_cpu
 
     x = wave.detach().to(torch.float32).contiguous()
