@@ -218,7 +218,8 @@ class PairAugmenter(nn.Module):
             which rows of the input were finite, on every device and without a host sync: a caller on an
             accelerator reads it where it syncs anyway (the trainer does, with its once-a-step log, and raises
             naming the rows); a non-finite row's anchor and positive are NaN, the other rows are unaffected.
-            ``True`` on an accelerator raises at once, at the cost of a host sync. Finite input of any magnitude
+            ``True`` on an accelerator raises at once, at the cost of a host sync; under ``torch.compile`` it is a
+            device-side assert (docs/guide.md, "torch.compile"). Finite input of any magnitude
             gives finite output: rows too loud for float32 powers are augmented divided by a power of two
             (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): :data:`CPU_CHUNK` on a CPU, the
@@ -227,7 +228,8 @@ class PairAugmenter(nn.Module):
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
             are installed and measured faster on that device, else torch). Only the vocoder time stretch has
-            kernels; every other block is the reference on every backend.
+            kernels; every other block is the reference on every backend. Under ``torch.compile`` every backend
+            traces the reference (:func:`augcl.kernels.use_kernels`).
     """
 
     def __init__(self, config: PairConfig = PairConfig(), *, anchor_extra: Sequence[nn.Module] = (),
@@ -349,8 +351,8 @@ class PairAugmenter(nn.Module):
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
         row_norm = torch.linalg.vector_norm(x, dim=-1)
-        if check and not bool(torch.isfinite(row_norm).all()):
-            AF.check_finite(x)  # raises on NaN/Inf; finite rows whose squares overflow pass
+        if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
+            AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass
         if lengths is None and params is not None:
             lengths = params.get("lengths")
         B, T = x.shape
