@@ -229,6 +229,22 @@ def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(applied.reshape([-1] + [1] * (new.ndim - 1)), new, old.to(new.dtype))
 
 
+#: what a call traced by ``torch.compile`` raises where it would draw parameters from a ``torch.Generator``
+GENERATOR_UNDER_COMPILE = (
+    "torch.compile cannot trace draws from a torch.Generator (torch 2.14's dynamo: 'Failed to convert args/kwargs to "
+    "proxy'); draw the parameters eagerly and compile the call with params=: params = aug.sample(B, T, generator=g) "
+    "(t.sample(B, T, generator=g) for a transform, or an earlier call's params), then "
+    "torch.compile(lambda w, p: aug(w, params=p), fullgraph=True)(wave, params); see docs/guide.md, 'torch.compile'")
+
+
+def check_traceable_draw(generator) -> None:
+    """Raise a RuntimeError naming the supported way (:data:`GENERATOR_UNDER_COMPILE`) if ``torch.compile`` is tracing
+    a draw from ``generator``: dynamo cannot trace ``generator=`` draws. In eager, or with ``generator=None`` (torch's
+    global RNG, which inductor replaces with its own), nothing."""
+    if generator is not None and torch.compiler.is_compiling():
+        raise RuntimeError(GENERATOR_UNDER_COMPILE)
+
+
 def check_generator(generator, device: Optional[torch.device] = None) -> None:
     """Raise a named TypeError unless ``generator`` is a ``torch.Generator`` (or None), and a ValueError if it is on
     another device type than ``device``."""
@@ -391,6 +407,7 @@ class Transform(nn.Module):
             x = x.reshape(B * C, 1, *event)
             lengths = None if lengths is None else lengths.repeat_interleave(C)
         if params is None:
+            check_traceable_draw(generator)
             if self.mode == "per_batch":
                 shortest = None if lengths is None else lengths.amin().reshape(1)
                 drawn = self.sample(1, *event, generator=generator, device=x.device, lengths=shortest)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import functional as AF
 from .banks import NoiseBank, RIRBank
-from .core import check_generator, draw_device
+from .core import check_generator, check_traceable_draw, draw_device
 from .transforms import (AddNoise, ApplyImpulseResponse, Gain, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig,
                          RandomSegment, RIRConfig, SpecAugment, StretchConfig)
 
@@ -286,6 +286,7 @@ class PairAugmenter(nn.Module):
         (default: the generator's device, else the CPU).
         """
         check_generator(generator)
+        check_traceable_draw(generator)
         device = draw_device(generator, device)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
