@@ -28,11 +28,13 @@ LOGMEL = dict(rtol=0, atol=1e-4)
 
 #: the vocoder's outputs: compiled, every backend traces the float32 reference (the kernels do not trace), which adds
 #: each bin's synthesis phase up unwrapped over the frames (hundreds of radians, where float32's spacing is 3e-5 rad),
-#: so reordering that math moves the output by about the reference's own error against the float64 pipeline. The bound
-#: is tests/test_kernels.py's for the float32 kernels: against float64, at most twice the eager float32 reference's
-#: error plus WAVE's or LOGMEL's atol. Seen: TimeStretch 6.7e-5 (reference 8.0e-5, the CPU kernel eager 2.0e-5) on a peak of
-#: 0.35; all's positive log-mels 3.0e-3 nepers (reference 3.2e-3)
-VOCODER_ERROR_FACTOR = 2.0
+#: so reordering that math moves the output by about the reference's own error against the float64 pipeline. The
+#: bound: against float64, at most this many times the eager float32 reference's error, plus WAVE's or LOGMEL's atol.
+#: Seen: TimeStretch 6.7e-5 (reference 8.0e-5, the CPU kernel eager 2.0e-5) on a peak of 0.35; all's positive
+#: log-mels 3.0e-3 nepers (reference 3.2e-3), and 0.4-1.75 times the reference's error over 24 batches. Two float32
+#: orders of the same math, neither closer to float64 by design: 3 leaves room for that spread, and a real error (a
+#: wrong phase path) is orders of magnitude above it
+VOCODER_ERROR_FACTOR = 3.0
 
 B, T = 3, 16000
 LENGTHS = torch.tensor([T, 12000, 6000])  # the last clip is shorter than a segment (15200 samples + context)
