@@ -26,8 +26,10 @@ NO_FLOAT64 = ("mps",)
 
 def cpu_branch(device: torch.device) -> bool:
     """Whether code for ``device`` takes its CPU branch, which reads tensor values on the host (free on a CPU, a sync
-    anywhere else): True on a CPU, unless the test-only :func:`_force_device_path` is on. One attribute read."""
-    return device.type == "cpu" and not _DEVICE_PATH_ON_CPU
+    anywhere else): True on a CPU, unless the test-only :func:`_force_device_path` is on or ``torch.compile`` is
+    tracing (a value read on the host breaks the graph: the sync-free accelerator branch, the same output, traces
+    whole). An attribute read, plus a flag read on a CPU."""
+    return device.type == "cpu" and not _DEVICE_PATH_ON_CPU and not torch.compiler.is_compiling()
 
 @contextlib.contextmanager
 def _force_device_path() -> Iterator[None]:
@@ -77,21 +79,26 @@ def as_batch(wave: Tensor, name: str = "wave") -> Tensor:
 
 
 def check_finite(wave: Tensor, name: str = "wave") -> None:
-    """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators).
+    """Raise ValueError if ``wave`` holds NaN or Inf (one reduction; a host sync on accelerators). Under
+    ``torch.compile``: a device-side assert instead (``torch._assert_async``, a RuntimeError when it runs; no sync).
 
     The reduction is a sum: NaN and Inf propagate through it, and it is one fast pass (``isfinite(x).all()`` builds
     three full-size temporaries; docs/guide.md has the measured figures). Only a non-finite sum, which finite values
     too can give by overflowing, is confirmed element by element.
     """
-    if not bool(torch.isfinite(wave.sum())) and not bool(torch.isfinite(wave).all()):
-        raise ValueError(f"{name} contains NaN or Inf; clean the clip (e.g. torch.nan_to_num) before augmenting")
+    message = f"{name} contains NaN or Inf; clean the clip (e.g. torch.nan_to_num) before augmenting"
+    if torch.compiler.is_compiling():  # no value read on the host: a device-side assert (inductor fuses the pass)
+        torch._assert_async(torch.isfinite(wave).all(), message)
+    elif not bool(torch.isfinite(wave.sum())) and not bool(torch.isfinite(wave).all()):
+        raise ValueError(message)
 
 
 def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name: str = "lengths") -> Tensor:
     """Return ``lengths`` (valid samples per row of ``wave (B, T)``) as a ``(B,)`` long tensor, or raise a named error.
 
     Checks type, dtype, shape and device (no host sync). ``check_values``: also check that every value lies in
-    ``[1, T]`` (one reduction: a host sync on accelerators, so callers run it where they run :func:`check_finite`).
+    ``[1, T]`` (one reduction: a host sync on accelerators, so callers run it where they run :func:`check_finite`;
+    under ``torch.compile`` a device-side assert, as there).
     """
     if not isinstance(lengths, Tensor):
         raise TypeError(f"{name} must be a (B,) integer torch.Tensor of valid samples per row, "
@@ -105,9 +112,13 @@ def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name
     if lengths.device != wave.device:
         raise ValueError(f"{name} is on {lengths.device} but wave is on {wave.device}; pass {name}.to(wave.device)")
     lengths = lengths.to(torch.long)
-    if check_values and not bool(((lengths >= 1) & (lengths <= T)).all()):
-        raise ValueError(f"{name} must lie in [1, T] = [1, {T}] (valid samples per row of wave); "
-                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+    if check_values:
+        within = ((lengths >= 1) & (lengths <= T)).all()
+        message = f"{name} must lie in [1, T] = [1, {T}] (valid samples per row of wave)"
+        if torch.compiler.is_compiling():  # no value read on the host: a device-side assert
+            torch._assert_async(within, message)
+        elif not bool(within):
+            raise ValueError(f"{message}; got min {int(lengths.min())}, max {int(lengths.max())}")
     return lengths
 
 
@@ -216,6 +227,22 @@ def _randint_below(high: Tensor, generator, device) -> Tensor:
 
 def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(applied.reshape([-1] + [1] * (new.ndim - 1)), new, old.to(new.dtype))
+
+
+#: what a call traced by ``torch.compile`` raises where it would draw parameters from a ``torch.Generator``
+GENERATOR_UNDER_COMPILE = (
+    "torch.compile cannot trace draws from a torch.Generator (torch 2.14's dynamo: 'Failed to convert args/kwargs to "
+    "proxy'); draw the parameters eagerly and compile the call with params=: params = aug.sample(B, T, generator=g) "
+    "(t.sample(B, T, generator=g) for a transform, or an earlier call's params), then "
+    "torch.compile(lambda w, p: aug(w, params=p), fullgraph=True)(wave, params); see docs/guide.md, 'torch.compile'")
+
+
+def check_traceable_draw(generator) -> None:
+    """Raise a RuntimeError naming the supported way (:data:`GENERATOR_UNDER_COMPILE`) if ``torch.compile`` is tracing
+    a draw from ``generator``: dynamo cannot trace ``generator=`` draws. In eager, or with ``generator=None`` (torch's
+    global RNG, which inductor replaces with its own), nothing."""
+    if generator is not None and torch.compiler.is_compiling():
+        raise RuntimeError(GENERATOR_UNDER_COMPILE)
 
 
 def check_generator(generator, device: Optional[torch.device] = None) -> None:
@@ -380,6 +407,7 @@ class Transform(nn.Module):
             x = x.reshape(B * C, 1, *event)
             lengths = None if lengths is None else lengths.repeat_interleave(C)
         if params is None:
+            check_traceable_draw(generator)
             if self.mode == "per_batch":
                 shortest = None if lengths is None else lengths.amin().reshape(1)
                 drawn = self.sample(1, *event, generator=generator, device=x.device, lengths=shortest)

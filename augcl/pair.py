@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import functional as AF
 from . import kernels
 from .banks import NoiseBank, RIRBank
-from .core import check_generator, draw_device
+from .core import check_generator, check_traceable_draw, draw_device
 from .transforms import (AddNoise, ApplyImpulseResponse, Gain, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig,
                          RandomSegment, RIRConfig, SpecAugment, StretchConfig)
 
@@ -242,7 +242,8 @@ class PairAugmenter(nn.Module):
             which rows of the input were finite, on every device and without a host sync: a caller on an
             accelerator reads it where it syncs anyway (the trainer does, with its once-a-step log, and raises
             naming the rows); a non-finite row's anchor and positive are NaN, the other rows are unaffected.
-            ``True`` on an accelerator raises at once, at the cost of a host sync. Finite input of any magnitude
+            ``True`` on an accelerator raises at once, at the cost of a host sync; under ``torch.compile`` it is a
+            device-side assert (docs/guide.md, "torch.compile"). Finite input of any magnitude
             gives finite output: rows too loud for float32 powers are augmented divided by a power of two
             (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): on a CPU :data:`KERNEL_CHUNK` with the
@@ -253,7 +254,8 @@ class PairAugmenter(nn.Module):
             are installed and measured faster on that device, else torch). The CPU kernels: the log-mel's power and
             mel projection, the anchor's crop + white noise + framing, the stretched frames, and the whole vocoder;
             RIRs, gains, masks and the FFTs are the reference on every backend (the CPU kernels are host code: on an
-            accelerator ``auto`` is the reference).
+            accelerator ``auto`` is the reference). Under ``torch.compile`` every backend traces the reference
+            (:func:`augcl.kernels.use_kernels`).
     """
 
     def __init__(self, config: PairConfig = PairConfig(), *, anchor_extra: Sequence[nn.Module] = (),
@@ -310,6 +312,7 @@ class PairAugmenter(nn.Module):
         (default: the generator's device, else the CPU).
         """
         check_generator(generator)
+        check_traceable_draw(generator)
         device = draw_device(generator, device)
         full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
         out = {}
@@ -375,8 +378,8 @@ class PairAugmenter(nn.Module):
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
         row_norm = torch.linalg.vector_norm(x, dim=-1)
-        if check and not bool(torch.isfinite(row_norm).all()):
-            AF.check_finite(x)  # raises on NaN/Inf; finite rows whose squares overflow pass
+        if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
+            AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass
         if lengths is None and params is not None:
             lengths = params.get("lengths")
         B, T = x.shape

@@ -21,7 +21,8 @@ The CPU kernels are host code (NumPy views of CPU tensors): the accelerator bran
 
 Backends (``PairAugmenter(backend=...)``): ``"torch"`` the reference; ``"kernels"`` the kernels, an error naming
 the reason if none runs on the device (:func:`unavailable`); ``"auto"`` the kernels where they run *and* were
-measured faster than the reference on that device type (:data:`AUTO_DEVICES`), else the reference.
+measured faster than the reference on that device type (:data:`AUTO_DEVICES`), else the reference. Under
+``torch.compile`` every backend traces the reference (:func:`use_kernels`; docs/guide.md, "torch.compile").
 
 ``"auto"`` on CUDA is the reference: the CUDA kernel has never been timed on a GPU, so it is not in
 :data:`AUTO_DEVICES` until ``python -m benchmarks.gpu`` measures it faster than the reference there (and the
@@ -107,9 +108,13 @@ def available(device="cpu") -> bool:
 
 
 def use_kernels(backend: str, device) -> bool:
-    """Whether ``backend`` runs the kernels on ``device``; ``"kernels"`` where none runs raises, naming the reason."""
+    """Whether ``backend`` runs the kernels on ``device``; ``"kernels"`` where none runs raises, naming the reason.
+
+    False on every backend while ``torch.compile`` traces: the kernels read their inputs on the host (Numba, via
+    ``.numpy()``) or launch outside torch (numba-cuda), which breaks the graph; the traced reference is fused by
+    inductor instead."""
     check_backend(backend)
-    if backend == "torch":
+    if backend == "torch" or torch.compiler.is_compiling():
         return False
     device = torch.device(device)
     if device.type == "cpu" and not cpu_branch(device):  # the CPU kernels are host code: the accelerator branch
