@@ -418,18 +418,27 @@ class PairAugmenter(nn.Module):
             p["lengths"] = valid
             if clip_scale is not None and norm is None:  # with normalize_clip the scale cancels in x / norm
                 p["clip_scale"] = clip_scale
-            # the chunks' log-mels go straight into the batch's (the CPU kernels write there: no concatenation), then
-            # the masks, once for the batch
-            spec = x.new_empty(B, 1, self.config.mel.n_mels, self.config.segment_frames)
-            i = 0
-            for chunk in self.chunks(x, p, norm):
-                part = spec[i:i + chunk[0].shape[0]]
-                got = branch.log_mel(*chunk, out=part)
-                if got.data_ptr() != part.data_ptr():
-                    part.copy_(got)
-                i += chunk[0].shape[0]
-            specs.append(branch.mask.apply(spec, p) if branch.mask is not None else spec)
+            # then the masks, once for the batch
+            specs.append(self._log_mels(branch, x, p, norm))
+            if branch.mask is not None:
+                specs[-1] = branch.mask.apply(specs[-1], p)
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
+
+    def _log_mels(self, branch: Branch, x: Tensor, params: dict, divisor: Optional[Tensor]) -> Tensor:
+        """``branch``'s log-mels of the batch, chunk by chunk (:meth:`chunks`). On the CPU branch the chunks' log-mels
+        go straight into the batch's (the kernels write there: no concatenation); elsewhere they are concatenated."""
+        parts = self.chunks(x, params, divisor)
+        if not AF.cpu_branch(x.device):
+            return torch.cat([branch.log_mel(*chunk) for chunk in parts])
+        spec = x.new_empty(x.shape[0], 1, self.config.mel.n_mels, self.config.segment_frames)
+        i = 0
+        for chunk in parts:
+            part = spec[i:i + chunk[0].shape[0]]
+            got = branch.log_mel(*chunk, out=part)
+            if got.data_ptr() != part.data_ptr():  # the reference made a new tensor
+                part.copy_(got)
+            i += chunk[0].shape[0]
+        return spec
 
     def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
         """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
