@@ -102,7 +102,7 @@ CPU_CHUNK = 32
 #: the same with the CPU kernels (``backend="auto"`` with Numba): a chunk of 8 clips keeps its frames and spectra (~0.6 MB
 #: each) in the core's L2 from the framing kernel through the FFT to the mel kernel; 8 was the fastest of 2-128 for
 #: ts+mask at 1 thread (39.8 ms a B=128 batch against 51.6 with 32; ``python -m benchmarks.throughput --chunk-sizes``)
-KERNEL_CHUNK = 8
+KERNEL_CHUNK = 16
 
 
 class Pair(NamedTuple):

@@ -196,6 +196,7 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
         acc = np.zeros(nb, np.float64)
         pa0 = np.empty(nb, np.float32)
         nearest = np.empty(nb, np.int64)
+        peak = np.empty(nb, np.bool_)
         rot = np.empty(nb, np.complex64)
         for k in range(K):
             z0, z1, o = spec0[b, k], spec1[b, k], out[b, k]
@@ -242,21 +243,27 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             for f in range(u0, unb):  # every bin's rotation exp(i (synthesis - analysis phase)): used at peaks
                 th = pa0[f] + acc[f] - pa[f]
                 rot[f] = _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
-            # nearest peak: a left-to-right pass records the last peak, a right-to-left pass picks the closer one
-            last = -1
+            # peaks: a bin not exceeded by its two neighbours on either side, above the floor (comparisons combined
+            # without branches: a spectrum's peaks are unpredictable); the edges' missing neighbours count as lower
             for f in range(nb):
                 m = mag[f]
-                if (m > floor and (f < 1 or mag[f - 1] <= m) and (f < 2 or mag[f - 2] <= m)
-                        and (f + 1 >= nb or mag[f + 1] <= m) and (f + 2 >= nb or mag[f + 2] <= m)):
-                    last = f
+                left1 = mag[f - 1] if f >= 1 else m
+                left2 = mag[f - 2] if f >= 2 else m
+                right1 = mag[f + 1] if f + 1 < nb else m
+                right2 = mag[f + 2] if f + 2 < nb else m
+                peak[f] = (m > floor) & (left1 <= m) & (left2 <= m) & (right1 <= m) & (right2 <= m)
+            # nearest peak: a left-to-right pass records the last peak, a right-to-left pass picks the closer one
+            # (ties go left), as selects
+            last = -1
+            for f in range(nb):
+                last = f if peak[f] else last
                 nearest[f] = last
             nxt = -1
             for f in range(nb - 1, -1, -1):
                 left = nearest[f]
-                if left == f:
-                    nxt = f
-                if left < 0 and nxt < 0:  # no peak in the frame: the bin keeps its own synthesis phase
-                    left = f
-                elif left < 0 or (nxt >= 0 and nxt - f < f - left):
-                    left = nxt
-                o[f] = z0[f] * rot[left]
+                nxt = f if peak[f] else nxt
+                right_closer = (nxt >= 0) & ((left < 0) | (nxt - f < f - left))
+                chosen = nxt if right_closer else left
+                nearest[f] = f if chosen < 0 else chosen  # no peak in the frame: the bin keeps its own phase
+            for f in range(u0, unb):
+                o[f] = z0[f] * rot[nearest[f]]
