@@ -312,7 +312,9 @@ def _auto_backend(device: torch.device) -> str:
 CHAINS = {  # what each chain computes, for the results page (the module docstring says the same)
     "augcl[auto]": "`augcl.TimeStretch(min_rate=0.8, max_rate=1.25, p=1.0, leave_length_unchanged=False)` "
     "(`rates=(0.8, 0.9, 1.1, 1.2, 1.25)` for `5 rates`), called with `generator=torch.Generator().manual_seed(0)`: "
-    "the phase-locked vocoder, its phase step in the Numba kernel (the default backend on a CPU with Numba).",
+    "the phase-locked vocoder on the CPU kernels (the default backend on a CPU with Numba): chunks of ~2048 frames, "
+    "windowed analysis frames, phase step and overlap-add in Numba, the FFTs in torch; each row computes only the "
+    "frames its own length needs.",
     "augcl[torch]": "the same with `backend=\"torch\"`: the pure-torch reference (float64 phases).",
     "torchaudio": "one `torch.stft` of the batch (n_fft 512, hop 128, Hann, centred), "
     "`torchaudio.transforms.TimeStretch(hop_length=128, n_freq=257)` called with `overriding_rate=r` on the rows of "
