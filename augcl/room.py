@@ -1,12 +1,10 @@
 """Room reverberation: each example convolved with an impulse response from an :class:`~augcl.banks.RIRBank`.
 
-:func:`fft_convolve` is linear convolution by real FFTs of the smallest 5-smooth size ``>= T + N - 1`` (three of them
-per row; two with the IR spectra given),
+:func:`fft_convolve` is linear convolution by real FFTs of size ``next_pow2(T + N - 1)`` (three of them per row),
 cut to the input length, optionally read from a per-row delay (the IR's direct path) on.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -18,23 +16,8 @@ from .banks import RIRBank, RoomSimConfig
 from .core import Params, Transform, _coin, _select, draw_device, valid_mask, work_dtype
 
 
-@functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
-    """The smallest ``2 ** a * 3 ** b * 5 ** c >= n``: FFTs of these sizes run as fast per point as powers of two
-    (MKL, pocketfft, cuFFT), and the next power of two can be almost twice ``n`` (a 1-s segment with a 1-s IR: 32,000
-    instead of 32,768, 15 % less time for the two FFTs a row)."""
-    best = 1 << max(n - 1, 1).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
+    return 1 << max(n - 1, 1).bit_length()
 
 
 def fft_convolve(wave: Tensor, ir: Tensor, delay: Optional[Tensor] = None) -> Tensor:
@@ -45,7 +28,7 @@ def fft_convolve(wave: Tensor, ir: Tensor, delay: Optional[Tensor] = None) -> Te
     output is aligned with it (put the direct sound at index 0 of the IR; :class:`augcl.banks.RIRBank` does).
     ``delay`` ``(B,)`` integer, for ``(B, ..., T)`` input: row ``b`` reads the full convolution from ``delay[b]`` on
     (``numpy.convolve(wave, ir)[d : d + T]``), which compensates an IR whose direct sound sits at ``d``.
-    Cost: three real FFTs of the smallest 5-smooth size ``>= T + N - 1``.
+    Cost: three real FFTs of size ``next_pow2(T + N - 1)``.
     """
     dtype = work_dtype(wave.dtype)
     T, N = wave.shape[-1], ir.shape[-1]
