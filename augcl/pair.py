@@ -99,9 +99,10 @@ SCALE_ABOVE = 2.0 ** 40
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
-#: the same with the CPU kernels (``backend="auto"`` with Numba): a chunk of 8 clips keeps its frames and spectra (~0.6 MB
-#: each) in the core's L2 from the framing kernel through the FFT to the mel kernel; 8 was the fastest of 2-128 for
-#: ts+mask at 1 thread (39.8 ms a B=128 batch against 51.6 with 32; ``python -m benchmarks.throughput --chunk-sizes``)
+#: the same with the CPU kernels (``backend="auto"`` with Numba): a chunk's frames and spectra (~1 MB each at 16 clips)
+#: stay in the core's L2 from the framing kernel through the FFT to the mel kernel. Chunks of 8, 16 and 32 were within
+#: the machine's noise of each other for ts+mask and all at 2 threads, 4 and 128 slower (docs/benchmarks/chunks.md:
+#: ``python -m benchmarks.throughput --presets ts+mask all --repeats 9 --chunk-sizes 4 8 16 32 128``)
 KERNEL_CHUNK = 16
 
 
