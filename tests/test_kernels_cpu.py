@@ -214,3 +214,18 @@ def test_vocoder_out_lengths_skip_only_frames_past_them(rates):
     part = kernels.time_stretch_segment(x, rate, start, L, out_lengths=keep)
     inside = torch.arange(L) < keep[:, None]
     assert torch.equal(full[inside], part[inside])
+
+
+def test_the_kernels_leave_torchs_thread_count_as_set():
+    """Numba's OpenMP pool, started by the first kernel call, resets the OpenMP thread count torch shares: the
+    kernels put torch's back (else a run with --threads 1 trained on 2, and two runs in one process differed). A
+    fresh process, so that the pool starts inside the check."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1); from augcl import kernels, PairAugmenter; "
+            "kernels.white_noise(torch.tensor([1, 2]), 10); assert torch.get_num_threads() == 1, 'white_noise'; "
+            "PairAugmenter.from_preset('all')(torch.randn(2, 20000), generator=torch.Generator().manual_seed(0)); "
+            "assert torch.get_num_threads() == 1, 'all'; import numba; assert numba.get_num_threads() == 1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -173,11 +173,19 @@ def white_noise(seed: Tensor, length: int) -> Tensor:
 
 def _follow_torch_threads() -> None:
     """Run the CPU kernels on as many threads as torch's intra-op pool (``torch.set_num_threads``, the trainer's
-    ``--threads``): one setting for the whole pipeline. Numba's count is per calling thread and cheap to set."""
+    ``--threads``): one setting for the whole pipeline. Numba's count is per calling thread and cheap to set.
+
+    The first call starts Numba's thread pool; with its OpenMP layer that resets the process's OpenMP thread count,
+    which torch shares (torch.get_num_threads() went from 1 to 2 on this machine: a run's convolutions then used
+    another thread count than the user set, and two runs in one process differed), so torch's count is put back."""
     import numba
 
-    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if numba.get_num_threads() != n:
+    n_torch = torch.get_num_threads()
+    current = numba.get_num_threads()  # starts the pool on the first call
+    if torch.get_num_threads() != n_torch:
+        torch.set_num_threads(n_torch)
+    n = min(n_torch, numba.config.NUMBA_NUM_THREADS)
+    if current != n:
         numba.set_num_threads(n)
 
 
