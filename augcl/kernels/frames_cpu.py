@@ -22,7 +22,7 @@ from .noise_cpu import BLOCK, noise_row
 
 
 #: loop indices are unsigned: Numba wraps negative signed indices around, a branch per access that keeps LLVM from
-#: vectorising the loop (5x slower here)
+#: vectorising the loop
 U0 = np.uint64(0)
 
 
@@ -39,6 +39,19 @@ def _zero(o):
         o[i] = 0.0
 
 
+@njit(cache=True, inline="always", fastmath={"contract", "nsz"})
+def _window_at(row, f0, end, window, scale, o):
+    """``o[i] = row[f0 + i] * window[i] * scale`` where ``0 <= f0 + i < end``, else 0 (``len(o) == len(window)``)."""
+    W = o.shape[0]
+    lo, hi = min(max(0, -f0), W), max(min(W, end - f0), 0)  # the window's samples inside [0, end)
+    if hi <= lo:
+        _zero(o)
+        return
+    _zero(o[:lo])
+    _windowed(row[f0 + lo:f0 + hi], window[lo:hi], scale, o[lo:hi])
+    _zero(o[hi:])
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
 def windows(x, first, limit, window, scale, out):
     """``out[b, k, i] = x[b, first[b, k] + i] * window[i] * scale[b]`` where ``0 <= first[b, k] + i < limit[b]``
@@ -50,15 +63,7 @@ def windows(x, first, limit, window, scale, out):
         s = scale[b]
         row = x[b]
         for k in range(K):
-            f0 = first[b, k]
-            lo, hi = min(max(0, -f0), W), max(min(W, end - f0), 0)  # the window's samples inside [0, end)
-            o = out[b, k]
-            if hi <= lo:
-                _zero(o)
-                continue
-            _zero(o[:lo])
-            _windowed(row[f0 + lo:f0 + hi], window[lo:hi], s, o[lo:hi])
-            _zero(o[hi:])
+            _window_at(row, first[b, k], end, window, s, out[b, k])
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"})  # not inlined: reassociation is for this sum alone
@@ -112,14 +117,8 @@ def analysis_frames(x, src_row, first, limit, window, d, out0, out1):
         end = min(limit[r], T)
         row = x[src_row[r]]
         for k in range(K):
-            for o, f0 in ((out0[r, k], first[r, k]), (out1[r, k], first[r, k] + d)):
-                lo, hi = min(max(0, -f0), W), max(min(W, end - f0), 0)
-                if hi <= lo:
-                    _zero(o)
-                    continue
-                _zero(o[:lo])
-                _windowed(row[f0 + lo:f0 + hi], window[lo:hi], 1.0, o[lo:hi])
-                _zero(o[hi:])
+            _window_at(row, first[r, k], end, window, 1.0, out0[r, k])
+            _window_at(row, first[r, k] + d, end, window, 1.0, out1[r, k])
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
