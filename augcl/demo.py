@@ -10,6 +10,7 @@ needs no files. With it, each file's digital silence at its ends is trimmed and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def main(argv=None) -> Path:
         p.error(f"--n must be >= 1 (clips to plot), got {args.n}")
     if args.audio_dir is not None and not args.audio_dir.is_dir():
         p.error(f"--audio-dir {str(args.audio_dir)!r} is not a folder; pass a folder of audio files")
+    if importlib.util.find_spec("matplotlib") is None:
+        p.error("the demo draws its figure with matplotlib, which augcl's bare install leaves out: "
+                "pip install 'augcl[demo]'")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sr = 16000
     if args.audio_dir:
