@@ -39,12 +39,11 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import random
 import shutil
 import statistics
 import tempfile
-import time
 from dataclasses import replace
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -56,7 +55,8 @@ from augcl import PRESETS, PairAugmenter, kernels
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
 from benchmarks import roofline
-from benchmarks.throughput import (apply_workload_args, grouped_bars, machine_info, machine_text, save, sync,
+from benchmarks.harness import median_s, time_calls
+from benchmarks.throughput import (apply_workload_args, grouped_bars, machine_info, machine_text, save,
                                    workload_args)
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
@@ -283,17 +283,6 @@ def _augmenter(preset: str, ir_folder: Path, device, backend: str) -> PairAugmen
     return PairAugmenter(config, backend=backend).to(device)
 
 
-def _median_time(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
     """Seconds per batch of each part of augcl's pipeline, each timed alone on the same params: the draws, each
     branch's log-mels chunk by chunk as the pipeline runs them (``Branch.log_mel`` on ``PairAugmenter.chunks``: the
@@ -312,11 +301,8 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
         if branch.mask is not None:
             spec = torch.cat(stages[name]())
             stages[f"{name} masks"] = lambda b=branch, s=spec, p=p: b.mask.apply(s, p)
-    out = {}
-    for name, fn in stages.items():
-        fn()  # warm-up
-        out[name] = _median_time(fn, device, repeats)
-    out["whole pipeline"] = _median_time(lambda: aug(x, params=params), device, repeats)
+    out = {name: median_s(fn, repeats, device=device) for name, fn in stages.items()}  # each after a warm-up call
+    out["whole pipeline"] = median_s(lambda: aug(x, params=params), repeats, warmup=0, device=device)
     return out
 
 
@@ -348,26 +334,12 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
             if whole_clip:
                 chains[WHOLE_CLIP] = (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
                     TorchaudioChain(device, ir_folder, rir, use_tam=False, crop_first=False))
-        for name, fn in chains.items():  # warm-up (allocator, FFT plans, JIT, IR caches); every output checked
-            fn()  # two calls: in a first trial the first preset measured after one warm-up call ran 2x slow
-            out = fn()
-            anchor, positive = (out.anchor, out.positive) if hasattr(out, "anchor") else out
-            for x in (anchor, positive):
-                if tuple(x.shape) != (batch, 1, N_MELS, FRAMES) or not np.isfinite(np.asarray(x.cpu() if
-                                                                                               torch.is_tensor(x) else x)).all():
-                    raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
-                                       f"expected {(batch, 1, N_MELS, FRAMES)}")
-        times = {name: [] for name in chains}
-        order = random.Random(0)
-        for _ in range(repeats):  # interleaved: every chain once per round, in a new random order each round
-            for name in order.sample(list(chains), len(chains)):
-                fn = chains[name]
-                fn()  # untimed: a chain timed right after audiomentations' numpy ran up to 1.5x slower (the
-                sync(device)  # allocator's state); after a call of its own every chain is timed in its steady state
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                times[name].append(time.perf_counter() - t0)
+        # warm-up (allocator, FFT plans, JIT, IR caches): two rounds (in a first trial the first preset measured after
+        # one warm-up call ran 2x slow), every output checked; then every chain once a round in a new random order,
+        # each timed call right after an untimed call of the same chain: a chain timed right after audiomentations'
+        # numpy ran up to 1.5x slower (the allocator's state); after a call of its own it is in its steady state
+        times = time_calls(chains, repeats, warmup=2, device=device, steady=True,
+                           check=partial(_check_output, batch=batch))
         med = {name: statistics.median(ts) for name, ts in times.items()}
         results[preset] = {name: {"median_s": med[name], "clips_per_s": batch / med[name],
                                   "ratio_to_augcl": med[name] / med["augcl[auto]"], "times_s": ts}
@@ -384,6 +356,16 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
         out["roofline"] = roofline.analyse(results["ts+mask"]["augcl[auto]"]["median_s"], device, batch,
                                            quick=batch < 32)
     return out
+
+
+def _check_output(name: str, out, batch: int) -> None:
+    """Raise unless a chain's output is two finite ``(batch, 1, N_MELS, FRAMES)`` log-mels."""
+    anchor, positive = (out.anchor, out.positive) if hasattr(out, "anchor") else out
+    for x in (anchor, positive):
+        if tuple(x.shape) != (batch, 1, N_MELS, FRAMES) or not np.isfinite(np.asarray(x.cpu() if
+                                                                                       torch.is_tensor(x) else x)).all():
+            raise RuntimeError(f"{name} chain made {tuple(x.shape)} (or non-finite) log-mels, "
+                               f"expected {(batch, 1, N_MELS, FRAMES)}")
 
 
 def strongest(chains: dict) -> dict:

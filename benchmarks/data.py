@@ -17,13 +17,13 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
+from benchmarks.harness import time_one
 from benchmarks.throughput import machine_info
 from trainer import builtin
 from trainer.data import DistributedBatchSampler, PackedClips, make_loader
@@ -56,9 +56,11 @@ def bench_read(store: Path, batch: int, batches: int, repeats: int, num_workers:
     loader = make_loader(ds, sampler, num_workers=num_workers)
     for i in range(len(ds)):  # warm the page cache: one pass over every clip
         ds.store.clip(i).sum()
-    rates, epoch = [], 0
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
+    epoch, counts = 0, []
+
+    def read() -> None:  # at least ``batches`` batches, whole epochs of the sampler as the trainer reads them
+        nonlocal epoch
+        n = 0
         while n < batches * batch:
             epoch += 1
             sampler.set_epoch(epoch)
@@ -67,7 +69,10 @@ def bench_read(store: Path, batch: int, batches: int, repeats: int, num_workers:
                 n += clips.shape[0]
                 if n >= batches * batch:
                     break
-        rates.append(n / (time.perf_counter() - t0))
+        counts.append(n)
+
+    times = time_one(read, repeats, warmup=0)  # the warm-up is the pass over the page cache above
+    rates = [n / t for n, t in zip(counts, times)]
     return {"clips": len(ds), "batch": batch, "num_workers": num_workers, "clips_per_s": statistics.median(rates),
             "min_clips_per_s": min(rates), "max_clips_per_s": max(rates), "repeats": repeats}
 

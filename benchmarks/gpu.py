@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.throughput import median_s, sync
+from benchmarks.harness import median_s, time_calls, time_one
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "kernels", "graph", "compile", "augment", "train", "stretch")
@@ -219,8 +219,9 @@ def part_kernels(dry: bool, out: Path) -> dict:
     err_ref = float(((ref32.to(truth.dtype) - truth).abs() / den).max())
     phase = {"shape": list(c0.shape), "kernel_rel_err": err, "torch_float32_rel_err": err_ref,
              "correct": err <= 2 * err_ref + 1e-5,  # tests/test_kernels.py's criterion
-             "torch_s": median_s(lambda: AF._vocoder_phase(c0, c1, 512, 128), device, repeats),
-             "kernels_s": median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), device, repeats)}
+             "torch_s": median_s(lambda: AF._vocoder_phase(c0, c1, 512, 128), repeats, warmup=0, device=device),
+             "kernels_s": median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), repeats, warmup=0,
+                                   device=device)}
     checkpoint({"phase_step": phase})
     augs = {b: _augmenter("all", device, backend=b) for b in ("torch", "kernels")}
     for seed in range(1, 100):  # a batch with stretched rows (4 clips may have none): the kernel's work
@@ -228,10 +229,8 @@ def part_kernels(dry: bool, out: Path) -> dict:
         if bool(params["positive.stretch_applied"].any()):
             break
     outs = {b: a(x, params=params) for b, a in augs.items()}
-    times = {b: [] for b in augs}
-    for _ in range(repeats):  # interleaved
-        for b, a in augs.items():
-            times[b].append(median_s(lambda a=a: a(x, params=params), device, 1))
+    times = time_calls({b: (lambda a=a: a(x, params=params)) for b, a in augs.items()}, repeats, warmup=0,
+                       device=device, order="fixed")  # interleaved
     pipeline = {f"{b}_s": statistics.median(t) for b, t in times.items()}
     pipeline["max_abs_diff_log_mel"] = _max_diff(outs["kernels"], outs["torch"])
     speedup = pipeline["torch_s"] / pipeline["kernels_s"]
@@ -294,8 +293,8 @@ def _graph_one(preset: str, dry: bool, r: dict) -> None:
         params[k].copy_(params2[k])
     replay()
     r["max_abs_diff_new_batch"] = _max_diff(output(), aug(wave2, params=params2))
-    r["eager_s"] = median_s(lambda: aug(wave, params=params), device, 2 if dry else 20)
-    r["replay_s"] = median_s(replay, device, 2 if dry else 20)
+    r["eager_s"] = median_s(lambda: aug(wave, params=params), 2 if dry else 20, warmup=0, device=device)
+    r["replay_s"] = median_s(replay, 2 if dry else 20, warmup=0, device=device)
     r["equal"] = max(r["max_abs_diff_captured_batch"], r["max_abs_diff_new_batch"]) <= GRAPH_ATOL
 
 
@@ -352,14 +351,12 @@ def _compile_one(aug, wave, params, eager, device: torch.device, repeats: int, *
             torch.compiler.cudagraph_mark_step_begin()
         return compiled(wave, params)
 
-    sync(device)
-    t0 = time.perf_counter()
-    first = call()
-    sync(device)
-    v = {"compile_and_first_call_s": time.perf_counter() - t0, "max_abs_diff_first_call": _max_diff(first, eager)}
+    first = []
+    v = {"compile_and_first_call_s": time_one(lambda: first.append(call()), 1, warmup=0, device=device)[0]}
+    v["max_abs_diff_first_call"] = _max_diff(first[0], eager)
     call()  # reduce-overhead records its graph on a later call
     v["max_abs_diff"] = _max_diff(call(), eager)
-    v["compiled_s"] = median_s(call, device, repeats)
+    v["compiled_s"] = median_s(call, repeats, warmup=0, device=device)
     v["equal"] = max(v["max_abs_diff"], v["max_abs_diff_first_call"]) <= COMPILE_ATOL
     return v
 
@@ -381,7 +378,7 @@ def part_compile(dry: bool, out: Path) -> dict:
         aug = _augmenter(preset, device, **({"backend": "torch"} if dry else {}))
         wave, params = _batch(aug, device, dry, 0)
         eager = aug(wave, params=params)
-        r = result[preset] = {"eager_s": median_s(lambda: aug(wave, params=params), device, repeats)}
+        r = result[preset] = {"eager_s": median_s(lambda: aug(wave, params=params), repeats, warmup=0, device=device)}
         if dry:
             try:
                 _compile_fake_cuda(preset, dry)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from augcl import PRESETS, PairAugmenter
-from benchmarks.throughput import sync
+from benchmarks.harness import sync, time_one
 
 
 def main(argv=None) -> str:
@@ -38,15 +37,7 @@ def main(argv=None) -> str:
     g = torch.Generator(device=device).manual_seed(0)
     wave = (torch.randn(args.batch, int(args.seconds * 16000), generator=g, device=device) * 0.1).clamp(-1, 1)
     aug = PairAugmenter.from_preset(args.preset, backend=args.backend, chunk_size=args.chunk_size).to(device)
-    for _ in range(2):
-        aug(wave, generator=g)
-    walls = []
-    for _ in range(args.calls):
-        sync(device)
-        t0 = time.perf_counter()
-        aug(wave, generator=g)
-        sync(device)
-        walls.append(time.perf_counter() - t0)
+    walls = time_one(lambda: aug(wave, generator=g), args.calls, warmup=2, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(args.calls):

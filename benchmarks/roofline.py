@@ -29,8 +29,8 @@ import torch
 
 from augcl import PRESETS, PairAugmenter
 from augcl.pair import CPU_CHUNK
-from benchmarks.throughput import (apply_workload_args, machine_info, machine_text, median_s, save,
-                                   workload_args)
+from benchmarks.harness import median_s
+from benchmarks.throughput import apply_workload_args, machine_info, machine_text, save, workload_args
 
 
 def work(batch: int = 128, sample_rate: int = 16000) -> dict:
@@ -68,20 +68,15 @@ def work(batch: int = 128, sample_rate: int = 16000) -> dict:
                        "positive_samples_max": positive_samples}}
 
 
-def _median(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    return median_s(fn, device, repeats)
-
-
 def peaks(device: torch.device, matmul_n: int = 2048, copy_mb: int = 256, repeats: int = 5) -> dict:
     """Achievable float32 FLOP/s (``matmul_n`` square matmul) and copy bandwidth (bytes read + written / s)."""
     a = torch.randn(matmul_n, matmul_n, device=device)
     b = torch.randn(matmul_n, matmul_n, device=device)
     c = torch.empty(matmul_n, matmul_n, device=device)
-    t_mm = _median(lambda: torch.matmul(a, b, out=c), device, repeats)
+    t_mm = median_s(lambda: torch.matmul(a, b, out=c), repeats, device=device)
     src = torch.ones(copy_mb * 2 ** 20 // 4, device=device)
     dst = torch.empty_like(src)
-    t_copy = _median(lambda: dst.copy_(src), device, repeats)
+    t_copy = median_s(lambda: dst.copy_(src), repeats, device=device)
     return {"matmul_flops_per_s": 2 * matmul_n ** 3 / t_mm, "copy_bytes_per_s": 2 * src.numel() * 4 / t_copy,
             "matmul_n": matmul_n, "copy_mb": copy_mb}
 
@@ -99,7 +94,7 @@ def floor(batch: int, device: torch.device, repeats: int = 5) -> float:
             spec = torch.fft.rfft(part, n=cfg.n_fft).transpose(-1, -2)
             fb_t @ torch.square(spec.real).addcmul_(spec.imag, spec.imag)
 
-    return _median(run, device, repeats)
+    return median_s(run, repeats, device=device)
 
 
 def augcl_time(batch: int, seconds: float, device: torch.device, repeats: int = 5) -> float:
@@ -108,7 +103,7 @@ def augcl_time(batch: int, seconds: float, device: torch.device, repeats: int = 
     aug = PairAugmenter.from_preset("ts+mask").to(device)
     g = torch.Generator(device=device).manual_seed(0)
     wave = torch.randn(batch, int(seconds * 16000), generator=g, device=device) * 0.1
-    return _median(lambda: aug(wave, generator=g), device, repeats)
+    return median_s(lambda: aug(wave, generator=g), repeats, device=device)  # after a warm-up call
 
 
 def analyse(seconds_per_batch: float, device: torch.device, batch: int = 128, quick: bool = False) -> dict:

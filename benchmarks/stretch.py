@@ -50,9 +50,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import random
 import statistics
-import time
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -63,8 +61,10 @@ import torch
 
 import augcl
 from augcl.stretch import stretched_length
+from benchmarks.harness import sync as device_sync
+from benchmarks.harness import time_settings
 from benchmarks.stretch_fidelity import SR, make_bursts, measure
-from benchmarks.throughput import grouped_bars, machine_info, machine_text, save, sync as device_sync
+from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
 
 N_FFT, HOP = 512, 128
 MIN_RATE, MAX_RATE = 0.8, 1.25
@@ -216,31 +216,23 @@ def time_scenario(rate_set, x: torch.Tensor, settings: dict, repeats: int, seed:
     inputs = {d: (x.to(d), rates.to(d)) for d in {r.device for r in rows.values()}}
     L = out_samples(x.shape[-1])
     want = stretched_length(x.shape[-1], rates.cpu()).clamp_max(L)
-    list(settings.values())[-1]()  # the warm-up at the last setting (a CPU run: the most threads)
-    for name, row in rows.items():  # warm-up (allocator, FFT plans, Numba's cache and CUDA build); outputs checked
-        y, lengths = row.call(*inputs[row.device], seed)
-        sync()
+    calls = {name: partial(row.call, *inputs[row.device], seed) for name, row in rows.items()}
+
+    def check(name, out):  # the warm-up's outputs (allocator, FFT plans, Numba's cache and CUDA build), checked
+        y, lengths = out
         if (tuple(y.shape) != (len(x), L) or not bool(torch.isfinite(y).all())
                 or int((lengths.cpu() - want).abs().max()) > 2):
             raise RuntimeError(f"{name} made {tuple(y.shape)} (or non-finite samples, or lengths other than "
                                f"ceil(T / rate)), expected ({len(x)}, {L})")
-    times = {label: {name: [] for name in rows} for label in settings}
-    order = random.Random(seed)
-    for _ in range(repeats):  # every setting and chain once per round, in a new random order each round
-        for label in order.sample(list(settings), len(settings)):
-            settings[label]()
-            for name in order.sample(list(rows), len(rows)):
-                row = rows[name]
-                sync()  # the device idle before the clock starts, and done with this call when it stops
-                t0 = time.perf_counter()
-                row.call(*inputs[row.device], seed)
-                sync()
-                times[label][name].append(time.perf_counter() - t0)
+
+    # the warm-up at the last setting (a CPU run: the most threads); then every setting and chain once per round, in a
+    # new random order each round, the device idle before the clock starts and done with the call when it stops
+    times = time_settings(calls, settings, repeats, sync_fn=sync, seed=seed, check=check)
     out = {}
     for label, by_chain in times.items():
         anchor_s = statistics.median(by_chain[anchor])
-        out[label] = {name: {"median_s": statistics.median(ts), "clips_per_s": len(x) / statistics.median(ts),
-                             "ratio_to_augcl": statistics.median(ts) / anchor_s, "times_s": ts}
+        out[label] = {name: {"median_s": (med := statistics.median(ts)), "clips_per_s": len(x) / med,
+                             "ratio_to_augcl": med / anchor_s, "times_s": ts}
                       for name, ts in by_chain.items()}
     return {"rates": rates.tolist(), "threads": out}
 

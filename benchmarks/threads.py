@@ -19,10 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import time_settings
 from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
 from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, build, train_step
@@ -31,9 +33,9 @@ BUSY = ("import os, torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n
         "while True:\n    a = torch.tanh(a @ a * 1e-3)\n")
 
 
-def _steps_per_s(state, cfg, device, steps: int) -> float:
-    dataset, loader, augment, model, optimizer, generator, it = state
-    t0 = time.perf_counter()
+def _steps(state, cfg, device, steps: int) -> None:
+    """``steps`` whole training steps (the loss read back each step, as the trainer logs it)."""
+    _, loader, augment, model, optimizer, generator, it = state
     for _ in range(steps):
         try:
             batch = next(it[0])
@@ -41,7 +43,6 @@ def _steps_per_s(state, cfg, device, steps: int) -> float:
             it[0] = iter(loader)
             batch = next(it[0])
         train_step(model, augment, optimizer, batch, generator, cfg, device)["loss"].item()
-    return steps / (time.perf_counter() - t0)
 
 
 def run(threads, encoder: str, batch: int, steps: int, rounds: int, work: Path, builtin_clips: int) -> dict:
@@ -57,13 +58,10 @@ def run(threads, encoder: str, batch: int, steps: int, rounds: int, work: Path, 
             busy = subprocess.Popen([sys.executable, "-c", BUSY], env=dict(os.environ, OMP_NUM_THREADS="1"))
             time.sleep(2.0)  # let it start
         try:
-            torch.set_num_threads(max(threads))
-            _steps_per_s(state, cfg, device, 2)  # warm-up
-            rates = {n: [] for n in threads}
-            for _ in range(rounds):
-                for n in threads:
-                    torch.set_num_threads(n)
-                    rates[n].append(_steps_per_s(state, cfg, device, steps) * batch)
+            # a warm-up round at the most threads, then the counts in turn, round by round
+            times = time_settings({"steps": lambda: _steps(state, cfg, device, steps)},
+                                  {n: partial(torch.set_num_threads, n) for n in threads}, rounds, order="fixed")
+            rates = {n: [steps * batch / t for t in times[n]["steps"]] for n in threads}
         finally:
             if busy is not None:
                 busy.kill()

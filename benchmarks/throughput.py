@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from augcl import PRESETS, PairAugmenter
+from benchmarks.harness import stats, time_calls
 
 
 def machine_info(device: torch.device) -> dict:
@@ -40,24 +38,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU), so that a timer reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_s(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``fn``, each timed between two :func:`sync` (no warm-up call)."""
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def machine_text(m: dict) -> str:
@@ -122,20 +102,10 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
     calls = {name: (lambda a=aug: a(wave, generator=g)) for name, aug in augs.items()}
     if lengths:
         calls |= {f"{name} [lengths]": (lambda a=aug: a(short, generator=g, lengths=valid)) for name, aug in augs.items()}
-    for call in calls.values():  # warm-up (allocator, FFT plans, cached banks)
-        call()
-    times = {name: [] for name in calls}
-    order = random.Random(seed)
-    for _ in range(repeats):  # interleaved, in a new random order each round: drifts of the machine hit all alike
-        for name in order.sample(list(calls), len(calls)):
-            calls[name]()  # untimed: each timed call follows one of its own (its steady state)
-            sync(device)
-            t0 = time.perf_counter()
-            calls[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    results = {name: {"median_s": statistics.median(ts), "clips_per_s": batch / statistics.median(ts),
-                      "min_s": min(ts), "max_s": max(ts)} for name, ts in times.items()}
+    # warm-up (allocator, FFT plans, cached banks); rounds in a new random order each (drifts of the machine hit all
+    # alike), each timed call right after an untimed one of its own (its steady state)
+    times = time_calls(calls, repeats, device=device, seed=seed, steady=True)
+    results = {name: (st := stats(ts)) | {"clips_per_s": batch / st["median_s"]} for name, ts in times.items()}
     return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": machine_info(device), "results": results}
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from benchmarks.throughput import machine_info, machine_text, save, sync
+from benchmarks.harness import time_calls
+from benchmarks.throughput import machine_info, machine_text, save
 from trainer import common
 from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, augment_batch, build, forward_backward
@@ -33,26 +33,23 @@ PARTS = ("data", "augment", "forward/backward")
 def measure(cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) -> dict:
     """Seconds per step of each part, medians over ``steps`` after ``warmup`` steps."""
     _, _, loader, augment, model, optimizer, generator = build(cfg, device, rank=0)
-    times = {p: [] for p in PARTS}
-    batches = iter(loader)
-    for step in range(warmup + steps):
-        t0 = time.perf_counter()
+    batches, step = iter(loader), {}
+
+    def data():
+        nonlocal batches
         try:
-            batch = next(batches)
+            step["batch"] = next(batches)
         except StopIteration:
             batches = iter(loader)
-            batch = next(batches)
-        sync(device)
-        t1 = time.perf_counter()
-        pair = augment_batch(augment, batch, generator, device)
-        sync(device)
-        t2 = time.perf_counter()
-        forward_backward(model, optimizer, pair, cfg, device)
-        sync(device)
-        t3 = time.perf_counter()
-        if step >= warmup:
-            for part, dt in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2)):
-                times[part].append(dt)
+            step["batch"] = next(batches)
+
+    def augment_part():
+        step["pair"] = augment_batch(augment, step["batch"], generator, device)
+
+    # whole steps, the parts in the step's order, each between two syncs; the first ``warmup`` steps untimed
+    times = time_calls(dict(zip(PARTS, (data, augment_part,
+                                        lambda: forward_backward(model, optimizer, step["pair"], cfg, device)))),
+                       steps, warmup=warmup, device=device, order="fixed")
     med = {p: statistics.median(ts) for p, ts in times.items()}
     total = sum(med.values())
     return {"median_s": med, "step_s": total, "clips_per_s": cfg.batch_size / total,
