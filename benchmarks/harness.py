@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -46,9 +46,9 @@ def _round_order(names: list, order: str, k: int, rng: random.Random) -> list:
 
 
 def time_settings(calls: Mapping[str, Callable[[], object]], settings: Mapping[str, Callable[[], None]],
-                  repeats: int, *, warmup: int = 1, device="cpu", sync_fn: Optional[Callable[[], None]] = None,
+                  repeats: int, *, warmup: int = 1, device="cpu", sync_fn: Callable[[], None] | None = None,
                   order: str = "random", seed: int = 0, steady: bool = False,
-                  check: Optional[Callable[[str, object], None]] = None) -> dict:
+                  check: Callable[[str, object], None] | None = None) -> dict:
     """Seconds of every call of ``calls`` at every setting, ``{setting: {name: [one per round]}}``.
 
     ``settings``: label -> a function that applies it (e.g. a thread count), outside the timed region. Each round
