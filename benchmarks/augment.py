@@ -54,10 +54,9 @@ import torch
 from augcl import PRESETS, PairAugmenter, kernels
 from augcl.banks import RIRBank, RoomSimConfig
 from augcl.transforms import RIRConfig
-from benchmarks import roofline
+from benchmarks import report, roofline
 from benchmarks.harness import median_s, time_calls
-from benchmarks.throughput import (apply_workload_args, grouped_bars, machine_info, machine_text, save,
-                                   workload_args)
+from benchmarks.throughput import apply_workload_args, workload_args
 
 SR, N_FFT, HOP, N_MELS, FRAMES = 16000, 400, 160, 64, 96
 SEGMENT = (FRAMES - 1) * HOP  # 15,200 samples: 96 centred frames
@@ -323,17 +322,14 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
             gen = torch.Generator(device=device).manual_seed(0)
             chains[f"augcl[{backend}]"] = lambda a=aug, gg=gen: a(wave_dev, generator=gg)
         if preset in ANCHORED:
-            chains |= {
-                "torchaudio": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
-                    TorchaudioChain(device, ir_folder, rir, use_tam=False)),
-                "torch-audiomentations": (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
-                    TorchaudioChain(device, ir_folder, rir, use_tam=True)),
-                "audiomentations": (lambda c: lambda: c(wave_np, draw(batch, wave.shape[1], g), rng))(
-                    AudiomentationsChain(ir_folder, rir)),
-            }
+            hand = {"torchaudio": TorchaudioChain(device, ir_folder, rir, use_tam=False),
+                    "torch-audiomentations": TorchaudioChain(device, ir_folder, rir, use_tam=True)}
+            chains |= {name: (lambda c=c: c(wave_dev, draw(batch, wave.shape[1], g))) for name, c in hand.items()}
+            am = AudiomentationsChain(ir_folder, rir)
+            chains["audiomentations"] = lambda am=am: am(wave_np, draw(batch, wave.shape[1], g), rng)
             if whole_clip:
-                chains[WHOLE_CLIP] = (lambda c: lambda: c(wave_dev, draw(batch, wave.shape[1], g)))(
-                    TorchaudioChain(device, ir_folder, rir, use_tam=False, crop_first=False))
+                whole = TorchaudioChain(device, ir_folder, rir, use_tam=False, crop_first=False)
+                chains[WHOLE_CLIP] = lambda c=whole: c(wave_dev, draw(batch, wave.shape[1], g))
         # warm-up (allocator, FFT plans, JIT, IR caches): two rounds (in a first trial the first preset measured after
         # one warm-up call ran 2x slow), every output checked; then every chain once a round in a new random order,
         # each timed call right after an untimed call of the same chain: a chain timed right after audiomentations'
@@ -348,7 +344,7 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
             headline[preset] = strongest(results[preset])
         stages[preset] = {b: breakdown(_augmenter(preset, ir_folder, device, b), wave_dev, repeats)
                           for b in backends(device)}
-    info = machine_info(device) | {"python": platform.python_version(), "versions": {
+    info = report.machine_info(device) | {"python": platform.python_version(), "versions": {
         k: version(k) for k in ("torchaudio", "torch-audiomentations", "audiomentations", "librosa", "numba")}}
     out = {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": info, "results": results,
            "headline": headline, "stages": stages}
@@ -408,68 +404,56 @@ def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
     threads = f" --threads {m['cores']}" if device == "cpu" else ""
     lines = ["# augcl against torchaudio, torch-audiomentations and audiomentations", "",
-             f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}"
-             f"{threads}`", "",
-             machine_text(m) + ", " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+             (f"`python -m benchmarks.augment --batch {res['batch']} --repeats {res['repeats']} --device {device}"
+              f"{threads}`"), "",
+             report.machine_text(m) + ", " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
              f"Input ({res['batch']}, {int(res['seconds'] * SR)}) float32; output anchor + positive log-mels "
              "(B, 1, 64, 96). Median of the repetitions, interleaved in a new random order each round, each timed "
-             "call right after an untimed call of the same chain, warm-up excluded. Ratio: the chain's time over augcl[auto]'s (how many times slower than augcl; auto is "
-             "the default backend and runs the same code as kernels on the CPU)." +
+             "call right after an untimed call of the same chain, warm-up excluded. Ratio: the chain's time over "
+             "augcl[auto]'s (how many times slower than augcl; auto is the default backend and runs the same code as "
+             "kernels on the CPU)." +
              (" On a CPU the three augcl chains run the same code except in the vocoder (`all`), so their spread "
               "elsewhere is the noise of the machine." if device == "cpu" else ""), ""]
     if res.get("headline"):
-        libs = list(LIBRARIES)
         lines += ["## Headline: augcl[auto] against each library's strongest chain", "",
-                  "Each library's fastest chain of this run (below), its time over augcl[auto]'s. Every chain computes "
-                  "the same stages on the same input, each with its library's own algorithms (the time stretches "
-                  "differ: see the chains).", "",
-                  "| preset | " + " | ".join(libs) + " |", "| --- " * (len(libs) + 1) + "|"]
-        for preset, best in res["headline"].items():
-            cells = [f"{best[lib]['ratio_to_augcl']:.1f}x (`{best[lib]['chain']}`)" if lib in best else "-" for lib in libs]
-            lines.append(f"| `{preset}` | " + " | ".join(cells) + " |")
+                  ("Each library's fastest chain of this run (below), its time over augcl[auto]'s. Every chain "
+                   "computes the same stages on the same input, each with its library's own algorithms (the time "
+                   "stretches differ: see the chains)."), ""]
+        lines += report.table([{"preset": f"`{preset}`"} | best for preset, best in res["headline"].items()],
+                              ["preset", *LIBRARIES], dict.fromkeys(LIBRARIES, _headline_cell))
         lines += ["", "## The chains", ""] + [f"* `{name}`: {what}" for name, what in CHAINS.items()] + [""]
     if res.get("roofline"):
         lines += ["## Roofline of `ts+mask`", "", roofline.text(res["roofline"]) + " (`python -m benchmarks.roofline`: "
                   "the same computation on its own, `benchmarks/roofline.py` says what is counted.)", ""]
     for preset, chains in res["results"].items():
-        lines += [f"## `{preset}`", "", "| chain | median (s/batch) | clips/s | time / augcl[auto] |", "| --- | --- | --- | --- |"]
-        for name, r in chains.items():
-            lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} | {r['ratio_to_augcl']:.2f}x |")
-        lines.append("")
+        rows = [{"chain": name, "median (s/batch)": r["median_s"], "clips/s": r["clips_per_s"],
+                 "time / augcl[auto]": r["ratio_to_augcl"]} for name, r in chains.items()]
+        lines += [f"## `{preset}`", ""] + report.table(rows, formats={
+            "median (s/batch)": "{:.3f}", "clips/s": "{:.1f}", "time / augcl[auto]": "{:.2f}x"}) + [""]
     lines += ["## Where augcl's time goes", "",
-              "Each part timed alone on the same parameters, median, ms per batch: the draws (`sample`), each branch's "
-              "log-mels chunk by chunk as the pipeline runs them (`Branch.log_mel`: crop, noise, stretch, RIR, framing, "
-              "FFT, mel and log, with the branch's own kernels; `PairAugmenter.chunk_size`), the masks on the batch. "
-              "`python -m benchmarks.profile` splits a call op by op.", ""]
+              ("Each part timed alone on the same parameters, median, ms per batch: the draws (`sample`), each "
+               "branch's log-mels chunk by chunk as the pipeline runs them (`Branch.log_mel`: crop, noise, stretch, "
+               "RIR, framing, FFT, mel and log, with the branch's own kernels; `PairAugmenter.chunk_size`), the masks "
+               "on the batch. `python -m benchmarks.profile` splits a call op by op."), ""]
     for preset, by_backend in res["stages"].items():
         cols = list(next(iter(by_backend.values())))
-        lines += [f"### `{preset}`", "", "| backend | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
-        for backend, st in by_backend.items():
-            lines.append(f"| {backend} | " + " | ".join(f"{st[c] * 1e3:.1f}" for c in cols) + " |")
-        lines.append("")
-    text = "\n".join(lines)
-    save(res, text, out, "augment", device, _plot, "clips/s")
-    return text
+        lines += [f"### `{preset}`", ""] + report.table(
+            [{"backend": backend} | st for backend, st in by_backend.items()], ["backend", *cols],
+            dict.fromkeys(cols, lambda s: f"{s * 1e3:.1f}")) + [""]
+    return report.write(res, "\n".join(lines), out, report.page_name("augment", device), _plot, "clips/s")
+
+
+def _headline_cell(best: dict) -> str:
+    return f"{best['ratio_to_augcl']:.1f}x (`{best['chain']}`)"
 
 
 def _plot(res: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     presets = list(res["results"])
     chains = list(dict.fromkeys(c for p in presets for c in res["results"][p]))
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    grouped_bars(ax, presets, {name: [res["results"][p][name]["clips_per_s"] if name in res["results"][p] else 0
-                                      for p in presets] for name in chains}, labels=True)
-    ax.set_yscale("log")
-    ax.set_ylabel("clips/s (log)")
-    ax.set_title(f"contrastive pairs per second, B={res['batch']}, {res['machine']['device']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    report.bar_chart(png, presets, {name: [res["results"][p][name]["clips_per_s"] if name in res["results"][p] else 0
+                                           for p in presets] for name in chains},
+                     ylabel="clips/s (log)", log=True,
+                     title=f"contrastive pairs per second, B={res['batch']}, {res['machine']['device']}")
 
 
 def main(argv=None) -> dict:

@@ -12,7 +12,6 @@ one pass, then random batches of 128 through :func:`trainer.data.make_loader` an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -20,11 +19,10 @@ import tempfile
 from pathlib import Path
 
 import soundfile as sf
-import torch
 from scipy.signal import resample_poly
 
+from benchmarks import report
 from benchmarks.harness import time_one
-from benchmarks.throughput import machine_info
 from trainer import builtin
 from trainer.data import DistributedBatchSampler, PackedClips, make_loader
 from trainer.pack import pack
@@ -58,7 +56,7 @@ def bench_read(store: Path, batch: int, batches: int, repeats: int, num_workers:
         ds.store.clip(i).sum()
     epoch, counts = 0, []
 
-    def read() -> None:  # at least ``batches`` batches, whole epochs of the sampler as the trainer reads them
+    def read() -> None:  # ``batches`` batches or a few clips more, epoch after epoch of the sampler, as the trainer reads
         nonlocal epoch
         n = 0
         while n < batches * batch:
@@ -86,7 +84,7 @@ def run(n: int, repeats: int, batches: int, jobs: int, workdir: Path) -> dict:
     pack(many, workdir / "store", jobs=jobs, progress=False, files_per_shard=64)
     batch = min(128, len(many))
     reads = {f"{w} workers": bench_read(workdir / "store", batch, batches, repeats, w) for w in (0, 2)}
-    return {"n_files": n, "machine": machine_info(torch.device("cpu")), "pack": packs, "read": reads}
+    return {"n_files": n, "machine": report.machine_info("cpu"), "pack": packs, "read": reads}
 
 
 def main(argv=None) -> dict:
@@ -105,27 +103,30 @@ def main(argv=None) -> dict:
         res = run(args.n, args.repeats, args.batches, args.jobs, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    m = res["machine"]
     cmd = "python -m benchmarks.data" + ("" if args.n == 256 else f" --n {args.n}")
-    lines = ["# Data-layer throughput", "", f"`{cmd}`", "",
-             f"Machine: {m['cpu']}, {os.cpu_count()} cores; torch {m['torch']}.", "",
-             "## Packing (`python -m trainer.pack`), 10-s clips", "",
-             "| source | files | decoding processes | seconds | files/s |", "| --- | --- | --- | --- | --- |"]
-    for name, r in res["pack"].items():
-        lines.append(f"| {name} | {r['files']} | {r['jobs']} | {r['seconds']:.1f} | {r['files_per_s']:.1f} |")
-    batch = next(iter(res["read"].values()))["batch"]
-    lines += ["", f"## Reading random 10-s clips (int16), batches of {batch}, page cache warm", "",
-              "| DataLoader | store clips | clips/s (median) | min | max |", "| --- | --- | --- | --- | --- |"]
-    for name, r in res["read"].items():
-        lines.append(f"| {name} | {r['clips']} | {r['clips_per_s']:.0f} | {r['min_clips_per_s']:.0f} | "
-                     f"{r['max_clips_per_s']:.0f} |")
-    text = "\n".join(lines) + "\n"
+    text = page(res, cmd)
     print(text)
     if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "data.json").write_text(json.dumps(res, indent=2))
-        (args.out / "data.md").write_text(text)
+        report.write(res, text, args.out, "data")
     return res
+
+
+def page(res: dict, command: str) -> str:
+    """The results page of :func:`run`'s ``res``, run by ``command``."""
+    m = res["machine"]
+    lines = ["# Data-layer throughput", "", f"`{command}`", "",
+             f"Machine: {m['cpu']}, {os.cpu_count()} cores; torch {m['torch']}.", "",
+             "## Packing (`python -m trainer.pack`), 10-s clips", ""]
+    lines += report.table([{"source": name, "files": r["files"], "decoding processes": r["jobs"],
+                            "seconds": r["seconds"], "files/s": r["files_per_s"]} for name, r in res["pack"].items()],
+                          formats={"seconds": "{:.1f}", "files/s": "{:.1f}"})
+    batch = next(iter(res["read"].values()))["batch"]
+    lines += ["", f"## Reading random 10-s clips (int16), batches of {batch}, page cache warm", ""]
+    lines += report.table([{"DataLoader": name, "store clips": r["clips"], "clips/s (median)": r["clips_per_s"],
+                            "min": r["min_clips_per_s"], "max": r["max_clips_per_s"]}
+                           for name, r in res["read"].items()],
+                          formats=dict.fromkeys(("clips/s (median)", "min", "max"), "{:.0f}"))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

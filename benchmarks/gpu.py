@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import report
 from benchmarks.harness import median_s, time_calls, time_one
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,9 +150,7 @@ def _git_commit() -> str | None:
 
 
 def machine(dry: bool) -> dict:
-    from benchmarks.throughput import machine_info
-
-    info = machine_info(_device(dry))
+    info = report.machine_info(_device(dry))
     info["gpu"] = info.get("gpu", "none (dry run on the CPU)")
     info["commit"] = _git_commit()
     info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -555,11 +554,11 @@ def write(res: dict, out: Path) -> str:
     lines = [f"# GPU run: {m['gpu']}", "", f"`{res['command']}`", "",
              f"{m['gpu']}; CPU {m['cpu']} ({m['cores']} threads); torch {m['torch']}; commit {m['commit']}; "
              f"{m['date']}. "
-             "What each part runs: [gpu.md](gpu.md).", "",
-             "| part | status | seconds | result |", "| --- | --- | --- | --- |"]
-    for name, r in res["parts"].items():
-        earlier = f" (earlier run: commit {str(r.get('commit'))[:10]}, {r.get('date')})" if r.get("earlier_run") else ""
-        lines.append(f"| {name} | {r['status']}{earlier} | {r.get('seconds', 0):.0f} | {_one_line(name, r)} |")
+             "What each part runs: [gpu.md](gpu.md).", ""]
+    lines += report.table([{"part": name, "status": r["status"] + (
+        f" (earlier run: commit {str(r.get('commit'))[:10]}, {r.get('date')})" if r.get("earlier_run") else ""),
+        "seconds": r.get("seconds", 0), "result": _one_line(name, r)} for name, r in res["parts"].items()],
+        formats={"seconds": "{:.0f}"})
     lines += ["", "## Failures", ""]
     lines += [f"* `{name}`: {r['error']}" for name, r in res["parts"].items() if r["status"] == "failed"] or ["None."]
     warnings = [f"* `{n}`: {r['details']['warning']}" for n, r in res["parts"].items()
@@ -568,17 +567,11 @@ def write(res: dict, out: Path) -> str:
     if warnings or skipped:
         lines += ["", "## Skipped and warnings", ""] + skipped + warnings
     lines += ["", "## Targets (H100, B=128 x 10 s; reported, not asserted)", ""] + (
-        ["Dry run: CPU numbers at tiny sizes, not comparable with the targets.", ""] if res["dry_run"] else []) + [
-        "| target | measured | goal | met |",
-              "| --- | --- | --- | --- |"]
-    for name, t in res["targets"].items():
-        v = "-" if t["measured"] is None else f"{t['measured']:.2f}"
-        lines.append(f"| {name} | {v} | {t['target']} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |")
-    text = "\n".join(lines) + "\n"
-    stem = "gpu_dryrun" if res["dry_run"] else "gpu_cuda"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str))
-    (out / f"{stem}.md").write_text(text)
-    return text
+        ["Dry run: CPU numbers at tiny sizes, not comparable with the targets.", ""] if res["dry_run"] else [])
+    lines += report.table([{"target": name, "measured": t["measured"], "goal": t["target"],
+                            "met": None if t["met"] is None else "yes" if t["met"] else "no"}
+                           for name, t in res["targets"].items()], formats={"measured": "{:.2f}"})
+    return report.write(res, "\n".join(lines) + "\n", out, "gpu_dryrun" if res["dry_run"] else "gpu_cuda")
 
 
 def _one_line(name: str, r: dict) -> str:

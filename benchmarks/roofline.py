@@ -29,8 +29,9 @@ import torch
 
 from augcl import PRESETS, PairAugmenter
 from augcl.pair import CPU_CHUNK
+from benchmarks import report
 from benchmarks.harness import median_s
-from benchmarks.throughput import apply_workload_args, machine_info, machine_text, save, workload_args
+from benchmarks.throughput import apply_workload_args, workload_args
 
 
 def work(batch: int = 128, sample_rate: int = 16000) -> dict:
@@ -152,6 +153,11 @@ def text(r: dict) -> str:
             f"{r['bound_sparse_mel_s'] * 1e3:.1f} ms (augcl's time is {r['augcl_s'] / r['bound_sparse_mel_s']:.1f}x it).")
 
 
+def page(r: dict, command: str) -> str:
+    """The results page of :func:`analyse`'s ``r`` (with its ``machine``), run by ``command``."""
+    return f"# Roofline of a ts+mask batch\n\n`{command}`\n\n{report.machine_text(r['machine'])}.\n\n{text(r)}\n"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     workload_args(p, "B=4, 2-s clips, small peaks; writes nothing")
@@ -159,13 +165,13 @@ def main(argv=None) -> dict:
     apply_workload_args(args)
     device = torch.device(args.device)
     r = analyse(augcl_time(args.batch, args.seconds, device, args.repeats), device, args.batch, args.quick)
-    r["machine"] = machine_info(device)
+    r["machine"] = report.machine_info(device)
     command = (f"python -m benchmarks.roofline --batch {args.batch} --seconds {args.seconds:g} --device {args.device}"
                + (f" --threads {args.threads}" if args.threads else ""))
-    body = f"# Roofline of a ts+mask batch\n\n`{command}`\n\n{machine_text(r['machine'])}.\n\n{text(r)}\n"
+    body = page(r, command)
     print(body)
     if not args.quick:
-        save(r, body, args.out, "roofline", args.device)
+        report.write(r, body, args.out, report.page_name("roofline", args.device))
     else:
         print(json.dumps({k: v for k, v in r.items() if k != "work"}, indent=1, default=str)[:2000])
     return r

@@ -61,10 +61,10 @@ import torch
 
 import augcl
 from augcl.stretch import stretched_length
+from benchmarks import report
 from benchmarks.harness import sync as device_sync
 from benchmarks.harness import time_settings
 from benchmarks.stretch_fidelity import SR, make_bursts, measure
-from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
 
 N_FFT, HOP = 512, 128
 MIN_RATE, MAX_RATE = 0.8, 1.25
@@ -274,7 +274,7 @@ def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: 
     quality = fidelity(n_bursts, seed, device, device_run)
     packages = ("torchaudio", "audiomentations", "librosa", "python-stretch", "numba") + (
         ("numba-cuda",) if device.type == "cuda" else ())
-    info = machine_info(device) | {"versions": {k: _version(k) for k in packages}}
+    info = report.machine_info(device) | {"versions": {k: _version(k) for k in packages}}
     res = {"batch": batch, "seconds": seconds, "repeats": repeats, "threads": list(threads), "n_bursts": n_bursts,
            "seed": seed, "rate_range": [MIN_RATE, MAX_RATE], "rate_set": list(RATE_SET),
            "quality_rates": list(QUALITY_RATES), "kernels": augcl.kernels.available(device), "machine": info,
@@ -345,7 +345,7 @@ def write(res: dict, out: Path, command: str) -> str:
     if res.get("device_run"):
         return write_device_run(res, out, command)
     m, threads = res["machine"], res["threads"]
-    machine = machine_text(m).replace(f", {m['cores']} threads", "")
+    machine = report.machine_text(m).replace(f", {m['cores']} threads", "")
     lines = ["# Whole-clip time stretch, one rate per example: augcl, torchaudio, audiomentations", "",
              f"`{command}`", "",
              f"{machine}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; augcl's Numba kernels "
@@ -360,21 +360,15 @@ def write(res: dict, out: Path, command: str) -> str:
              "chain's time over augcl[auto]'s at the same thread count (above 1: slower than augcl).", "",
              "## The chains", ""] + [f"* `{name}`: {what}" for name, what in res["chains"].items()] + [""]
     for scenario, r in res["results"].items():
-        what = ("each example's rate uniform in [0.8, 1.25]: torchaudio makes one call per row" if scenario == "uniform"
-                else f"each example's rate one of {', '.join(map(str, res['rate_set']))}: torchaudio makes one call "
-                     "per rate")
-        lines += [f"## Speed: `{scenario}` ({what})", "",
-                  "| chain | " + " | ".join(f"{n} thread{'s' * (n > 1)}: s/batch | x augcl" for n in threads)
-                  + " |", "| --- " * (2 * len(threads) + 1) + "|"]
-        for name in r["threads"][str(threads[0])]:
-            cells = [f"{t['median_s']:.3f} | {t['ratio_to_augcl']:.2f}x"
-                     for t in (r["threads"][str(n)][name] for n in threads)]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+        cols = [(str(n), k) for n in threads for k in ("median_s", "ratio_to_augcl")]
+        rows = [{"chain": name} | {(n, k): r["threads"][n][name][k] for n, k in cols}
+                for name in r["threads"][str(threads[0])]]
+        lines += _speed_heading(res, scenario) + report.table(
+            rows, ["chain", *cols], {c: "{:.3f}" if c[1] == "median_s" else "{:.2f}x" for c in cols},
+            headers=["chain"] + [h for n in threads for h in (f"{n} thread{'s' * (n > 1)}: s/batch", "x augcl")]) + [""]
     lines += _fidelity_lines(res) + ["", "## Reading", ""] + reading(res)
-    text = "\n".join(lines) + "\n"
-    save(res, text, out, "stretch", "cpu", _plot, "clips/s by chain, scenario and thread count")
-    return text
+    return report.write(res, "\n".join(lines) + "\n", out, "stretch", _plot,
+                        "clips/s by chain, scenario and thread count")
 
 
 def write_device_run(res: dict, out: Path, command: str) -> str:
@@ -384,7 +378,7 @@ def write_device_run(res: dict, out: Path, command: str) -> str:
     kernels = ("available" if res["kernels"] else f"not run ({res['skipped'].get('augcl[kernels]', 'unavailable')})")
     lines = ["# Whole-clip time stretch on the device, one rate per example: augcl, torchaudio, audiomentations (CPU)",
              "", f"`{command}`", "",
-             f"{machine_text(m)}, {versions}; augcl's kernels on `{res['device']}` {kernels}. Input ({res['batch']}, "
+             f"{report.machine_text(m)}, {versions}; augcl's kernels on `{res['device']}` {kernels}. Input ({res['batch']}, "
              f"{int(res['seconds'] * SR)}) float32: tone bursts (`benchmarks.stretch_fidelity.make_bursts`), output "
              "(B, ceil(T / 0.8)) and each row's length ceil(T / rate), the CPU run's workload "
              "([stretch.md](stretch.md)). "
@@ -405,34 +399,35 @@ def write_device_run(res: dict, out: Path, command: str) -> str:
     lines += [f"* `{name}`: {what}" for name, what in res["chains"].items()]
     lines += [f"* `{name}`: not run: {why}" for name, why in res["skipped"].items()] + [""]
     for scenario, r in res["results"].items():
-        what = ("each example's rate uniform in [0.8, 1.25]: torchaudio makes one call per row" if scenario == "uniform"
-                else f"each example's rate one of {', '.join(map(str, res['rate_set']))}: torchaudio makes one call "
-                     "per rate")
-        lines += [f"## Speed: `{scenario}` ({what})", "",
-                  f"| chain | ms/batch | clips/s | x {anchor} |", "| --- | --- | --- | --- |"]
-        for name, t in r["threads"][label].items():
-            lines.append(f"| {name} | {1e3 * t['median_s']:.2f} | {t['clips_per_s']:.0f} | "
-                         f"{t['ratio_to_augcl']:.2f}x |")
-        lines.append("")
+        rows = [{"chain": name, "ms/batch": 1e3 * t["median_s"], "clips/s": t["clips_per_s"],
+                 f"x {anchor}": t["ratio_to_augcl"]} for name, t in r["threads"][label].items()]
+        lines += _speed_heading(res, scenario) + report.table(
+            rows, formats={"ms/batch": "{:.2f}", "clips/s": "{:.0f}", f"x {anchor}": "{:.2f}x"}) + [""]
     lines += _fidelity_lines(res) + ["", "## Reading", ""] + reading(res)
-    text = "\n".join(lines) + "\n"
-    save(res, text, out, "stretch", res["device"], _plot, f"clips/s by chain and scenario, {res['device']}")
-    return text
+    return report.write(res, "\n".join(lines) + "\n", out, report.page_name("stretch", res["device"]), _plot,
+                        f"clips/s by chain and scenario, {res['device']}")
+
+
+def _speed_heading(res: dict, scenario: str) -> list[str]:
+    what = ("each example's rate uniform in [0.8, 1.25]: torchaudio makes one call per row" if scenario == "uniform"
+            else f"each example's rate one of {', '.join(map(str, res['rate_set']))}: torchaudio makes one call "
+                 "per rate")
+    return [f"## Speed: `{scenario}` ({what})", ""]
 
 
 def _fidelity_lines(res: dict) -> list[str]:
     lines = ["## Fidelity on tone bursts", "",
-             f"`benchmarks.stretch_fidelity.measure` on {res['n_bursts']} bursts (3 s) stretched at "
+             (f"`benchmarks.stretch_fidelity.measure` on {res['n_bursts']} bursts (3 s) stretched at "
              f"{', '.join(map(str, res['quality_rates']))} by each chain "
              f"({next(iter(res['quality'].values()))['n_signals']} signals): absolute errors of the burst's level, "
              "pitch and onset (the onset is where the burst's partial first reaches half its level; a burst that "
-             "never does counts from the end of the clip, so a few such misses make most of a mean onset error).", "",
-             "| chain | level err mean (dB) | level err max (dB) | pitch err mean (%) | pitch err max (%) | "
-             "onset err mean (ms) | onset err max (ms) |", "| --- " * 7 + "|"]
-    for name, q in res["quality"].items():
-        lines.append(f"| {name} | {q['level_err_db_mean']:.2f} | {q['level_err_db_max']:.2f} | "
-                     f"{q['pitch_err_pct_mean']:.3f} | {q['pitch_err_pct_max']:.3f} | {q['onset_err_ms_mean']:.1f} | "
-                     f"{q['onset_err_ms_max']:.1f} |")
+             "never does counts from the end of the clip, so a few such misses make most of a mean onset error)."),
+             ""]
+    cols = {"level err mean (dB)": ("level_err_db_mean", "{:.2f}"), "level err max (dB)": ("level_err_db_max", "{:.2f}"),
+            "pitch err mean (%)": ("pitch_err_pct_mean", "{:.3f}"), "pitch err max (%)": ("pitch_err_pct_max", "{:.3f}"),
+            "onset err mean (ms)": ("onset_err_ms_mean", "{:.1f}"), "onset err max (ms)": ("onset_err_ms_max", "{:.1f}")}
+    rows = [{"chain": name} | {c: q[k] for c, (k, _) in cols.items()} for name, q in res["quality"].items()]
+    lines += report.table(rows, ["chain", *cols], {c: f for c, (_, f) in cols.items()})
     return lines
 
 
@@ -480,27 +475,16 @@ def reading(res: dict) -> list[str]:
 
 
 def _plot(res: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     device_run = res.get("device_run", False)
     groups = [(s, str(n)) for s in res["results"] for n in res.get("settings", res["threads"])]
     names = list(res["results"][groups[0][0]]["threads"][groups[0][1]])
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    grouped_bars(ax, [f"{s}\n{n}" if device_run else f"{s}\n{n} thread{'s' * (n != '1')}" for s, n in groups],
-                 {name: [res["results"][s]["threads"][n][name]["clips_per_s"] for s, n in groups] for name in names},
-                 labels=True)
     where = f"{res['device']} (audiomentations on the CPU)" if device_run else "CPU"
-    if device_run:
-        ax.set_yscale("log")
-    ax.set_ylabel("clips/s (log)" if device_run else "clips/s")
-    ax.set_title(f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, {where}")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    report.bar_chart(png, [f"{s}\n{n}" if device_run else f"{s}\n{n} thread{'s' * (n != '1')}" for s, n in groups],
+                     {name: [res["results"][s]["threads"][n][name]["clips_per_s"] for s, n in groups]
+                      for name in names},
+                     ylabel="clips/s (log)" if device_run else "clips/s", log=device_run, figsize=(8, 4.2),
+                     title=f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, {where}",
+                     legend=dict(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18)))
 
 
 def main(argv=None) -> dict:

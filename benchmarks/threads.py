@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import report
 from benchmarks.harness import time_settings
-from benchmarks.throughput import grouped_bars, machine_info, machine_text, save
 from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, build, train_step
 
@@ -70,39 +70,25 @@ def run(threads, encoder: str, batch: int, steps: int, rounds: int, work: Path, 
         results[condition] = {str(n): {"clips_per_s": med[n], "ratio_to_1": med[n] / med[threads[0]],
                                        "rounds": rates[n]} for n in threads}
     return {"encoder": encoder, "batch": batch, "steps": steps, "rounds": rounds, "threads": list(threads),
-            "load_before": os.getloadavg()[0], "machine": machine_info(device), "results": results}
+            "load_before": os.getloadavg()[0], "machine": report.machine_info(device), "results": results}
 
 
 def write(res: dict, out: Path, command: str) -> str:
     lines = ["# Pretraining throughput by CPU thread count (`--threads`)", "", f"`{command}`", "",
-             f"{machine_text(res['machine'])}. {res['encoder']}, B={res['batch']}, ts+mask, built-in store; "
-             f"{res['steps']} whole steps per round, {res['rounds']} rounds, thread counts interleaved; median "
-             f"clips/s. 1-min load average before the run: {res['load_before']:.2f}. busy: one other process "
-             "multiplies matrices on one thread throughout.", "",
-             "| condition | threads | clips/s | ratio to 1 thread |", "| --- | --- | --- | --- |"]
-    for condition, rows in res["results"].items():
-        for n, r in rows.items():
-            lines.append(f"| {condition} | {n} | {r['clips_per_s']:.1f} | {r['ratio_to_1']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    save(res, text, out, "threads", "cpu", _plot, "clips/s by thread count")
-    return text
+             (f"{report.machine_text(res['machine'])}. {res['encoder']}, B={res['batch']}, ts+mask, built-in store; "
+              f"{res['steps']} whole steps per round, {res['rounds']} rounds, thread counts interleaved; median "
+              f"clips/s. 1-min load average before the run: {res['load_before']:.2f}. busy: one other process "
+              "multiplies matrices on one thread throughout."), ""]
+    rows = [{"condition": condition, "threads": n, "clips/s": r["clips_per_s"], "ratio to 1 thread": r["ratio_to_1"]}
+            for condition, by_count in res["results"].items() for n, r in by_count.items()]
+    lines += report.table(rows, formats={"clips/s": "{:.1f}", "ratio to 1 thread": "{:.2f}"})
+    return report.write(res, "\n".join(lines) + "\n", out, "threads", _plot, "clips/s by thread count")
 
 
 def _plot(res: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    grouped_bars(ax, list(res["results"]), {f"{n} thread{'s' if n > 1 else ''}": [
-        res["results"][c][str(n)]["clips_per_s"] for c in res["results"]] for n in res["threads"]}, labels=True)
-    ax.set_ylabel("clips/s")
-    ax.set_title(f"pretraining, {res['encoder']}, B={res['batch']}, CPU")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    report.bar_chart(png, list(res["results"]), {f"{n} thread{'s' if n > 1 else ''}": [
+        res["results"][c][str(n)]["clips_per_s"] for c in res["results"]] for n in res["threads"]},
+        ylabel="clips/s", title=f"pretraining, {res['encoder']}, B={res['batch']}, CPU", figsize=(6, 3.2))
 
 
 def main(argv=None) -> dict:

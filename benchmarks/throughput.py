@@ -12,48 +12,13 @@ over time.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
 import torch
 
 from augcl import PRESETS, PairAugmenter
+from benchmarks import report
 from benchmarks.harness import stats, time_calls
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {"cpu": _cpu_model(), "cores": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_text(m: dict) -> str:
-    """``Machine: <cpu>, <n> threads[, <gpu>]; torch <version>`` for a results page."""
-    return f"Machine: {m['cpu']}, {m['cores']} threads" + (f", {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}"
-
-
-def save(res: dict, text: str, out: Path, stem: str, device: str, plot=None, caption: str = "") -> None:
-    """Write ``<stem>[_<device type>].json`` and ``.md`` (and ``.png`` through ``plot(res, path)``) into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    name = stem + ("" if device == "cpu" else f"_{device.split(':')[0]}")
-    (out / f"{name}.json").write_text(json.dumps(res, indent=2))
-    if plot is not None:
-        plot(res, out / f"{name}.png")
-        text += f"\n![{caption}]({name}.png)\n"
-    (out / f"{name}.md").write_text(text)
 
 
 def workload_args(p: argparse.ArgumentParser, quick_help: str) -> None:
@@ -76,17 +41,6 @@ def apply_workload_args(args: argparse.Namespace) -> None:
         args.batch, args.seconds, args.repeats = 4, 2.0, 1
 
 
-def grouped_bars(ax, groups, series: dict, labels: bool = False) -> None:
-    """Bars of each ``series`` (name -> one value per group) side by side within each group on ``ax``; absent values
-    are 0. ``labels``: the value on each bar."""
-    width = 0.8 / len(series)
-    for k, (name, vals) in enumerate(series.items()):
-        bars = ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))], vals, width, label=name)
-        if labels:
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(range(len(groups)), list(groups))
-
-
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, seed: int = 0,
         chunk_sizes=(None,), lengths: bool = False) -> dict:
     """Seconds per batch of every preset (and chunk size: ``None`` is the device's default), interleaved.
@@ -106,7 +60,8 @@ def run(presets, batch: int, seconds: float, repeats: int, device: torch.device,
     # alike), each timed call right after an untimed one of its own (its steady state)
     times = time_calls(calls, repeats, device=device, seed=seed, steady=True)
     results = {name: (st := stats(ts)) | {"clips_per_s": batch / st["median_s"]} for name, ts in times.items()}
-    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": machine_info(device), "results": results}
+    return {"batch": batch, "seconds": seconds, "repeats": repeats, "machine": report.machine_info(device),
+            "results": results}
 
 
 def main(argv=None) -> dict:
@@ -132,21 +87,27 @@ def main(argv=None) -> dict:
                f"--seconds {args.seconds} --repeats {args.repeats} --device {args.device}" +
                (f" --chunk-sizes {' '.join(map(str, chunks))}" if args.chunk_sizes else "") +
                (" --lengths" if args.lengths else ""))
-    lines = ["# PairAugmenter throughput" + (" by chunk size" if args.chunk_sizes else ""), "", f"`{command}`", "",
-             f"{machine_text(res['machine'])}. Input ({args.batch}, {int(args.seconds * 16000)}) float32 on "
-             f"{args.device}; output anchor + positive (B, 1, 64, 96). Median of the repetitions, interleaved in a "
-             "new random order each round, each timed call right after an untimed one of its own, warm-up "
-             "excluded." + (" Rows `[lengths]`: the same clips zero past random lengths uniform in [0.5 s, "
-             f"{args.seconds:g} s], passed as `lengths=`." if args.lengths else ""), "",
-             "| preset | median (s/batch) | clips/s |", "| --- | --- | --- |"]
-    for name, r in res["results"].items():
-        lines.append(f"| {name} | {r['median_s']:.3f} | {r['clips_per_s']:.1f} |")
-    text = "\n".join(lines) + "\n"
+    text = page(res, command, args.device, chunks=bool(args.chunk_sizes), lengths=args.lengths)
     print(text)
     if not args.quick:
         stem = "chunks" if args.chunk_sizes else "lengths" if args.lengths else "throughput"
-        save(res, text, args.out, stem, args.device)
+        report.write(res, text, args.out, report.page_name(stem, args.device))
     return res
+
+
+def page(res: dict, command: str, device: str, chunks: bool = False, lengths: bool = False) -> str:
+    """The results page of :func:`run`'s ``res``, run by ``command``."""
+    T = int(res["seconds"] * 16000)
+    lines = ["# PairAugmenter throughput" + (" by chunk size" if chunks else ""), "", f"`{command}`", "",
+             f"{report.machine_text(res['machine'])}. Input ({res['batch']}, {T}) float32 on "
+             f"{device}; output anchor + positive (B, 1, 64, 96). Median of the repetitions, interleaved in a "
+             "new random order each round, each timed call right after an untimed one of its own, warm-up "
+             "excluded." + (" Rows `[lengths]`: the same clips zero past random lengths uniform in [0.5 s, "
+                            f"{res['seconds']:g} s], passed as `lengths=`." if lengths else ""), ""]
+    rows = [{"preset": name, "median (s/batch)": r["median_s"], "clips/s": r["clips_per_s"]}
+            for name, r in res["results"].items()]
+    lines += report.table(rows, formats={"median (s/batch)": "{:.3f}", "clips/s": "{:.1f}"})
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
+from benchmarks import report
 from benchmarks.harness import time_calls
-from benchmarks.throughput import machine_info, machine_text, save
 from trainer import common
 from trainer.model import ENCODERS
 from trainer.pretrain import PretrainConfig, augment_batch, build, forward_backward
@@ -66,49 +66,41 @@ def run(presets, backends, batch: int, steps: int, warmup: int, device: torch.de
                                      device=str(device), builtin_clips=builtin_clips, encoder=encoder)
                 name = f"{preset} [{backend}]" + ("" if encoder == "efficientnet_b0" else f" {encoder}")
                 results[name] = measure(cfg, steps, warmup, device)
-    return {"batch": batch, "steps": steps, "warmup": warmup, "machine": machine_info(device), "results": results}
+    return {"batch": batch, "steps": steps, "warmup": warmup, "machine": report.machine_info(device), "results": results}
 
 
 def write(res: dict, out: Path, device: str) -> str:
     m = res["machine"]
     lines = ["# A pretraining step: data, augmentation, forward/backward", "",
              f"`python -m benchmarks.train --batch {res['batch']} --steps {res['steps']} --device {device}`", "",
-             f"{machine_text(m)}. B={res['batch']} clips from the packed built-in store (0.5-10 s, a batch padded to its "
-             "longest), EfficientNet-B0 (rows marked `small`: the small CNN) + 512-d projection, bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), "
-             "each part synchronised.", "",
-             "| preset [backend] | data (ms) | augment (ms) | forward/backward (ms) | step (ms) | clips/s | augment share |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in res["results"].items():
-        med = r["median_s"]
-        lines.append(f"| {name} | {med['data'] * 1e3:.1f} | {med['augment'] * 1e3:.1f} | "
-                     f"{med['forward/backward'] * 1e3:.1f} | {r['step_s'] * 1e3:.1f} | {r['clips_per_s']:.1f} | "
-                     f"{100 * r['augment_share']:.1f} % |")
-    text = "\n".join(lines) + "\n"
-    save(res, text, out, "train", device, _plot, "step split")
-    return text
+             (f"{report.machine_text(m)}. B={res['batch']} clips from the packed built-in store (0.5-10 s, a batch "
+              "padded to its longest), EfficientNet-B0 (rows marked `small`: the small CNN) + 512-d projection, "
+              "bilinear InfoNCE, Adam. Medians over the measured steps (warm-up excluded), each part synchronised."),
+             ""]
+    ms = "{:.1f}"
+    rows = [{"preset [backend]": name, "data (ms)": 1e3 * r["median_s"]["data"],
+             "augment (ms)": 1e3 * r["median_s"]["augment"],
+             "forward/backward (ms)": 1e3 * r["median_s"]["forward/backward"], "step (ms)": 1e3 * r["step_s"],
+             "clips/s": r["clips_per_s"], "augment share": 100 * r["augment_share"]}
+            for name, r in res["results"].items()]
+    lines += report.table(rows, formats={"data (ms)": ms, "augment (ms)": ms, "forward/backward (ms)": ms,
+                                         "step (ms)": ms, "clips/s": ms, "augment share": "{:.1f} %"})
+    return report.write(res, "\n".join(lines) + "\n", out, report.page_name("train", device), _plot, "step split")
 
 
 def _plot(res: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(res["results"])
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(names)))
-    left = [0.0] * len(names)
-    for part in PARTS:
-        vals = [res["results"][n]["median_s"][part] * 1e3 for n in names]
-        ax.barh(names, vals, left=left, label=part)
-        left = [a + b for a, b in zip(left, vals)]
-    for i, n in enumerate(names):
-        ax.text(left[i], i, f" aug {100 * res['results'][n]['augment_share']:.1f} %", va="center", fontsize=8)
-    ax.set_xlabel("ms per step")
-    ax.set_title(f"pretraining step, B={res['batch']}, {res['machine']['device']}")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    with report.figure(png, (8, 1.2 + 0.5 * len(names))) as ax:
+        left = [0.0] * len(names)
+        for part in PARTS:
+            vals = [res["results"][n]["median_s"][part] * 1e3 for n in names]
+            ax.barh(names, vals, left=left, label=part)
+            left = [a + b for a, b in zip(left, vals)]
+        for i, n in enumerate(names):
+            ax.text(left[i], i, f" aug {100 * res['results'][n]['augment_share']:.1f} %", va="center", fontsize=8)
+        ax.set_xlabel("ms per step")
+        ax.set_title(f"pretraining step, B={res['batch']}, {res['machine']['device']}")
+        ax.legend(fontsize=8, loc="lower right")
 
 
 def main(argv=None) -> dict:
