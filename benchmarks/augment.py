@@ -283,26 +283,47 @@ def _augmenter(preset: str, ir_folder: Path, device, backend: str) -> PairAugmen
 
 
 def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
-    """Seconds per batch of each part of augcl's pipeline, each timed alone on the same params: the draws, each
-    branch's log-mels chunk by chunk as the pipeline runs them (``Branch.log_mel`` on ``PairAugmenter.chunks``: the
-    branch's own dispatch, kernels included) and the masks on the batch. ``benchmarks.profile`` splits them op by op."""
+    """Seconds per batch of each part of augcl's pipeline, each timed alone: the draws (``sample``), then the calls one
+    forward pass makes, recorded from a real ``aug(x, params=params)`` and replayed on the arguments it gave them: each
+    branch's log-mels of the batch chunk by chunk (``PairAugmenter._log_mels``: ``Branch.log_mel`` on each of
+    :meth:`PairAugmenter.chunks`, the branch's own kernels) and its masks on the batch (``mask.apply``). Nothing of
+    the pipeline's dispatch is written here again. ``benchmarks.profile`` splits them op by op."""
     device = wave.device
     x = wave.to(torch.float32)
     g = torch.Generator(device=device).manual_seed(1)
     B, T = x.shape
     params = aug.sample(B, T, g, device)
-    valid = torch.full((B,), T, dtype=torch.long, device=device)
     stages = {"sample": lambda: aug.sample(B, T, g, device)}
-    for name, branch in (("anchor", aug.anchor), ("positive", aug.positive)):
-        p = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(name + ".")} | {"lengths": valid}
-        chunks = list(aug.chunks(x, p))
-        stages[name] = lambda b=branch, c=chunks: [b.log_mel(*chunk) for chunk in c]
-        if branch.mask is not None:
-            spec = torch.cat(stages[name]())
-            stages[f"{name} masks"] = lambda b=branch, s=spec, p=p: b.mask.apply(s, p)
+    stages |= pipeline_calls(aug, x, params)
     out = {name: median_s(fn, repeats, device=device) for name, fn in stages.items()}  # each after a warm-up call
     out["whole pipeline"] = median_s(lambda: aug(x, params=params), repeats, warmup=0, device=device)
     return out
+
+
+def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
+    """``{"anchor": f, ["anchor masks": f,] "positive": f, ["positive masks": f]}``: each a call that ``aug(x,
+    params=params)`` makes of ``PairAugmenter._log_mels`` and of a branch's ``mask.apply``, bound to the arguments that
+    forward pass gave it (recorded by wrapping the two methods on these instances for one call)."""
+    calls = {}
+    names = {id(aug.anchor): "anchor", id(aug.positive): "positive"}
+
+    def recording(method, name_of):
+        def record(*args):
+            calls[name_of(args)] = partial(method, *args)
+            return method(*args)
+        return record
+
+    masks = {name: b.mask for name, b in (("anchor", aug.anchor), ("positive", aug.positive)) if b.mask is not None}
+    aug._log_mels = recording(aug._log_mels, lambda args: names[id(args[0])])  # instance attributes: the class's
+    for name, mask in masks.items():  # methods stay as they are
+        mask.apply = recording(mask.apply, lambda args, name=name: f"{name} masks")
+    try:
+        aug(x, params=params)
+    finally:
+        del aug._log_mels
+        for mask in masks.values():
+            del mask.apply
+    return calls
 
 
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path,

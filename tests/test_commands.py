@@ -133,6 +133,27 @@ def test_augment_crop_first_torchaudio_chain_equals_the_whole_clip_chain_where_t
         torch.testing.assert_close(b, a, atol=2e-4, rtol=0)  # float32 STFTs of the same samples, log domain
 
 
+@pytest.mark.parametrize("preset", ["noise", "ts+mask", "all"])
+def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_bank):
+    """The breakdown's stages are the forward pass's own calls (``_log_mels`` per branch, ``mask.apply``) on the
+    arguments it gave them: replayed, they return the pipeline's anchor and positive exactly; the augmenter is left
+    as it was (no recording attribute stays on it)."""
+    from benchmarks import augment
+    from .conftest import cpu_generator, make
+
+    aug = make(preset, impulse_bank)
+    x = torch.randn(4, 32000, generator=cpu_generator(0)) * 0.1
+    params = aug.sample(4, 32000, cpu_generator(1))
+    ref = aug(x, params=params)
+    calls = augment.pipeline_calls(aug, x, params)
+    assert list(calls) == ["anchor", "positive"] + (["positive masks"] if aug.positive.mask is not None else [])
+    assert torch.equal(calls["anchor"](), ref.anchor)
+    assert torch.equal(calls["positive masks"]() if "positive masks" in calls else calls["positive"](), ref.positive)
+    assert "_log_mels" not in vars(aug) and all("apply" not in vars(b.mask) for b in (aug.anchor, aug.positive)
+                                                 if b.mask is not None)
+    assert torch.equal(aug(x, params=params).positive, ref.positive)
+
+
 def test_train_benchmark_quick_splits_the_step(tmp_path):
     from benchmarks import train
 
