@@ -100,7 +100,7 @@ def test_augment_benchmark_quick_runs_every_chain(tmp_path):
         best = res["headline"][preset]
         assert set(best) == set(augment.LIBRARIES)
         assert best["torchaudio"]["median_s"] == min(chains[c]["median_s"] for c in ("torchaudio", augment.WHOLE_CLIP))
-        for backend, stages in res["stages"][preset].items():
+        for stages in res["stages"][preset].values():
             assert set(stages) == {"sample", "anchor", "positive", "positive masks", "whole pipeline"}
             assert all(v > 0 for v in stages.values())
     assert res["roofline"]["work"]["total_flops"] > 0 and res["roofline"]["augcl_s"] > 0
@@ -139,6 +139,7 @@ def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_ban
     arguments it gave them: replayed, they return the pipeline's anchor and positive exactly; the augmenter is left
     as it was (no recording attribute stays on it)."""
     from benchmarks import augment
+
     from .conftest import cpu_generator, make
 
     aug = make(preset, impulse_bank)
@@ -243,7 +244,8 @@ def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_p
     text = gpu.write(res, tmp_path)
     assert "* `tests`: ZeroDivisionError" in text and "* `kernels`: the part's process exited 3" in text
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--parts", "tests", "--budget-s", "0",
-                           "--out", str(tmp_path / "spent")], capture_output=True, text=True, cwd=gpu.REPO)
+                           "--out", str(tmp_path / "spent")], check=False, capture_output=True, text=True,
+                          cwd=gpu.REPO)
     assert proc.returncode == 1 and "this run: FAILED: tests" in proc.stdout
 
 
