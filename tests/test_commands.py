@@ -182,7 +182,7 @@ def test_threads_benchmark_quick_measures_each_count_in_both_conditions(tmp_path
 @pytest.mark.slow
 def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
     """``python -m benchmarks.gpu --dry-run``: every part's code in its own process, tiny sizes; the CUDA graph is
-    skipped (no GPU) after its fake-CUDA check and its compare/timing code ran."""
+    skipped (no GPU) after its timing code ran; the cuda tests are run and every one recorded (skipped here)."""
     from benchmarks import gpu
 
     res = gpu.main(["--dry-run", "--out", str(tmp_path)])
@@ -191,14 +191,17 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
         "tests": "ok", "kernels": "ok", "graph": "skipped", "compile": "ok", "augment": "ok", "train": "ok",
         "stretch": "ok"}
     assert res["parts"]["graph"]["reason"].startswith("no GPU")
-    for preset in ("ts+mask", "all"):
-        r = res["parts"]["graph"]["details"][preset]
-        assert r["fake_cuda_forward"]["anchor_shape"] == [4, 1, 64, 96] and r["equal"]
-    assert all(v["equal"] for p in ("ts+mask", "all") for v in res["parts"]["compile"]["details"][p].values()
-               if isinstance(v, dict))
+    for preset in ("ts+mask", "all"):  # the timing code ran, eager calls in place of the replay
+        assert set(res["parts"]["graph"]["details"][preset]) == {"eager_s", "replay_s"}
+        compiled = res["parts"]["compile"]["details"][preset]
+        assert {k for k, v in compiled.items() if isinstance(v, dict)} == {"graph breaks allowed (CPU), backend eager"}
+    tests = res["parts"]["tests"]["details"]  # every test recorded: on a CPU every cuda test skips
+    assert tests["passed"] == 0 and tests["failed"] == [] and len(tests["skipped"]) > 0
+    assert any("test_cuda.py" in t["test"] or "test_cuda::" in t["test"] for t in tests["skipped"])
     kernels = json.loads((tmp_path / "kernels_cpu.json").read_text())
-    assert kernels["faster"] in ("kernels", "torch", "tie") and kernels["phase_step"]["correct"]
+    assert kernels["faster"] in ("kernels", "torch", "tie") and kernels["phase_step"]["kernels_s"] > 0
     assert kernels["pipeline_all"]["max_abs_diff_log_mel"] > 0  # stretched rows: the kernel ran
+    assert kernels["kernel_tests"] == {"passed": [], "failed": []} and not kernels["auto_should_use_kernels"]
     assert kernels["action"].startswith(("add", "remove", "none"))
     assert all(t["measured"] is not None for t in res["targets"].values())
     stretch = res["parts"]["stretch"]["details"]  # the device run's rows, on the CPU
@@ -212,6 +215,30 @@ def test_gpu_dry_run_runs_every_part_on_the_cpu(tmp_path):
     again = gpu.main(["--dry-run", "--out", str(tmp_path), "--parts", "tests"])  # a run split over commands
     assert list(again["parts"]) == list(gpu.PARTS) and again["failed_now"] == []
     assert [n for n, r in again["parts"].items() if not r.get("earlier_run")] == ["tests"]
+
+
+def test_gpu_kernel_verdict_needs_the_kernel_faster_and_its_tests_passed():
+    """``auto`` should use the kernels on a device only where they were faster and the kernel's cuda tests passed in
+    the same results; a failed kernel test takes a device back out of ``AUTO_DEVICES``."""
+    from benchmarks import gpu
+
+    def verdict(faster, now, passed=(), failed=()):
+        tests = {"passed_tests": ["tests.test_pair::test_cuda_equals_cpu", *passed],
+                 "failed": [{"test": t, "message": "x"} for t in failed]}
+        return gpu.settle_kernels({"device": "cuda", "faster": faster, "auto_uses_kernels_now": now}, tests)
+
+    ok = verdict("kernels", False, passed=["tests.test_cuda::test_cuda_kernel_phase_step"])
+    assert ok["auto_should_use_kernels"] and ok["action"] == "add 'cuda' to augcl.kernels.AUTO_DEVICES"
+    assert ok["kernel_tests"] == {"passed": ["tests.test_cuda::test_cuda_kernel_phase_step"], "failed": []}
+    untested = verdict("kernels", False)
+    assert not untested["auto_should_use_kernels"] and "tests did not pass" in untested["action"]
+    assert gpu.settle_kernels({"device": "cuda", "faster": "kernels", "auto_uses_kernels_now": False}, None)[
+        "auto_should_use_kernels"] is False
+    broken = verdict("kernels", True, passed=["a::test_cuda_kernel_x"], failed=["b::test_cuda_kernel_y"])
+    assert broken["action"] == "remove 'cuda' from augcl.kernels.AUTO_DEVICES"
+    assert verdict("torch", True)["action"].startswith("remove") and verdict("tie", False)["action"].startswith(
+        "none: within")
+    assert verdict("torch", False)["action"] == "none: AUTO_DEVICES agrees with this measurement"
 
 
 def test_gpu_failures_are_recorded_listed_and_make_the_exit_status_nonzero(tmp_path, monkeypatch):
