@@ -11,7 +11,6 @@ incoherently and the burst loses level; phase locking fixes that.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import report
 
 SR = 16000
 
@@ -118,7 +119,7 @@ def stretch_torchaudio(x: np.ndarray, rate: float, n_fft: int = 512, hop: int = 
     spec = torch.stft(torch.from_numpy(x), n_fft, hop, window=win, return_complex=True)
     phase_advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[..., None]
     out = AF.phase_vocoder(spec, rate, phase_advance)
-    return torch.istft(out, n_fft, hop, window=win, length=int(math.ceil(len(x) / rate))).numpy()
+    return torch.istft(out, n_fft, hop, window=win, length=math.ceil(len(x) / rate)).numpy()
 
 
 METHODS = {"augcl": stretch_augcl, "torchaudio": stretch_torchaudio}
@@ -150,19 +151,20 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = p.parse_args(argv)
     res = run(args.n, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stretch_fidelity.json").write_text(json.dumps(res, indent=2))
+    print(report.write(res, page(res), args.out, "stretch_fidelity"))
+
+
+def page(res: dict) -> str:
+    """The results page of :func:`run`'s ``res``."""
     lines = ["# Time-stretch fidelity on tone bursts", "",
-             f"`python -m benchmarks.stretch_fidelity --n {args.n} --seed {args.seed}`: {res['results']['augcl']['n_signals']} "
-             "signals (tone burst after a noise burst or another tone, in -50 dBFS noise), rates 0.9 and 1.1, "
-             "n_fft 512, hop 128 for both methods.", "",
-             "| method | level loss median (dB) | level loss max (dB) | pitch error max (%) | onset error max (ms) |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, r in res["results"].items():
-        lines.append(f"| {name} | {r['level_loss_db_median']:.2f} | {r['level_loss_db_max']:.2f} | "
-                     f"{r['pitch_err_pct_max']:.3f} | {r['onset_err_ms_max']:.1f} |")
-    (args.out / "stretch_fidelity.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             (f"`python -m benchmarks.stretch_fidelity --n {res['n_bursts']} --seed {res['seed']}`: "
+              f"{res['results']['augcl']['n_signals']} signals (tone burst after a noise burst or another tone, in "
+              "-50 dBFS noise), rates 0.9 and 1.1, n_fft 512, hop 128 for both methods."), ""]
+    cols = {"level loss median (dB)": ("level_loss_db_median", "{:.2f}"),
+            "level loss max (dB)": ("level_loss_db_max", "{:.2f}"),
+            "pitch error max (%)": ("pitch_err_pct_max", "{:.3f}"), "onset error max (ms)": ("onset_err_ms_max", "{:.1f}")}
+    rows = [{"method": name} | {c: r[k] for c, (k, _) in cols.items()} for name, r in res["results"].items()]
+    return "\n".join(lines + report.table(rows, ["method", *cols], {c: f for c, (_, f) in cols.items()})) + "\n"
 
 
 if __name__ == "__main__":

@@ -66,14 +66,15 @@ def _res(stem: str) -> dict:
 
 
 @pytest.mark.parametrize("stem", ["augment", "stretch", "threads", "train", "throughput", "chunks", "lengths", "data",
-                                  "roofline"])
+                                  "roofline", "stretch_fidelity"])
 def test_committed_pages_are_what_the_renderer_writes_from_their_json(stem, tmp_path):
     """Each page in docs/benchmarks/ is, to the byte, what its benchmark renders from the JSON written beside it."""
-    from benchmarks import augment, data, roofline, stretch, threads, throughput, train
+    from benchmarks import augment, data, roofline, stretch, stretch_fidelity, threads, throughput, train
 
     if not (DOCS / f"{stem}.json").exists():
         pytest.skip(f"no committed {stem}.json")
-    res, command = _res(stem), _command(stem)
+    res = _res(stem)
+    command = None if stem == "stretch_fidelity" else _command(stem)
     text = {"augment": lambda: augment.write(res, tmp_path, "cpu"),
             "stretch": lambda: stretch.write(res, tmp_path, command),
             "threads": lambda: threads.write(res, tmp_path, command),
@@ -82,5 +83,6 @@ def test_committed_pages_are_what_the_renderer_writes_from_their_json(stem, tmp_
             "chunks": lambda: throughput.page(res, command, "cpu", chunks=True),
             "lengths": lambda: throughput.page(res, command, "cpu", lengths=True),
             "data": lambda: data.page(res, command),
-            "roofline": lambda: roofline.page(res, command)}[stem]()
+            "roofline": lambda: roofline.page(res, command),
+            "stretch_fidelity": lambda: stretch_fidelity.page(res)}[stem]()
     assert text == (DOCS / f"{stem}.md").read_text()
