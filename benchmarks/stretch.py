@@ -51,10 +51,11 @@ import argparse
 import math
 import os
 import statistics
+from collections.abc import Callable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class AugclChain:
 
     def __init__(self, backend: str, rate_set=None, device="cpu"):
         self.device = torch.device(device)
-        kw = dict(rates=rate_set) if rate_set else dict(min_rate=MIN_RATE, max_rate=MAX_RATE)
+        kw = {"rates": rate_set} if rate_set else {"min_rate": MIN_RATE, "max_rate": MAX_RATE}
         self.stretch = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend)
         self.record = augcl.TimeStretch(**kw, p=1.0, leave_length_unchanged=False, backend=backend,
                                         output_type="dict")
@@ -202,7 +203,7 @@ def set_threads(n: int) -> None:
 
 
 def time_scenario(rate_set, x: torch.Tensor, settings: dict, repeats: int, seed: int, device="cpu",
-                  device_run: bool = False, sync: Optional[Callable[[], None]] = None) -> dict:
+                  device_run: bool = False, sync: Callable[[], None] | None = None) -> dict:
     """Seconds per batch of every chain at every setting, interleaved; the same rates for every chain.
 
     ``settings``: label -> a function that applies it (a CPU run: ``{"1": set_threads(1), ...}``; a device run: one
@@ -258,7 +259,7 @@ def fidelity(n_bursts: int, seed: int, device="cpu", device_run: bool = False) -
 
 
 def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: int = 0, device="cpu",
-        device_run: Optional[bool] = None, sync: Optional[Callable[[], None]] = None) -> dict:
+        device_run: bool | None = None, sync: Callable[[], None] | None = None) -> dict:
     """The whole benchmark. ``device_run`` (default: ``device`` is not the CPU) picks the device run's rows and its one
     setting; ``threads`` is the CPU run's sweep (unused in a device run); ``sync`` as in :func:`time_scenario`."""
     device = torch.device(device)
@@ -289,7 +290,7 @@ def run(batch: int, seconds: float, threads, repeats: int, n_bursts: int, seed: 
     return res
 
 
-def _version(package: str) -> Optional[str]:
+def _version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -378,7 +379,7 @@ def write_device_run(res: dict, out: Path, command: str) -> str:
     kernels = ("available" if res["kernels"] else f"not run ({res['skipped'].get('augcl[kernels]', 'unavailable')})")
     lines = ["# Whole-clip time stretch on the device, one rate per example: augcl, torchaudio, audiomentations (CPU)",
              "", f"`{command}`", "",
-             f"{report.machine_text(m)}, {versions}; augcl's kernels on `{res['device']}` {kernels}. Input ({res['batch']}, "
+             (f"{report.machine_text(m)}, {versions}; augcl's kernels on `{res['device']}` {kernels}. Input ({res['batch']}, "
              f"{int(res['seconds'] * SR)}) float32: tone bursts (`benchmarks.stretch_fidelity.make_bursts`), output "
              "(B, ceil(T / 0.8)) and each row's length ceil(T / rate), the CPU run's workload "
              "([stretch.md](stretch.md)). "
@@ -390,12 +391,12 @@ def write_device_run(res: dict, out: Path, command: str) -> str:
              f"Ratio: the chain's time over {anchor}'s (above 1: slower). The anchor is augcl's pure-torch chain on "
              f"the device: augcl's default backend `auto` runs `{res['auto_backend']}` here (it uses the kernels only "
              f"on {', '.join(res['auto_devices'])}: `augcl.kernels.AUTO_DEVICES`), so `auto` is the "
-             f"augcl[{res['auto_backend']}] row.", "",
-             "audiomentations has no device code. Its rows, marked (CPU), run in the same process on one core of this "
+             f"augcl[{res['auto_backend']}] row."), "",
+             ("audiomentations has no device code. Its rows, marked (CPU), run in the same process on one core of this "
              "machine's CPU, on a host copy of the batch made before timing: kept as the reference a GPU user would "
              "otherwise run in data-loader workers, so the ratio says roughly how many such cores (at perfect "
              "scaling) one device call replaces. They cost the run its most time; the CPU run's page has them on "
-             "the repository's CPU.", "", "## The chains", ""]
+             "the repository's CPU."), "", "## The chains", ""]
     lines += [f"* `{name}`: {what}" for name, what in res["chains"].items()]
     lines += [f"* `{name}`: not run: {why}" for name, why in res["skipped"].items()] + [""]
     for scenario, r in res["results"].items():
@@ -454,9 +455,9 @@ def reading(res: dict) -> list[str]:
                        f"{kern}; the fastest other chain is {fastest}, at {verdict}.")
     q = res["quality"]
     faithful = [k for k, v in q.items() if v["level_err_db_max"] < 1.5 and v["onset_err_ms_max"] < 30]
-    out += ["", f"Chains that keep every burst's level within 1.5 dB and its onset within 30 ms: "
+    out += ["", (f"Chains that keep every burst's level within 1.5 dB and its onset within 30 ms: "
             f"{', '.join(faithful)}. A plain phase vocoder (torchaudio's, librosa's) enters a burst with the phases of "
-            "the sound before it and loses level there; phase locking (augcl) and Signalsmith Stretch do not.",
+            "the sound before it and loses level there; phase locking (augcl) and Signalsmith Stretch do not."),
             ""]
     slower = any(v["ratio_to_augcl"] < 1 for r in res["results"].values() for rows in r["threads"].values()
                  for k, v in rows.items() if not k.startswith("augcl"))
@@ -484,7 +485,7 @@ def _plot(res: dict, png: Path) -> None:
                       for name in names},
                      ylabel="clips/s (log)" if device_run else "clips/s", log=device_run, figsize=(8, 4.2),
                      title=f"whole-clip time stretch, B={res['batch']} x {res['seconds']:g} s, {where}",
-                     legend=dict(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18)))
+                     legend={"fontsize": 7, "ncol": 3, "loc": "upper center", "bbox_to_anchor": (0.5, -0.18)})
 
 
 def main(argv=None) -> dict:
