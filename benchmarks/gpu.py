@@ -226,17 +226,16 @@ def part_kernels(dry: bool, out: Path) -> dict:
     batch, length = _sizes(dry)
     s0, s1 = phase_step_case(device, batch, length)
     c0, c1 = s0.to(torch.complex64), s1.to(torch.complex64)
-    phase = {"shape": list(c0.shape),
-             "torch_s": median_s(lambda: AF._vocoder_phase(c0, c1, 512, 128), repeats, warmup=0, device=device),
-             "kernels_s": median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), repeats, warmup=0,
-                                   device=device)}
+    phase = {"shape": list(c0.shape),  # each timed after a warm-up call (the kernel's build on its first)
+             "torch_s": median_s(lambda: AF._vocoder_phase(c0, c1, 512, 128), repeats, device=device),
+             "kernels_s": median_s(lambda: kernels.vocoder_phase(c0, c1, 512, 128), repeats, device=device)}
     checkpoint({"phase_step": phase})
     augs = {b: _augmenter("all", device, backend=b) for b in ("torch", "kernels")}
     for seed in range(1, 100):  # a batch with stretched rows (4 clips may have none): the kernel's work
         x, params = _batch(augs["torch"], device, dry, seed)
         if bool(params["positive.stretch_applied"].any()):
             break
-    outs = {b: a(x, params=params) for b, a in augs.items()}
+    outs = {b: a(x, params=params) for b, a in augs.items()}  # also the warm-up
     times = time_calls({b: (lambda a=a: a(x, params=params)) for b, a in augs.items()}, repeats, warmup=0,
                        device=device, order="fixed")  # interleaved
     pipeline = {f"{b}_s": statistics.median(t) for b, t in times.items()}
