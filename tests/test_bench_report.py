@@ -69,7 +69,16 @@ def _res(stem: str) -> dict:
                                   "roofline", "stretch_fidelity"])
 def test_committed_pages_are_what_the_renderer_writes_from_their_json(stem, tmp_path):
     """Each page in docs/benchmarks/ is, to the byte, what its benchmark renders from the JSON written beside it."""
-    from benchmarks import augment, data, roofline, stretch, stretch_fidelity, threads, throughput, train
+    from benchmarks import (
+        augment,
+        data,
+        roofline,
+        stretch,
+        stretch_fidelity,
+        threads,
+        throughput,
+        train,
+    )
 
     if not (DOCS / f"{stem}.json").exists():
         pytest.skip(f"no committed {stem}.json")
