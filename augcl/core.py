@@ -144,7 +144,7 @@ def power_of_two_scale(wave: Tensor, limit: float, norm: Optional[Tensor] = None
 
     Dividing a row by a power of two is exact, and a linear pipeline's output scales back exactly: a row too loud for
     float32 powers (``|x| ** 2`` overflows from ``|x| ~ 1.8e19``) is augmented divided by it and its log-mels shifted
-    back (``log_mel(..., log_gain=)``). ``norm`` ``(B,)``: the rows' L2 norms, if already computed. Cost: one pass for
+    back (``log_of_mel(..., log_gain=)``). ``norm`` ``(B,)``: the rows' L2 norms, if already computed. Cost: one pass for
     the norm (unless given) and two for the peak; no host sync.
     """
     if norm is None:
@@ -363,14 +363,18 @@ class Transform(nn.Module):
                              f"sample_rate={sample_rate}")
         return self.sample_rate
 
-    def check_params(self, params, rows: int, length: int, device: torch.device) -> None:
-        """Raise a named error unless ``params`` hold this transform's keys, as tensors of ``rows`` rows on ``device``,
-        drawn for inputs of ``length`` (last dimension). Shapes only: no host sync."""
+    def check_params(self, params, rows: int, device: torch.device) -> None:
+        """Raise a named error unless ``params`` hold this transform's keys (and, as a call records them, the
+        ``lengths`` the draws were made for; params written by hand may leave them out), as tensors of ``rows`` rows on
+        ``device``. Shapes only: no host sync (``lengths`` are checked against the input where lengths are checked: on
+        a CPU)."""
         redraw = "pass the params an earlier call returned for this batch (output_type='dict'), or params=None"
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}; {redraw}")
-        expected = set(self.param_keys)  # plus "length", which forward records and sample() does not
-        missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected - {"length"})
+        if "length" in params:
+            raise ValueError(f"params hold 'length': they come from an older augcl; draw them again, or {redraw}")
+        expected = set(self.param_keys)
+        missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected - {"lengths"})
         if missing or extra:
             found = "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("not its own", extra)) if keys)
             raise ValueError(f"params do not match {type(self).__name__} ({found}); {redraw}")
@@ -382,9 +386,6 @@ class Transform(nn.Module):
             if v.device != device:
                 raise ValueError(f"params[{k!r}] is on {v.device} but the input is on {device}; move them with "
                                  f"{{k: v.to(device) for k, v in params.items()}}")
-        if "length" in params and params["length"].shape[-1] != length:
-            raise ValueError(f"params were drawn for inputs of {params['length'].shape[-1]} samples (frames), but this "
-                             f"one has {length}; {redraw}")
 
     def forward(self, samples: Tensor, sample_rate: Optional[int] = None, targets: Optional[Tensor] = None,
                 target_rate: Optional[int] = None, *, lengths: Optional[Tensor] = None,
@@ -414,9 +415,13 @@ class Transform(nn.Module):
                 params = {k: v.expand(rows, *v.shape[1:]) for k, v in drawn.items()}
             else:
                 params = dict(self.sample(rows, *event, generator=generator, device=x.device, lengths=lengths))
-            params["length"] = torch.empty((rows, 0, event[-1]), dtype=torch.bool, device=x.device)
+            params["lengths"] = (torch.full((rows,), event[-1], dtype=torch.long, device=x.device) if lengths is None
+                                 else lengths)
         else:
-            self.check_params(params, rows, event[-1], x.device)
+            self.check_params(params, rows, x.device)
+            if lengths is None and "lengths" in params:  # a replay reads the inputs' first params["lengths"] samples
+                lengths = check_lengths(params["lengths"], x[:, 0], check_values=cpu_branch(x.device),
+                                        name="params['lengths'] (the lengths the params were drawn for)")
         y, out_lengths = self.transform(x.to(work_dtype(x.dtype)), params, lengths)
         y = y.to(samples.dtype)
         if per_channel:

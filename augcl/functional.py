@@ -23,7 +23,7 @@ from .core import (NO_FLOAT64, _force_device_path, _gather_samples, _gather_wind
                    check_lengths, cpu_branch, pad_to_length, position_dtype, power_of_two_scale, valid_mask, work_dtype)
 from .gain import LEVEL_TARGET_DB, gain, normalize_level
 from .masks import freq_mask, mask_along_axis, time_mask
-from .mel import _log_mel_windowed, log_mel, log_mel_frames, mel_filterbank
+from .mel import _mel_windowed, log_mel, log_mel_frames, log_of_mel, mel_energy, mel_energy_frames, mel_filterbank
 from .banks import gather_ring
 from .noise import add_noise, colored_noise, noise_gain
 from .room import fft_convolve
@@ -57,12 +57,15 @@ __all__ = [
     "mel_filterbank",
     "log_mel",
     "log_mel_frames",
+    "log_of_mel",
+    "mel_energy",
+    "mel_energy_frames",
     "mask_along_axis",
     "time_mask",
     "freq_mask",
 ]
 
 #: private helpers re-exported for the kernels' and the tests' use (not part of the public API)
-_PRIVATE = (NO_FLOAT64, LEVEL_TARGET_DB, _force_device_path, _gather_samples, _gather_windows, _log_mel_windowed,
+_PRIVATE = (NO_FLOAT64, LEVEL_TARGET_DB, _force_device_path, _gather_samples, _gather_windows, _mel_windowed,
             _frames_at, _frames_in_region, _nearest_peak, _overlap_add, _vocoder_analysis, _vocoder_phase,
             _vocoder_synthesis)

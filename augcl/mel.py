@@ -68,6 +68,28 @@ def mel_filterbank(
     return fb.T.contiguous().to(dtype)
 
 
+def mel_energy(
+    wave: Tensor,
+    filterbank: Tensor,
+    window: Tensor,
+    *,
+    n_fft: int,
+    hop_length: int,
+    center: bool = True,
+    power: float = 2.0,
+) -> Tensor:
+    """Mel energies ``(B, n_mels, frames)`` of ``(B, T)`` clips, ``filterbank.T @ |STFT| ** power``: :func:`log_mel`
+    before its log (framing as there)."""
+    dtype = work_dtype(wave.dtype)
+    x = wave.to(dtype)
+    win = window.to(device=x.device, dtype=dtype)
+    if not center:
+        return mel_energy_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power)
+    spec = torch.stft(x, n_fft, hop_length, win_length=win.shape[-1], window=win, center=True,
+                      pad_mode="constant", return_complex=True)  # (B, F, frames)
+    return _spectrum_mel(spec, filterbank, power)
+
+
 def log_mel(
     wave: Tensor,
     filterbank: Tensor,
@@ -88,22 +110,12 @@ def log_mel(
     (length ``win_length <= n_fft``) sits in the middle of the frame. ``center=False``: frames of
     ``win_length`` samples from ``t * hop``, zero-padded at the end to ``n_fft`` (``tf.signal.stft``, COLA),
     ``1 + (T - win_length) // hop`` frames. Value: ``log(mel + log_eps)`` (``log_mode="offset"``) or
-    ``log(max(mel, log_eps))`` (``"clamp"``) where ``mel = filterbank.T @ |STFT| ** power``.
-
-    ``log_gain`` ``(B,)``: the log-mel of the rows' mel energies times ``exp(log_gain)``, computed in the log domain
-    (``logaddexp(log(mel) + log_gain, log(log_eps))``), so the product may exceed the dtype's range; rows with 0
-    get exactly the value without it (see :func:`power_of_two_scale`).
+    ``log(max(mel, log_eps))`` (``"clamp"``) where ``mel = filterbank.T @ |STFT| ** power`` (:func:`mel_energy`).
+    ``log_gain`` ``(B,)``: as in :func:`log_of_mel`.
     """
-    dtype = work_dtype(wave.dtype)
-    x = wave.to(dtype)
-    win = window.to(device=x.device, dtype=dtype)
-    if center:
-        spec = torch.stft(x, n_fft, hop_length, win_length=win.shape[-1], window=win, center=True,
-                          pad_mode="constant", return_complex=True)  # (B, F, frames)
-    else:
-        return log_mel_frames(x.unfold(-1, win.shape[-1], hop_length), filterbank, win, n_fft=n_fft, power=power,
-                              log_eps=log_eps, log_mode=log_mode, log_gain=log_gain)
-    return _mel_log(spec, filterbank, power, log_eps, log_mode, log_gain)
+    _check_log_mode(log_mode)
+    mel = mel_energy(wave, filterbank, window, n_fft=n_fft, hop_length=hop_length, center=center, power=power)
+    return log_of_mel(mel, log_eps, log_mode, log_gain, inplace=True)
 
 
 def _spectral_power(spec: Tensor, power: float) -> Tensor:
@@ -112,18 +124,14 @@ def _spectral_power(spec: Tensor, power: float) -> Tensor:
     re, im = spec.real, spec.imag
     energy = torch.square(re).addcmul_(im, im)
     # |z| ** p = (re² + im²) ** (p / 2): |z|² overflows float32 from |z| ~ 1.8e19; PairAugmenter divides rows that loud
-    # by a power of two first (power_of_two_scale) and adds the scale back in the log (log_mel's log_gain)
+    # by a power of two before its branches (power_of_two_scale) and adds the scale back in the log after them
     return energy if power == 2.0 else energy.sqrt_() if power == 1.0 else energy.pow(power / 2)
 
 
-def _mel_log(spec: Tensor, filterbank: Tensor, power: float, log_eps: float, log_mode: str,
-             log_gain: Optional[Tensor] = None) -> Tensor:
-    """``log`` of the mel energies of a complex spectrum ``(B, F, K)`` -> ``(B, n_mels, K)``, times ``exp(log_gain)``
-    ``(B,)`` per row if given (see :func:`log_mel`)."""
-    _check_log_mode(log_mode)
+def _spectrum_mel(spec: Tensor, filterbank: Tensor, power: float) -> Tensor:
+    """The mel energies ``(B, n_mels, K)`` of a complex spectrum ``(B, F, K)``."""
     pw = _spectral_power(spec, power)
-    mel = torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
-    return _log_of_mel(mel, log_eps, log_mode, log_gain)
+    return torch.matmul(filterbank.to(device=pw.device, dtype=pw.dtype).T, pw)
 
 
 def _check_log_mode(log_mode: str) -> None:
@@ -131,10 +139,17 @@ def _check_log_mode(log_mode: str) -> None:
         raise ValueError(f"log_mode must be 'offset' or 'clamp', got {log_mode!r}")
 
 
-def _log_of_mel(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[Tensor] = None,
-                inplace: bool = False) -> Tensor:
-    """The log of mel energies ``(B, n_mels, K)`` (a fresh tensor: modified), times ``exp(log_gain)``; ``inplace``: the
-    result is ``mel`` itself."""
+def log_of_mel(mel: Tensor, log_eps: float = 1e-6, log_mode: str = "offset", log_gain: Optional[Tensor] = None,
+               inplace: bool = False) -> Tensor:
+    """The log of mel energies ``(B, ...)``: ``log(mel + log_eps)`` (``"offset"``) or ``log(max(mel, log_eps))``
+    (``"clamp"``); ``inplace``: the result is ``mel`` itself.
+
+    ``log_gain`` ``(B,)``: the log of each row's energies times ``exp(log_gain)``, computed in the log domain
+    (``logaddexp(log(mel) + log_gain, log(log_eps))``), so the product may exceed the dtype's range; rows with 0
+    get exactly the value without it. PairAugmenter's overflow rescue: a row too loud for float32 powers is augmented
+    divided by a power of two ``s`` (:func:`power_of_two_scale`) and its energies' log taken with ``power * log(s)``.
+    """
+    _check_log_mode(log_mode)
     gained = None
     if log_gain is not None:
         g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
@@ -144,10 +159,18 @@ def _log_of_mel(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[T
     if inplace:
         out = (mel.add_(log_eps) if log_mode == "offset" else mel.clamp_min_(log_eps)).log_()
     else:
-        out = torch.log(mel.add_(log_eps)) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
+        out = torch.log(mel + log_eps) if log_mode == "offset" else torch.log(mel.clamp_min(log_eps))
     if gained is None:
         return out
     return out.copy_(torch.where(g != 0, gained, out)) if inplace else torch.where(g != 0, gained, out)
+
+
+def mel_energy_frames(frames: Tensor, filterbank: Tensor, window: Tensor, *, n_fft: int, power: float = 2.0) -> Tensor:
+    """Mel energies ``(B, n_mels, K)`` of analysis frames ``(B, K, win_length)``: :func:`log_mel_frames` before its
+    log."""
+    dtype = work_dtype(frames.dtype)
+    win = window.to(device=frames.device, dtype=dtype)
+    return _mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power)
 
 
 def log_mel_frames(
@@ -166,26 +189,23 @@ def log_mel_frames(
     Each frame is multiplied by ``window`` and zero-padded at the end to ``n_fft``; otherwise as :func:`log_mel`
     with ``center=False``, which calls this on the frames ``unfold`` cuts.
     """
-    dtype = work_dtype(frames.dtype)
-    win = window.to(device=frames.device, dtype=dtype)
-    return _log_mel_windowed(frames.to(dtype) * win, filterbank, n_fft, power, log_eps, log_mode, log_gain)
+    _check_log_mode(log_mode)
+    mel = mel_energy_frames(frames, filterbank, window, n_fft=n_fft, power=power)
+    return log_of_mel(mel, log_eps, log_mode, log_gain, inplace=True)
 
 
-def _log_mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, log_eps: float,
-                      log_mode: str, log_gain: Optional[Tensor] = None, sparse: Optional[tuple] = None,
-                      out: Optional[Tensor] = None) -> Tensor:
-    """:func:`log_mel_frames` of frames already multiplied by the window (a caller that owns fresh frames
+def _mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float, sparse: Optional[tuple] = None,
+                  out: Optional[Tensor] = None) -> Tensor:
+    """The mel energies ``(B, n_mels, K)`` of frames already multiplied by the window (a caller that owns fresh frames
     windows them in place: one full-size temporary fewer). ``sparse``: the filterbank's nonzero spans
     (:func:`augcl.kernels.sparse_filterbank`): the power and mel projection then run in the CPU kernel, which writes
-    into ``out`` ``(B, n_mels, K)`` if given (contiguous; the log then too, in place)."""
+    into ``out`` ``(B, n_mels, K)`` if given (contiguous, of the spectrum's real dtype; else a new tensor)."""
     spec = torch.fft.rfft(windowed, n=n_fft)  # (B, K, F)
     if sparse is None:
-        return _mel_log(spec.transpose(-1, -2), filterbank, power, log_eps, log_mode, log_gain)
-    _check_log_mode(log_mode)
+        return _spectrum_mel(spec.transpose(-1, -2), filterbank, power)
     if out is not None and not (out.is_contiguous() and out.dtype == spec.real.dtype):
         out = None
-    mel = kernels.mel_energy(spec, sparse, power, out=out)
-    return _log_of_mel(mel, log_eps, log_mode, log_gain, inplace=True)
+    return kernels.mel_energy(spec, sparse, power, out=out)
 
 
 @dataclass(frozen=True)
@@ -283,36 +303,39 @@ class LogMel(nn.Module):
             return (lengths + c.hop_length - 1) // c.hop_length
         return ((lengths - c.win_length) // c.hop_length + 1).clamp_min(0)
 
-    def from_context(self, x: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
-        """``(B, T + 2 * context)`` -> ``(B, n_mels, frames)``: the frames of segments that carry their context (no
-        padding added). ``log_gain`` ``(B,)``: the rows' mel energies times ``exp(log_gain)``, in the log domain (see
-        :func:`augcl.functional.log_mel`)."""
+    def log(self, mel: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
+        """The log of mel energies ``(B, ...)`` in place, with this config's ``log_eps`` and ``log_mode``; ``log_gain``
+        ``(B,)``: as in :func:`augcl.functional.log_of_mel`."""
+        return log_of_mel(mel, self.config.log_eps, self.config.log_mode, log_gain, inplace=True)
+
+    def from_context(self, x: Tensor) -> Tensor:
+        """``(B, T + 2 * context)`` -> ``(B, n_mels, frames)``: the log-mels of segments that carry their context (no
+        padding added): the log of :meth:`mel_from_context`."""
+        return self.log(self.mel_from_context(x))
+
+    def mel_from_context(self, x: Tensor) -> Tensor:
+        """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context`."""
         c = self.config
         sparse = self._kernel_filterbank(x.device)
         if sparse is None:
-            return log_mel(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
-                           power=c.power, log_eps=c.log_eps, log_mode=c.log_mode, log_gain=log_gain)
+            return mel_energy(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
+                              power=c.power)
         x = x.to(work_dtype(x.dtype))
         win = self.window.to(x.dtype)
-        return _log_mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
-                                 c.log_eps, c.log_mode, log_gain, sparse)
+        return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power, sparse)
 
-    def windowed_log_mel(self, frames: Tensor, log_gain: Optional[Tensor] = None,
-                         out: Optional[Tensor] = None) -> Tensor:
-        """``(B, K, win_length)`` frames already multiplied by the window -> ``(B, n_mels, K)`` (into ``out`` where the
-        CPU kernels run)."""
+    def windowed_mel(self, frames: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """``(B, K, win_length)`` frames already multiplied by the window -> their mel energies ``(B, n_mels, K)`` (into
+        ``out`` where the CPU kernels run)."""
         c = self.config
-        return _log_mel_windowed(frames, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain,
-                                 self._kernel_filterbank(frames.device), out)
+        return _mel_windowed(frames, self.filterbank, c.n_fft, c.power, self._kernel_filterbank(frames.device), out)
 
-    def at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
-                divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                log_gain: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
-        """``(B, n_mels, frames)`` log-mel of clip ``x`` time-stretched by ``rate``, frame 0 starting at stretched
-        position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` it equals
-        :meth:`from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``divisor`` ``(B, 1)``:
-        the log-mel of ``x / divisor``; ``lengths`` ``(B,)``: valid samples per clip, those past it read as zeros;
-        ``log_gain`` ``(B,)``: as in :meth:`from_context`; ``out``: where the CPU kernels may write the result."""
+    def mel_at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
+                    lengths: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+        """``(B, n_mels, frames)`` mel energies of clip ``x`` time-stretched by ``rate``, frame 0 starting at stretched
+        position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` they equal
+        :meth:`mel_from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``lengths`` ``(B,)``:
+        valid samples per clip, those past it read as zeros; ``out``: where the CPU kernels may write the result."""
         c = self.config
         width = self.window.shape[-1]
         sparse = self._kernel_filterbank(x.device)
@@ -322,15 +345,11 @@ class LogMel(nn.Module):
                 _check_rate_bound(rate, max_rate)
             x = x.to(work_dtype(x.dtype))
             f = kernels.frames_at(x, stretched_starts(rate, first, frames, c.hop_length, width // 2),
-                                  self.window.to(x.dtype), lengths,
-                                  None if divisor is None else 1.0 / divisor.to(x.dtype))
-            return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain, sparse,
-                                     out)
+                                  self.window.to(x.dtype), lengths)
+            return _mel_windowed(f, self.filterbank, c.n_fft, c.power, sparse, out)
         f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
-        if divisor is not None:
-            f = f.div_(divisor.to(f.dtype).reshape(-1, 1, 1))
-        return _log_mel_windowed(f, self.filterbank, c.n_fft, c.power, c.log_eps, c.log_mode, log_gain)
+        return _mel_windowed(f, self.filterbank, c.n_fft, c.power)
 
     def extra_repr(self) -> str:
         c = self.config

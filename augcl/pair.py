@@ -107,11 +107,14 @@ KERNEL_CHUNK = 16
 
 
 class Pair(NamedTuple):
-    """Anchor and positive log-mels ``(B, 1, n_mels, frames)`` and every per-example parameter applied."""
+    """Anchor and positive log-mels ``(B, 1, n_mels, frames)``, every per-example parameter applied (``params``: the
+    draws and the ``lengths`` they were drawn for, what a replay needs), and ``finite`` ``(B,)`` bool: which rows of
+    the input were free of NaN/Inf (a property of the batch, not a draw)."""
 
     anchor: Tensor
     positive: Tensor
     params: dict
+    finite: Tensor
 
 
 class Branch(nn.Module):
@@ -162,45 +165,38 @@ class Branch(nn.Module):
             params.update(self.mask.sample(batch, self.mel.config.n_mels, self.frames, generator, device))
         return params
 
-    def apply(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None) -> Tensor:
-        """The branch's log-mels of clips ``x`` with ``params``, masked: :meth:`log_mel`, then the masks."""
-        spec = self.log_mel(x, params, divisor)
+    def apply(self, x: Tensor, params: dict) -> Tensor:
+        """The branch's log-mels ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params``, masked: the log of
+        :meth:`mel_energy`, then the masks. (Clips too loud for float32 powers are :class:`PairAugmenter`'s to rescue.)"""
+        spec = self.mel.log(self.mel_energy(x, params))
         return self.mask.apply(spec, params) if self.mask is not None else spec
 
-    def log_mel(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None,
-                out: Optional[Tensor] = None) -> Tensor:
-        """The branch's log-mels ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params``, before the masks; ``divisor``
-        ``(B, 1)`` scales each clip by ``1 / divisor`` (applied to the segment: the same as dividing the clip, without
-        a pass over it). ``out``: where the CPU kernels may write them (returned then; otherwise a new tensor).
+    def mel_energy(self, x: Tensor, params: dict, scale: Optional[Tensor] = None,
+                   out: Optional[Tensor] = None) -> Tensor:
+        """The branch's mel energies ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params`` (before the log and the
+        masks). ``out``: where the CPU kernels may write them (returned then; otherwise a new tensor).
 
         ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
         (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
-        only. ``params["clip_scale"]`` ``(B,)`` (optional): ``x`` holds the clips divided by it (powers of two, see
-        :func:`augcl.functional.power_of_two_scale`); the log-mels are those of the clips (the extra transforms see
-        the divided segments).
+        only. ``scale`` ``(B,)`` (optional): ``x`` holds the clips divided by it (PairAugmenter's overflow rescue); only
+        a noise of fixed ``std`` reads it (its std is in the clips' units); every other block is linear in the clip.
         """
         lengths = params.get("lengths")
-        clip_scale = params.get("clip_scale")
-        log_gain = None
-        if clip_scale is not None:
-            log_gain = self.mel.config.power * torch.log(clip_scale.to(AF.work_dtype(x.dtype)))
         into = None if out is None else out[:, 0]
         if self.spectral:
-            if self.gain is not None:  # a per-row scale commutes with the stretch: fold it into the divisor
-                scale = self.gain.factor(params).to(device=x.device, dtype=AF.work_dtype(x.dtype))
-                divisor = 1.0 / scale if divisor is None else divisor / scale
-            return self.segment.stretched_log_mel(x, params, self.mel, self.frames, divisor, lengths=lengths,
-                                                  log_gain=log_gain, out=into).unsqueeze(1)
+            mel = self.segment.stretched_mel(x, params, self.mel, self.frames, lengths=lengths, out=into)
+            if self.gain is not None:  # a per-row scale commutes with the stretch: scale the energies
+                factor = self.gain.factor(params).to(device=mel.device, dtype=mel.dtype)
+                mel = mel.mul_(factor.pow(self.mel.config.power).reshape(-1, 1, 1))
+            return mel.unsqueeze(1)
         if self._fused_noise(x):  # the CPU kernels: crop, noise and frames in one pass (kernels.noisy_frames)
             mel, seg = self.mel, self.segment
             c = mel.config
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
-                params["snr_db"], params["noise_applied"], lengths, None if divisor is None else 1.0 / divisor)
-            return mel.windowed_log_mel(frames, log_gain, out=into).unsqueeze(1)
+                params["snr_db"], params["noise_applied"], lengths)
+            return mel.windowed_mel(frames, out=into).unsqueeze(1)
         y = self.segment.apply(x, params, lengths=lengths)
-        if divisor is not None:
-            y = y / divisor
         if self.gain is not None:
             y = self.gain.apply(y, params)
         for t in self.extra:
@@ -210,8 +206,8 @@ class Branch(nn.Module):
             y = self.rir.apply(y, params)
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
-            y = self.noise.apply(y, params, valid, scale=clip_scale)
-        return self.mel.from_context(y, log_gain).unsqueeze(1)
+            y = self.noise.apply(y, params, valid, scale=scale)
+        return self.mel.mel_from_context(y).unsqueeze(1)
 
 
 class PairAugmenter(nn.Module):
@@ -228,8 +224,8 @@ class PairAugmenter(nn.Module):
     length are treated as zeros (masked), each segment starts inside its clip's valid part (in the stretched
     timeline), and the noise's SNR is measured over, and the noise added to, the segment's valid samples only. A clip
     shorter than a segment sits at the segment's start, the rest being zeros. ``pair.params["lengths"]`` records
-    them when given, so ``aug(wave, params=pair.params)`` replays the batch exactly. ``pair.params["finite"]``
-    ``(B,)`` bool: which rows of ``wave`` were free of NaN/Inf (see ``check_finite``).
+    them (``T`` for every row when none are given), so ``aug(wave, params=pair.params)`` replays the batch exactly.
+    ``pair.finite`` ``(B,)`` bool: which rows of ``wave`` were free of NaN/Inf (see ``check_finite``).
 
     Args:
         config: a :class:`PairConfig` (see :data:`PRESETS`).
@@ -239,7 +235,7 @@ class PairAugmenter(nn.Module):
             ``pair.params`` and a replay does not repeat them.
         rir_bank, noise_bank: banks to use instead of the ones the config names.
         check_finite: raise a ValueError on NaN/Inf input and on ``lengths`` outside ``[1, T]``. Default (None): on
-            a CPU only, where it costs no sync. Whatever it says, ``pair.params["finite"]`` ``(B,)`` bool records
+            a CPU only, where it costs no sync. Whatever it says, ``pair.finite`` ``(B,)`` bool records
             which rows of the input were finite, on every device and without a host sync: a caller on an
             accelerator reads it where it syncs anyway (the trainer does, with its once-a-step log, and raises
             naming the rows); a non-finite row's anchor and positive are NaN, the other rows are unaffected.
@@ -294,12 +290,11 @@ class PairAugmenter(nn.Module):
         """Pad short clips so that every segment (stretched or not) lies inside the clip."""
         return max(length, self.anchor.segment.min_clip_length, self.positive.segment.min_clip_length)
 
-    def param_keys(self, lengths: bool = False) -> set:
-        """The keys of :meth:`sample`'s dict (with ``lengths``: of a batch drawn with ``lengths=``). ``pair.params``
-        has one more, ``finite`` (the input's rows that were finite: a property of the batch, not a draw)."""
+    def param_keys(self) -> set:
+        """The keys of :meth:`sample`'s dict: each branch's draws, prefixed, and ``lengths``."""
         keys = {f"{name}.{k}" for name, branch in (("anchor", self.anchor), ("positive", self.positive))
                 for k in branch.param_keys}
-        return keys | {"length"} | ({"lengths"} if lengths else set())
+        return keys | {"lengths"}
 
     def sample(self, batch: int, length: int, generator: Optional[torch.Generator] = None, device=None,
                lengths: Optional[Tensor] = None) -> dict:
@@ -307,54 +302,42 @@ class PairAugmenter(nn.Module):
 
         ``lengths`` ``(B,)``: valid samples per clip (default: ``length`` for all); each segment starts inside its
         clip's valid part, and a clip shorter than a segment starts at 0. Keys are prefixed ``anchor.`` and
-        ``positive.``, plus ``length`` (an empty ``(batch, 0, length)`` tensor: its shape records the clip length, so
-        that a replay checks it without reading device memory, and it follows the params through indexing and
-        ``.to()``) and ``lengths`` when given; values are tensors with leading dimension ``batch``, on ``device``
-        (default: the generator's device, else the CPU).
+        ``positive.``, plus ``lengths`` (long ``(B,)``: the valid samples the draws were made for, ``length`` for every
+        row when none are given; a replay reads the clips with them); values are tensors with leading dimension
+        ``batch``, on ``device`` (default: the generator's device, else the CPU).
         """
         check_generator(generator)
         check_traceable_draw(generator)
         device = draw_device(generator, device)
-        full = torch.full((batch,), length, dtype=torch.long, device=device) if lengths is None else None
+        if lengths is None:
+            lengths = torch.full((batch,), length, dtype=torch.long, device=device)
         out = {}
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
-            drawn = branch.sample(batch, length, generator, device, full if lengths is None else lengths)
+            drawn = branch.sample(batch, length, generator, device, lengths)
             out.update({f"{name}.{k}": v for k, v in drawn.items()})
-        out["length"] = torch.empty((batch, 0, length), dtype=torch.bool, device=device)
-        if lengths is not None:
-            out["lengths"] = lengths.to(torch.long)
+        out["lengths"] = lengths.to(torch.long)
         return out
 
     def check_params(self, params, wave: Tensor) -> None:
         """Raise a named error unless ``params`` were drawn by this augmenter for ``wave`` ``(B, T)``: the keys
-        :meth:`sample` gives, a tensor per key with ``B`` rows on ``wave``'s device, drawn for clips of ``T`` samples.
-        Shapes and keys only: no host sync."""
+        :meth:`sample` gives, a tensor per key with ``B`` rows on ``wave``'s device. Shapes and keys only: no host sync
+        (``params["lengths"]`` in ``[1, T]`` is checked with the lengths, where ``check_finite`` checks them)."""
         redraw = "pass params drawn by this augmenter for this batch (pair.params), or params=None to draw new ones"
         if not isinstance(params, dict):
             raise TypeError(f"params must be the dict of a previous pair.params, got {type(params).__name__}; {redraw}")
-        # "finite" (the flag forward records) may come along with pair.params; it is recomputed for the new wave
-        expected = self.param_keys(lengths="lengths" in params) | ({"finite"} & params.keys())
+        expected = self.param_keys()
         missing, extra = sorted(expected - params.keys()), sorted(params.keys() - expected)
-        if missing == ["length"] and not extra:
-            raise ValueError("params have no 'length' (the clip length they were drawn for): they come from an older "
-                             "augcl; draw them again with this version (aug.sample(B, T, generator)), or pass "
-                             "params=None")
+        if "length" in params or "finite" in params:
+            raise ValueError("params hold 'length' or 'finite': they come from an older augcl; draw them again with "
+                             "this version (aug.sample(B, T, generator)), or pass params=None")
         if missing or extra:
             found = "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("not its own", extra)) if keys)
             raise ValueError(f"params do not match this augmenter ({found}); {redraw}")
+        B = wave.shape[0]
         for k, v in params.items():
             if not isinstance(v, Tensor) or v.ndim == 0:
                 raise TypeError(f"params[{k!r}] must be a tensor with one row per clip, got "
                                 f"{type(v).__name__ if not isinstance(v, Tensor) else 'a 0-d tensor'}; {redraw}")
-        if params["length"].ndim != 3:
-            raise ValueError(f"params['length'] must be the empty (B, 0, T) tensor aug.sample records, got shape "
-                             f"{tuple(params['length'].shape)}; {redraw}")
-        B, T = wave.shape
-        drawn = params["length"].shape
-        if drawn[0] != B or drawn[-1] != T:
-            raise ValueError(f"params were drawn for a batch of {drawn[0]} clips of {drawn[-1]} samples, but wave is "
-                             f"({B}, {T}); {redraw}")
-        for k, v in params.items():
             if v.shape[0] != B:
                 raise ValueError(f"params[{k!r}] has {v.shape[0]} rows but wave has {B} clips; {redraw}")
             if v.device != wave.device:
@@ -381,77 +364,79 @@ class PairAugmenter(nn.Module):
         row_norm = torch.linalg.vector_norm(x, dim=-1)
         if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
             AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass
-        if lengths is None and params is not None:
-            lengths = params.get("lengths")
+        from_params = lengths is None and params is not None
+        if from_params:
+            lengths = params["lengths"]
         B, T = x.shape
-        if lengths is not None:
-            lengths = AF.check_lengths(lengths, x, check_values=check)
-        # rows too loud for float32 powers (|x| ** 2 overflows from |x| ~ 1.8e19) are augmented divided by a power of two
-        # (exact) and their log-mels shifted back; on a CPU, where reading the norms costs nothing, only if there are any.
-        # The scale is NaN exactly for the rows holding NaN/Inf (their peaks are): it is also the finite flag, free
-        clip_scale = None
+        if lengths is not None:  # from params: lengths the draws were made for, so they must fit this wave too
+            lengths = AF.check_lengths(lengths, x, check_values=check,
+                                       name="params['lengths'] (the lengths the params were drawn for)"
+                                       if from_params else "lengths")
+        # the overflow rescue, once before the branches and once after: rows too loud for float32 powers (|x| ** 2
+        # overflows from |x| ~ 1.8e19) are augmented divided by a power of two (exact) and the log of their mel energies
+        # taken with the scale added back (log_of_mel's log_gain); on a CPU, where reading the norms costs nothing, only
+        # if there are any. The scale is NaN exactly for the rows holding NaN/Inf (their peaks are): the finite flag, free
+        scale = None
         if not on_cpu or not bool((row_norm <= SCALE_ABOVE).all()):
-            clip_scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
-            x = x / clip_scale.reshape(-1, 1)
-            finite = torch.isfinite(clip_scale)
+            scale = AF.power_of_two_scale(x, SCALE_ABOVE, row_norm)
+            x = x / scale.reshape(-1, 1)
+            finite = torch.isfinite(scale)
         else:  # every norm is at most SCALE_ABOVE, so every row is finite
             finite = torch.ones(B, dtype=torch.bool, device=x.device)
         # samples past a row's length count as zeros, whatever the caller left there: the readers (crop, stretched
         # frames, vocoder analysis) mask the windows they read, so lengths cost the segments, not a pass over the batch
-        # COLA's whole-clip L2 normalization: each branch divides its cut segments (or stretched frames), right after
-        # the cut, instead of the whole 10-s clip; the crop and the stretch commute with a per-clip scale
-        norm = None
         if self.config.normalize_clip:
-            # the norm reads the whole row anyway: with caller's lengths it reads it masked (a full-size temporary
-            # this preset alone pays); without, the row as is
+            # COLA's whole-clip L2 normalization, of the (rescued) clip: it leaves no scale to add back, and a noise of
+            # fixed std is then in the normalized clip's units, as in COLA. With lengths the norm reads the row masked
             row = x if lengths is None else torch.where(AF.valid_mask(lengths, T), x, 0.0)
             norm = torch.linalg.vector_norm(row, dim=-1, keepdim=True).clamp_min(1e-8)
+            x = x.div_(norm) if scale is not None else x / norm  # in place only where x is our own copy
+            scale = None
         x = AF.pad_to_length(x, self._source_length(T))
-        # the caller's dict is not modified: a replay returns a copy with its own flag
+        # the caller's dict is not modified
         params = self.sample(B, T, generator, x.device, lengths) if params is None else dict(params)
-        params["finite"] = finite
         # no lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
-        valid = lengths if lengths is not None else torch.full((B,), T, dtype=torch.long, device=x.device)
+        valid = params["lengths"] if lengths is None else lengths
+        log_gain = None if scale is None else self.config.mel.power * torch.log(scale)
         specs = []
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             p["lengths"] = valid
-            if clip_scale is not None and norm is None:  # with normalize_clip the scale cancels in x / norm
-                p["clip_scale"] = clip_scale
-            # then the masks, once for the batch
-            specs.append(self._log_mels(branch, x, p, norm))
-            if branch.mask is not None:
-                specs[-1] = branch.mask.apply(specs[-1], p)
-        return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params)
+            spec = self._mel_energies(branch, x, p, scale)
+            spec = branch.mel.log(spec, log_gain)  # after the branches: the log, with the rescued rows' scale back
+            if branch.mask is not None:  # then the masks, once for the batch
+                spec = branch.mask.apply(spec, p)
+            specs.append(spec)
+        return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params, finite)
 
-    def _log_mels(self, branch: Branch, x: Tensor, params: dict, divisor: Optional[Tensor]) -> Tensor:
-        """``branch``'s log-mels of the batch, chunk by chunk (:meth:`chunks`). On the CPU branch the chunks' log-mels
+    def _mel_energies(self, branch: Branch, x: Tensor, params: dict, scale: Optional[Tensor]) -> Tensor:
+        """``branch``'s mel energies of the batch, chunk by chunk (:meth:`chunks`). On the CPU branch the chunks' energies
         go straight into the batch's (the kernels write there: no concatenation); elsewhere they are concatenated."""
-        parts = self.chunks(x, params, divisor)
+        parts = self.chunks(x, params, scale)
         if not AF.cpu_branch(x.device):
-            return torch.cat([branch.log_mel(*chunk) for chunk in parts])
+            return torch.cat([branch.mel_energy(*chunk) for chunk in parts])
         spec = x.new_empty(x.shape[0], 1, self.config.mel.n_mels, self.config.segment_frames)
         i = 0
         for chunk in parts:
             part = spec[i:i + chunk[0].shape[0]]
-            got = branch.log_mel(*chunk, out=part)
+            got = branch.mel_energy(*chunk, out=part)
             if got.data_ptr() != part.data_ptr():  # the reference made a new tensor
                 part.copy_(got)
             i += chunk[0].shape[0]
         return spec
 
-    def chunks(self, x: Tensor, params: dict, divisor: Optional[Tensor] = None):
-        """``(x[i:j], params[i:j], divisor[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
+    def chunks(self, x: Tensor, params: dict, scale: Optional[Tensor] = None):
+        """``(x[i:j], params[i:j], scale[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
         B = x.shape[0]
         size = self.chunk_size or (B if not AF.cpu_branch(x.device) else
                                    KERNEL_CHUNK if kernels.use_kernels(self.backend, x.device) else CPU_CHUNK)
         if size >= B:
-            yield x, params, divisor
+            yield x, params, scale
             return
         for i in range(0, B, size):
             part = slice(i, i + size)
-            yield x[part], {k: v[part] for k, v in params.items()}, None if divisor is None else divisor[part]
+            yield x[part], {k: v[part] for k, v in params.items()}, None if scale is None else scale[part]
 
     def extra_repr(self) -> str:
         return (f"sample_rate={self.config.sample_rate}, segment_samples={self.segment_samples}, backend={self.backend!r}, "

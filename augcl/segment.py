@@ -111,7 +111,7 @@ class RandomSegment(Transform):
 
     def transform(self, x: Tensor, params: Params, lengths: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         N, C, T = x.shape
-        rows = {k: v.repeat_interleave(C, dim=0) for k, v in params.items() if k != "length"}
+        rows = {k: v.repeat_interleave(C, dim=0) for k, v in params.items() if k != "lengths"}
         row_lengths = None if lengths is None else lengths.repeat_interleave(C)
         y = self.apply(x.reshape(N * C, T), rows, row_lengths).reshape(N, C, -1)
         valid = torch.full((N,), T, dtype=torch.long, device=x.device) if lengths is None else lengths.to(torch.long)
@@ -133,14 +133,12 @@ class RandomSegment(Transform):
             self.output_samples, device=lengths.device)
         return (pos >= 0) & (pos < lengths.reshape(-1, 1))
 
-    def stretched_log_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int,
-                          divisor: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
-                          log_gain: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
-        """The log-mel of the stretched segment, without resynthesis (``method="spectral"``); ``divisor`` ``(B, 1)``
-        scales the clips by ``1 / divisor``; ``lengths`` ``(B,)``: valid samples per clip (as in :meth:`apply`);
-        ``log_gain`` ``(B,)``: as in :func:`augcl.functional.log_mel`; ``out``: as in :meth:`LogMel.at_rate`."""
-        return mel.at_rate(x, params["stretch_rate"], params["start"] - self.context, frames, self.stretch.rate_bound,
-                           divisor, lengths=lengths, log_gain=log_gain, out=out)
+    def stretched_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int, lengths: Optional[Tensor] = None,
+                      out: Optional[Tensor] = None) -> Tensor:
+        """The mel energies of the stretched segment, without resynthesis (``method="spectral"``); ``lengths`` ``(B,)``:
+        valid samples per clip (as in :meth:`apply`); ``out``: as in :meth:`LogMel.mel_at_rate`."""
+        return mel.mel_at_rate(x, params["stretch_rate"], params["start"] - self.context, frames,
+                               self.stretch.rate_bound, lengths=lengths, out=out)
 
     def extra_repr(self) -> str:
         return f"segment_samples={self.segment_samples}, context={self.context}, " + super().extra_repr()

@@ -285,8 +285,9 @@ def _augmenter(preset: str, ir_folder: Path, device, backend: str) -> PairAugmen
 def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
     """Seconds per batch of each part of augcl's pipeline, each timed alone: the draws (``sample``), then the calls one
     forward pass makes, recorded from a real ``aug(x, params=params)`` and replayed on the arguments it gave them: each
-    branch's log-mels of the batch chunk by chunk (``PairAugmenter._log_mels``: ``Branch.log_mel`` on each of
-    :meth:`PairAugmenter.chunks`, the branch's own kernels) and its masks on the batch (``mask.apply``). Nothing of
+    branch's log-mels of the batch: its mel energies chunk by chunk (``PairAugmenter._mel_energies``:
+    ``Branch.mel_energy`` on each of :meth:`PairAugmenter.chunks`, the branch's own kernels) and their log, and its
+    masks on the batch (``mask.apply``). Nothing of
     the pipeline's dispatch is written here again. ``benchmarks.profile`` splits them op by op."""
     device = wave.device
     x = wave.to(torch.float32)
@@ -301,29 +302,39 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
 
 
 def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
-    """``{"anchor": f, ["anchor masks": f,] "positive": f, ["positive masks": f]}``: each a call that ``aug(x,
-    params=params)`` makes of ``PairAugmenter._log_mels`` and of a branch's ``mask.apply``, bound to the arguments that
-    forward pass gave it (recorded by wrapping the two methods on these instances for one call)."""
-    calls = {}
+    """``{"anchor": f, ["anchor masks": f,] "positive": f, ["positive masks": f]}``: the calls ``aug(x, params=params)``
+    makes, bound to the arguments that forward pass gave them (recorded by wrapping the methods on these instances for
+    one call): a branch's log-mels are its ``PairAugmenter._mel_energies`` (``Branch.mel_energy`` chunk by chunk) and
+    then their log (``LogMel.log``, with the overflow rescue's gain, if any), its masks ``mask.apply``."""
+    energies, logs, calls = {}, [], {}
     names = {id(aug.anchor): "anchor", id(aug.positive): "positive"}
 
-    def recording(method, name_of):
+    def recording(method, store):
         def record(*args):
-            calls[name_of(args)] = partial(method, *args)
+            store(args, partial(method, *args))
             return method(*args)
         return record
 
     masks = {name: b.mask for name, b in (("anchor", aug.anchor), ("positive", aug.positive)) if b.mask is not None}
-    aug._log_mels = recording(aug._log_mels, lambda args: names[id(args[0])])  # instance attributes: the class's
-    for name, mask in masks.items():  # methods stay as they are
-        mask.apply = recording(mask.apply, lambda args, name=name: f"{name} masks")
+    mels = {id(b.mel): b.mel for b in (aug.anchor, aug.positive)}  # one LogMel the two branches share
+    aug._mel_energies = recording(aug._mel_energies, lambda args, f: energies.__setitem__(names[id(args[0])], f))
+    for name, mask in masks.items():  # instance attributes: the classes' methods stay as they are
+        mask.apply = recording(mask.apply, lambda args, f, name=name: calls.__setitem__(f"{name} masks", f))
+    for mel in mels.values():
+        mel.log = recording(mel.log, lambda args, f, mel=mel: logs.append((mel, args[1:])))
     try:
         aug(x, params=params)
     finally:
-        del aug._log_mels
+        del aug._mel_energies
         for mask in masks.values():
             del mask.apply
-    return calls
+        for mel in mels.values():
+            del mel.log
+    if len(logs) != 2:
+        raise RuntimeError(f"expected one LogMel.log call per branch, recorded {len(logs)}")
+    for name, (mel, rest) in zip(("anchor", "positive"), logs):  # forward takes the anchor's log first
+        calls[name] = partial(lambda e, m, r: m.log(e(), *r), energies[name], mel, rest)
+    return {k: calls[k] for k in ("anchor", "anchor masks", "positive", "positive masks") if k in calls}
 
 
 def run(presets, batch: int, seconds: float, repeats: int, device: torch.device, workdir: Path,
@@ -453,8 +464,9 @@ def write(res: dict, out: Path, device: str) -> str:
             "median (s/batch)": "{:.3f}", "clips/s": "{:.1f}", "time / augcl[auto]": "{:.2f}x"}) + [""]
     lines += ["## Where augcl's time goes", "",
               ("Each part timed alone on the same parameters, median, ms per batch: the draws (`sample`), each "
-               "branch's log-mels chunk by chunk as the pipeline runs them (`Branch.log_mel`: crop, noise, stretch, "
-               "RIR, framing, FFT, mel and log, with the branch's own kernels; `PairAugmenter.chunk_size`), the masks "
+               "branch's log-mels as the pipeline runs them (`Branch.mel_energy` chunk by chunk: crop, noise, stretch, "
+               "RIR, framing, FFT and mel, with the branch's own kernels, `PairAugmenter.chunk_size`; then the log of "
+               "the batch's energies), the masks "
                "on the batch. `python -m benchmarks.profile` splits a call op by op."), ""]
     for preset, by_backend in res["stages"].items():
         cols = list(next(iter(by_backend.values())))

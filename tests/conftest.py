@@ -34,6 +34,19 @@ def _hermetic_cache(tmp_path_factory):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test. Bit-for-bit comparisons of batches split differently (whole batch against
+    chunks) hold only where MKL's FFTs and matmuls split their work the same way, which at two threads on a loaded
+    machine they need not. And under torch.compile inductor then writes no OpenMP region, so a failing device-side
+    assert raises: in a kernel it parallelises, the assert's throw cannot leave the region and the process aborts, its
+    message on stderr (pytorch/pytorch#195402, open in torch 2.14; docs/guide.md, "torch.compile")."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

@@ -135,7 +135,7 @@ def test_augment_crop_first_torchaudio_chain_equals_the_whole_clip_chain_where_t
 
 @pytest.mark.parametrize("preset", ["noise", "ts+mask", "all"])
 def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_bank):
-    """The breakdown's stages are the forward pass's own calls (``_log_mels`` per branch, ``mask.apply``) on the
+    """The breakdown's stages are the forward pass's own calls (``_mel_energies`` and ``mel.log`` per branch, ``mask.apply``) on the
     arguments it gave them: replayed, they return the pipeline's anchor and positive exactly; the augmenter is left
     as it was (no recording attribute stays on it)."""
     from benchmarks import augment
@@ -150,8 +150,8 @@ def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_ban
     assert list(calls) == ["anchor", "positive"] + (["positive masks"] if aug.positive.mask is not None else [])
     assert torch.equal(calls["anchor"](), ref.anchor)
     assert torch.equal(calls["positive masks"]() if "positive masks" in calls else calls["positive"](), ref.positive)
-    assert "_log_mels" not in vars(aug) and all("apply" not in vars(b.mask) for b in (aug.anchor, aug.positive)
-                                                 if b.mask is not None)
+    assert "_mel_energies" not in vars(aug) and "log" not in vars(aug.anchor.mel) and all(
+        "apply" not in vars(b.mask) for b in (aug.anchor, aug.positive) if b.mask is not None)
     assert torch.equal(aug(x, params=params).positive, ref.positive)
 
 

@@ -92,17 +92,6 @@ def test_presets_trace_whole_and_equal_eager_on_the_same_params(preset, impulse_
     assert_preset_as_eager(preset, impulse_bank)
 
 
-@pytest.fixture
-def one_thread():
-    """One CPU thread while the test compiles and runs: inductor then writes no OpenMP region, so a failing assert
-    raises. In a kernel it parallelises, the assert's throw cannot leave the region and the process aborts, its message
-    on stderr (pytorch/pytorch#195402, open in torch 2.14; docs/guide.md, "torch.compile")."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_ts_mask_traces_whole_equals_eager_and_its_checks_assert_on_the_device(one_thread):
     """ts+mask (stretched frames, masks, white noise) as above; then NaN input, lengths outside [1, T] and a replayed
     rate above the stretch's bound are device-side asserts (a RuntimeError when the graph runs), not host reads."""
@@ -111,7 +100,7 @@ def test_ts_mask_traces_whole_equals_eager_and_its_checks_assert_on_the_device(o
     nan[1, 5] = float("nan")
     with pytest.raises(RuntimeError, match="wave contains NaN or Inf"):
         run(nan, params)
-    with pytest.raises(RuntimeError, match=r"lengths must lie in \[1, T\]"):
+    with pytest.raises(RuntimeError, match=r"lengths.* must lie in \[1, T\]"):
         run(x, {**params, "lengths": torch.tensor([T, 0, 6000])})
     fast = torch.full_like(params["positive.stretch_rate"], 1.5)
     with pytest.raises(RuntimeError, match="stretch rate above max_rate"):

@@ -101,7 +101,7 @@ def test_fake_cuda_forward_stays_on_the_device(preset, dtype, with_lengths, impu
         for spec in (out.anchor, out.positive):
             assert spec.device == CUDA and spec.dtype == dtype and spec.shape == (4, 1, 64, frames)
         assert all(v.device == CUDA for v in out.params.values())
-    assert pair.params["finite"].dtype == torch.bool and pair.params["finite"].shape == (4,)
+    assert pair.finite.dtype == torch.bool and pair.finite.shape == (4,)
 
 
 # --------------------------------------------------------------------- the device branches, run on a CPU, against the CPU's
@@ -118,7 +118,7 @@ def _branch_case(with_lengths, B=34, T=24000):
 
 @pytest.mark.parametrize("preset,backend", [(p, "torch") for p in ALL_PRESETS] + [("all", "auto")])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "lengths"])
-def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_lengths, impulse_bank):
+def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_lengths, impulse_bank, one_thread):
     """The switch sends CPU tensors down the accelerator branches (whole batch at once, every row stretched and
     selected, windows gathered by index and from regions, the scale computed for every row, the finite flag): the
     output is bit for bit the CPU branches'. ``auto`` on the device branches runs the reference, as on a GPU (the CPU
@@ -189,7 +189,7 @@ def test_trainer_step_on_fake_cuda_runs_on_the_device_without_a_host_sync(cuda_a
             p.grad = torch.ones_like(p)
         optimizer.step()
     assert traffic.copies == []
-    assert pair.anchor.device == pair.positive.device == CUDA and pair.params["finite"].device == CUDA
+    assert pair.anchor.device == pair.positive.device == CUDA and pair.finite.device == CUDA
     assert loss.device == acc.device == CUDA and loss.dtype == torch.float32 and loss.requires_grad
     assert seen == [(True, torch.bfloat16)]  # channels_last input, and the conv ran under bf16 autocast
     state = optimizer.state[next(model.parameters())]
@@ -260,28 +260,28 @@ def test_nonfinite_rows_are_flagged_without_a_sync_on_the_device_path(preset, im
     with AF._force_device_path():
         pair = aug(x, generator=cpu_generator(0))
         clean = aug(torch.where(want[:, None], x, 0.0), params=pair.params)
-    assert torch.equal(pair.params["finite"], want)
-    assert clean.params["finite"].all()
+    assert torch.equal(pair.finite, want)
+    assert clean.finite.all()
     for got, ref in ((pair.anchor, clean.anchor), (pair.positive, clean.positive)):
         assert torch.isnan(got[~want]).all()
         assert torch.equal(got[want], ref[want])
     with pytest.raises(ValueError, match="NaN or Inf"):
         aug(x, generator=cpu_generator(0))
     unchecked = make(preset, impulse_bank, check_finite=False)(x, generator=cpu_generator(0))
-    assert torch.equal(unchecked.params["finite"], want)
+    assert torch.equal(unchecked.finite, want)
 
 
-def test_the_finite_flag_is_replayed_recomputed_and_the_callers_params_are_left_alone():
+def test_the_finite_flag_is_recomputed_on_a_replay_and_the_callers_params_are_left_alone():
     aug = make("ts+mask")
     x = _rows_with_nan_and_inf()
     with AF._force_device_path():
         pair = aug(x, generator=cpu_generator(0))
-    kept = pair.params["finite"].clone()
-    again = aug(x.nan_to_num(posinf=0.0, neginf=0.0), params=pair.params)  # a replay accepts the flag, recomputes it
-    assert again.params["finite"].all() and torch.equal(pair.params["finite"], kept)
-    assert aug(x[:, :20000].nan_to_num(), params=aug.sample(6, 20000, cpu_generator(1))).params["finite"].all()
-    bad = dict(pair.params, finite=torch.ones(5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="finite"):
+    kept, keys = pair.finite.clone(), set(pair.params)
+    again = aug(x.nan_to_num(posinf=0.0, neginf=0.0), params=pair.params)  # the flag is the batch's, not a draw
+    assert again.finite.all() and torch.equal(pair.finite, kept) and set(pair.params) == keys == set(again.params)
+    assert aug(x[:, :20000].nan_to_num(), params=aug.sample(6, 20000, cpu_generator(1))).finite.all()
+    bad = dict(pair.params, finite=torch.ones(5, dtype=torch.bool))  # params of an augcl that kept the flag in them
+    with pytest.raises(ValueError, match="'finite'.*older augcl"):
         aug(x, params=bad)
 
 

@@ -28,9 +28,10 @@ def test_every_preset_gives_finite_pairs_of_the_paper_shape(preset, shape, impul
     assert pair.anchor.shape == pair.positive.shape == (shape[0], 1, 64, frames)
     assert torch.isfinite(pair.anchor).all() and torch.isfinite(pair.positive).all()
     for k, v in pair.params.items():
-        assert k.startswith(("anchor.", "positive.")) or k in ("length", "finite"), k
+        assert k.startswith(("anchor.", "positive.")) or k == "lengths", k
         assert v.shape[0] == shape[0], k
-    assert pair.params["length"].shape == (shape[0], 0, shape[-1])  # the clip length the params were drawn for
+    assert torch.equal(pair.params["lengths"], torch.full((shape[0],), shape[-1]))  # the lengths the draws were made for
+    assert pair.finite.dtype == torch.bool and pair.finite.all()
 
 
 def test_default_segment_is_96_frames_of_0_95_seconds():
@@ -393,32 +394,43 @@ def _other_batch(B, T, seed=0):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1])  # chunks smaller than the batch used to take them silently
-@pytest.mark.parametrize("B, T", [(2, 32000), (6, 32000), (4, 40000), (4, 20000), (3, 64000)])
-def test_params_drawn_for_another_batch_or_clip_length_are_refused(B, T, chunk_size):
+@pytest.mark.parametrize("B, T", [(2, 32000), (6, 32000), (3, 64000), (4, 20000)])
+def test_params_drawn_for_another_batch_or_for_longer_clips_are_refused(B, T, chunk_size):
+    """A replay needs one row of params per clip, and clips at least as long as the lengths the params were drawn
+    for (params['lengths'], checked where check_finite checks lengths: on a CPU by default)."""
     aug = make("ts+mask", chunk_size=chunk_size)
     params = aug(_other_batch(4, 32000), generator=cpu_generator(0)).params
-    want = (f"params were drawn for a batch of 4 clips of 32000 samples, but wave is ({B}, {T}); pass params drawn "
-            f"by this augmenter for this batch (pair.params), or params=None to draw new ones")
+    if B != 4:
+        want = f"has 4 rows but wave has {B} clips"
+    else:
+        want = ("params['lengths'] (the lengths the params were drawn for) must lie in [1, T] = [1, 20000] (valid "
+                "samples per row of wave); got min 32000, max 32000")
     with pytest.raises(ValueError) as info:
         aug(_other_batch(B, T), params=params)
-    assert str(info.value) == want
-    with pytest.raises(ValueError, match=r"wave is \(2, 32000\)"):  # (B, 1, T) input: checked on its (B, T) view
-        aug(_other_batch(2, 32000)[:, None], params=params)
+    assert want in str(info.value)
+    if B != 4:
+        with pytest.raises(ValueError, match=rf"wave has {B} clips"):  # (B, 1, T) input: checked on its (B, T) view
+            aug(_other_batch(B, T)[:, None], params=params)
 
 
 @given(drawn=st.tuples(st.integers(1, 3), st.sampled_from([15000, 20000, 33333])),
        given_=st.tuples(st.integers(1, 3), st.sampled_from([15000, 20000, 33333])), seed=st.integers(0, 2**16))
-def test_replay_runs_exactly_when_batch_and_clip_length_match_and_is_refused_otherwise(drawn, given_, seed):
+def test_replay_reads_the_clips_first_lengths_samples_and_is_refused_where_they_do_not_fit(drawn, given_, seed):
+    """params record the lengths they were drawn for: a replay on longer clips reads their first ``lengths``
+    samples (exactly the replay on the clips cut to them); fewer rows or shorter clips are refused."""
     aug = make("noise")
     params = aug.sample(*drawn, cpu_generator(seed))
     x = _other_batch(*given_, seed)
-    if drawn != given_:
-        with pytest.raises(ValueError, match=f"drawn for a batch of {drawn[0]} clips of {drawn[1]} samples"):
+    if drawn[0] != given_[0] or given_[1] < drawn[1]:
+        with pytest.raises(ValueError, match="rows but wave has|params\\['lengths'\\] .* must lie in"):
             aug(x, params=params)
         return
+    again = aug(x, params=params)
+    cut = aug(x[:, :drawn[1]], params=params)
+    assert torch.equal(cut.anchor, again.anchor) and torch.equal(cut.positive, again.positive)
     first = aug(x, generator=cpu_generator(seed))
-    again = aug(x, params=first.params)
-    assert torch.equal(first.anchor, again.anchor) and torch.equal(first.positive, again.positive)
+    replay = aug(x, params=first.params)
+    assert torch.equal(first.anchor, replay.anchor) and torch.equal(first.positive, replay.positive)
 
 
 def test_params_of_another_augmenter_or_with_missing_keys_name_the_keys():
@@ -437,12 +449,14 @@ def test_params_of_another_augmenter_or_with_missing_keys_name_the_keys():
     assert "\n" not in message and "pair.params" in message
 
 
-def test_params_from_before_the_clip_length_was_recorded_ask_for_a_redraw():
+def test_params_of_an_older_augcl_ask_for_a_redraw():
+    """Before issue 21 params held 'length' (an empty (B, 0, T) tensor) and 'finite' (now ``pair.finite``)."""
     aug = make("noise")
     x = _other_batch(2, 32000)
-    old = {k: v for k, v in aug(x, generator=cpu_generator(0)).params.items() if k != "length"}
-    with pytest.raises(ValueError, match=r"no 'length' .* older augcl; draw them again .*aug.sample\(B, T, generator\)"):
-        aug(x, params=old)
+    params = aug(x, generator=cpu_generator(0)).params
+    for old in ({**params, "length": torch.empty(2, 0, 32000, dtype=torch.bool)}, {**params, "finite": torch.ones(2)}):
+        with pytest.raises(ValueError, match=r"'length' or 'finite': .* older augcl; draw them again .*aug.sample\(B, T"):
+            aug(x, params=old)
 
 
 def test_params_with_a_bad_value_name_the_key():
@@ -456,8 +470,8 @@ def test_params_with_a_bad_value_name_the_key():
         with pytest.raises(exc) as info:
             aug(x, params={**params, "anchor.snr_db": bad})
         assert words in str(info.value)
-    with pytest.raises(ValueError, match=r"params\['length'\] must be the empty \(B, 0, T\) tensor"):
-        aug(x, params={**params, "length": torch.full((3,), 32000)})
+    with pytest.raises(TypeError, match=r"params\['lengths'\] \(the lengths the params were drawn for\) must be an integer tensor"):
+        aug(x, params={**params, "lengths": torch.full((3,), 32000.0)})
 
 
 def test_param_keys_are_the_keys_sample_draws(impulse_bank):
@@ -476,7 +490,7 @@ def test_param_keys_are_the_keys_sample_draws(impulse_bank):
         aug = PairAugmenter(config, rir_bank=impulse_bank, noise_bank=bank)
         assert set(aug.sample(2, 20000, cpu_generator(0))) == aug.param_keys(), config
         drawn = aug.sample(2, 20000, cpu_generator(0), lengths=torch.tensor([20000, 900]))
-        assert set(drawn) == aug.param_keys(lengths=True), config
+        assert set(drawn) == aug.param_keys(), config
 
 
 def test_replay_is_checked_on_fake_cuda_without_a_host_sync():
@@ -490,7 +504,7 @@ def test_replay_is_checked_on_fake_cuda_without_a_host_sync():
         pair = aug(x)
         again = aug(x, params=pair.params)
         assert again.positive.shape == pair.positive.shape
-        with pytest.raises(ValueError, match=r"wave is \(2, 160000\)"):
+        with pytest.raises(ValueError, match=r"has 4 rows but wave has 2 clips"):
             aug(x[:2], params=pair.params)
         with pytest.raises(ValueError, match="is on cpu but wave is on cuda"):
             aug(x, params={k: v.to("cpu") for k, v in pair.params.items()})
@@ -572,8 +586,8 @@ def test_spectral_route_matches_an_analytic_stretched_chirp(rate):
     # the "ts" preset with rates that bound this test's (a rate above the branch's bound is refused)
     aug = PairAugmenter(PairConfig(positive=BranchConfig(stretch=StretchConfig(rates=(0.8, 1.25)))))
     start = torch.tensor([4 * SR])
-    got = aug.positive.segment.stretched_log_mel(x, {"stretch_rate": torch.tensor([rate], dtype=torch.float64),
-                                                     "start": start}, aug.positive.mel, 96)
+    got = aug.positive.mel.log(aug.positive.segment.stretched_mel(
+        x, {"stretch_rate": torch.tensor([rate], dtype=torch.float64), "start": start}, aug.positive.mel, 96))
     want = aug.anchor.mel.from_context(AF.crop_segments(y, start - aug.anchor.segment.context,
                                                         aug.anchor.segment.output_samples))
     loud = want > want.amax() - 30  # the chirp's ridge and its main lobe
@@ -617,7 +631,7 @@ def test_random_gain_equals_numpy_and_draws_from_the_generator():
 
 
 @pytest.mark.parametrize("positive", [
-    BranchConfig(stretch=StretchConfig(), mask=MaskConfig()),  # spectral route: the gain goes into the divisor
+    BranchConfig(stretch=StretchConfig(), mask=MaskConfig()),  # spectral route: the gain scales the energies
     BranchConfig(mask=MaskConfig()),  # waveform route
 ])
 def test_branch_gain_equals_scaling_the_clip(positive):

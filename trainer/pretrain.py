@@ -99,10 +99,10 @@ def augment_batch(augment, batch, generator, device):
 
 def train_step(model, augment, optimizer, batch, generator, cfg: PretrainConfig, device) -> dict:
     """One step; ``model`` may be DDP-wrapped. Returns loss, positive-retrieval accuracy and ``finite`` (which clips
-    of the batch were free of NaN/Inf: ``pair.params["finite"]``), as tensors: no host sync; and the augmented
+    of the batch were free of NaN/Inf: ``pair.finite``), as tensors: no host sync; and the augmented
     ``pair`` itself (the first one is drawn in TensorBoard)."""
     pair = augment_batch(augment, batch, generator, device)
-    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.params["finite"], "pair": pair}
+    return forward_backward(model, optimizer, pair, cfg, device) | {"finite": pair.finite, "pair": pair}
 
 
 def forward_loss(model, pair, cfg: PretrainConfig, device):

@@ -152,7 +152,7 @@ def sparse_filterbank(filterbank: Tensor) -> tuple:
 
 
 def mel_energy(spec: Tensor, sparse: tuple, power: float, out: Optional[Tensor] = None) -> Tensor:
-    """Kernel version of the power + mel projection of :func:`augcl.mel._mel_log`: complex ``(B, K, F)`` on the CPU
+    """Kernel version of the power + mel projection of :func:`augcl.mel._spectrum_mel`: complex ``(B, K, F)`` on the CPU
     -> mel energies ``(B, M, K)``, summing only the bins each band covers (``sparse``: :func:`sparse_filterbank`);
     written into ``out`` (contiguous) if given."""
     _follow_torch_threads()

@@ -1,6 +1,6 @@
 """The log-mel's power and mel projection as one Numba kernel on the CPU (parallel over rows).
 
-Replaces the first half of :func:`augcl.mel._mel_log` (the reference) after the real FFT: per row, ``|spec| ** power``
+Replaces :func:`augcl.mel._spectrum_mel` (the reference) after the real FFT: per row, ``|spec| ** power``
 of every bin, then each mel band as the sum over only the bins its triangle covers (the log stays in torch, whose
 vectorised log is faster than libm's one value at a time). The mel
 filterbank is triangles that overlap only their neighbours: each bin lies in at most two bands, so the sparse sum
