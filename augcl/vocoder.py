@@ -27,6 +27,17 @@ def _wrap(phase: Tensor) -> Tensor:
     return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
 
 
+def _angle(z: Tensor) -> Tensor:
+    """``torch.angle``, but 0 at an exact zero whatever the signs of its parts (``angle(-0 + 0i)`` is pi).
+
+    A silent frame's spectrum is zeros whose signs are the FFT's and the framing's, not the signal's: MKL's AVX-512
+    path gives -0.0 real parts where its AVX2 path gives +0.0, and a masked sample ``x * 0`` is -0.0 for ``x < 0``. The
+    first frame's phases start every later frame's synthesis phases (and a silent frame's advances add to them), so
+    with ``torch.angle`` a row that starts in silence was stretched differently on another CPU (by up to 11 in
+    log-power) and by the kernels, whose framing writes +0.0."""
+    return torch.angle(z).masked_fill(z == 0, 0.0)
+
+
 def _nearest_peak(mag: Tensor) -> Tensor:
     """Index of the nearest spectral peak for every bin of ``mag`` (..., F) (the peak's region of influence).
 
@@ -157,9 +168,9 @@ def _vocoder_phase(spec0: Tensor, spec1: Tensor, n_fft: int, hop_length: int) ->
     d = max(n_fft // 8, 1)
     dtype = spec0.real.dtype
     mag = spec0.abs()
-    phase_a = torch.angle(spec0)
+    phase_a = _angle(spec0)  # 0 at a silent bin, whatever its zeros' signs
     omega_bin = 2 * math.pi * torch.arange(spec0.shape[-1], device=spec0.device, dtype=dtype) / n_fft
-    omega = omega_bin + _wrap(torch.angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
+    omega = omega_bin + _wrap(_angle(spec1) - phase_a - omega_bin * d) / d  # rad/sample
     # The DC and Nyquist bins of a real signal are real: their phase is 0 or pi, so the deviation read there is an
     # alias that rounding puts on either side of +-pi (with hop = n_fft / 8 that flips the bin's sign). They
     # advance at their bin frequency.

@@ -139,6 +139,39 @@ def test_cpu_kernel_in_float32_is_as_accurate_as_the_reference(kind, batch, n_ff
     assert err_ker <= 2 * err_ref + 2e-5, (err_ker, err_ref)
 
 
+def _with_signed_zeros(z: torch.Tensor, real: float, imag: float) -> torch.Tensor:
+    """``z`` with its exact zeros replaced by ``complex(real, imag)`` (+-0.0 each)."""
+    zero = z == 0
+    return torch.complex(z.real.masked_fill(zero, real), z.imag.masked_fill(zero, imag))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_signs_of_a_silent_frames_zeros_change_no_phase(dtype):
+    """A segment that starts in silence (its first frames read nothing): its zeros' signs are the FFT's (MKL's
+    AVX-512 path gives -0.0 real parts, its AVX2 path +0.0) and ``angle(-0 + 0i)`` is pi, and the first frame's
+    phases start every later frame's synthesis phases. The reference (``vocoder._angle``) and the CPU kernels take
+    a zero's phase as 0 whatever its signs: the same synthesis spectra for every choice of signs, the kernels'
+    as the reference's (float64: bin for bin; float32: the kernel's polynomial atan2 and float32 phases)."""
+    n_fft, hop = 512, 128
+    x = _signal("tones", 2, 20000, 3, dtype)
+    s0, s1 = AF._vocoder_analysis(x, torch.tensor([1.1, 0.9], dtype=torch.float64), torch.full((2,), -200), 3000,
+                                  n_fft, hop, None)
+    assert bool((s0[:, 0] == 0).all()) and bool((s1[:, 0] == 0).all())  # the first frames are silent
+    p0, p1 = _with_signed_zeros(s0, 0.0, 0.0), _with_signed_zeros(s1, 0.0, 0.0)
+    ref = AF._vocoder_phase(p0, p1, n_fft, hop)
+    got_ref = kernels.vocoder_phase(p0, p1, n_fft, hop)
+    for sign_re, sign_im in [(-0.0, 0.0), (-0.0, -0.0), (0.0, -0.0)]:
+        z0, z1 = _with_signed_zeros(s0, sign_re, sign_im), _with_signed_zeros(s1, sign_re, sign_im)
+        assert torch.equal(torch.signbit(z0[:, 0].real), torch.full(z0[:, 0].shape, math.copysign(1, sign_re) < 0))
+        assert torch.equal(torch.signbit(z1[:, 0].imag), torch.full(z1[:, 0].shape, math.copysign(1, sign_im) < 0))
+        assert torch.equal(AF._vocoder_phase(z0, z1, n_fft, hop), ref)
+        assert torch.equal(kernels.vocoder_phase(z0, z1, n_fft, hop), got_ref)
+    loud = s0.abs() > 1e-3 * s0.abs().amax(-1, keepdim=True)
+    err = (got_ref - ref).abs() / s0.abs().clamp_min(1e-30)
+    assert float(err[loud].max()) < (1e-9 if dtype == torch.float64 else 1e-3)
+
+
 @needs_numba
 @given(y=st.floats(-1e30, 1e30, allow_subnormal=True), x=st.floats(-1e30, 1e30, allow_subnormal=True))
 def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
@@ -148,6 +181,9 @@ def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
     from augcl.kernels.vocoder_cpu import _atan2
 
     fast, ref = _atan2(y, x, False), float(np.arctan2(y, x))
+    if x == 0.0 and y == 0.0:  # 0 whatever the zeros' signs (atan2(0, -0) = pi): vocoder._angle
+        assert _atan2(y, x, True) == 0.0 and fast == 0.0
+        return
     # the float64 kernel calls libm's atan2 (math.atan2); numpy's own (SIMD on AVX-512) may differ by an ulp
     assert _atan2(y, x, True) == math.atan2(y, x)
     diff = abs(fast - ref)
@@ -156,13 +192,15 @@ def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
 
 @needs_numba
 @pytest.mark.parametrize("y, x", [(0.0, 1.0), (1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (1.0, 1.0), (-1.0, -1.0),
-                                  (1.0, -1.0), (0.0, 0.0), (-0.0, 1.0), (3e-39, -2e-39), (1e-300, 1e300)])
+                                  (1.0, -1.0), (0.0, 0.0), (-0.0, 1.0), (3e-39, -2e-39), (1e-300, 1e300),
+                                  (0.0, -0.0), (-0.0, -0.0), (-0.0, 0.0), (1.0, -0.0), (-1.0, -0.0)])
 def test_float32_kernel_atan2_on_axes_diagonals_and_zeros(y, x):
     import numpy as np
 
     from augcl.kernels.vocoder_cpu import _atan2
 
-    fast, ref = _atan2(y, x, False), float(np.arctan2(y, x))
+    # a zero's angle is 0 whatever its signs (vocoder._angle); elsewhere -0.0 is 0.0
+    fast, ref = _atan2(y, x, False), 0.0 if x == 0.0 and y == 0.0 else float(np.arctan2(y, x))
     diff = abs(fast - ref)
     assert min(diff, abs(diff - 2 * np.pi)) <= 4e-8, (fast, ref)
 

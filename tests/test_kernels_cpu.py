@@ -157,6 +157,59 @@ def test_frames_kernel_equals_the_gather_and_window(B, T, K, width, lo, step, se
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("start", [-200, 0, 3000, 9000])
+def test_vocoder_analysis_frames_kernel_equals_the_reference_frames(start):
+    """The CPU vocoder's two analysis frames per synthesis frame (:func:`augcl.kernels.frames_cpu.analysis_frames`:
+    a subset of rows, frames before the clip, across a row's length and wholly past it) against the reference's
+    (:func:`augcl.vocoder.stretched_frames` of width ``n_fft + d``, then the window), +0.0 wherever the clip is not
+    read."""
+    from augcl.kernels import frames_cpu
+    from augcl.vocoder import stretched_starts
+
+    n_fft, hop, length = 512, 128, 4000
+    x = torch.randn(5, 12000, generator=cpu_generator(11)) * 0.1
+    rows = torch.tensor([4, 1, 2])
+    rate = torch.tensor([1.1, 0.8, 1.7], dtype=torch.float64)
+    lengths = torch.tensor([12000, 5000, 300])  # indexed like rate: lengths of rows 4, 1, 2
+    pad = n_fft // hop
+    n_frames = -(-length // hop) + 2 * pad + 1
+    d = n_fft // 8
+    first = torch.full((3,), start) - pad * hop - n_fft // 2
+    ref = AF.stretched_frames(x, rate, first, n_frames, hop, n_fft + d, None, n_fft // 2, rows, lengths)
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64).float()
+    src = stretched_starts(rate, first, n_frames, hop, n_fft // 2)
+    f0, f1 = torch.empty(3, n_frames, n_fft), torch.empty(3, n_frames, n_fft)
+    frames_cpu.analysis_frames(x.numpy(), rows.numpy(), src.numpy(), lengths.numpy(), window.numpy(), d, f0.numpy(),
+                               f1.numpy())
+    for got, want in ((f0, ref[..., :n_fft] * window), (f1, ref[..., d:] * window)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        unread = ref[..., :n_fft] == 0 if got is f0 else ref[..., d:] == 0
+        assert not bool(torch.signbit(got[unread]).any())  # +0.0 (the signs of zeros are no signal: vocoder._angle)
+
+
+@pytest.mark.parametrize("rate", [0.9, 1.1])
+def test_cpu_vocoder_on_rows_that_start_in_silence_equals_the_reference(rate):
+    """Rows whose first analysis frames read nothing (a segment from -200, short ``lengths``: the ``all`` preset's
+    positive), through the whole CPU vocoder against the reference: log-power within 0.05 on bins within 30 dB of
+    their frame's loudest. Their silent frames' spectra are zeros whose signs are the FFT's (MKL's AVX-512 path gives
+    -0.0 real parts): the reference took ``angle(-0 + 0i) = pi`` as the first frame's phase, the kernel 0, and the
+    rows differed by up to 2.6 in the preset's log-mels (vocoder._angle: 0 at a zero, whatever its signs)."""
+    x = torch.randn(4, 24000, generator=cpu_generator(12)) * 0.1
+    lengths = torch.tensor([24000, 16000, 9000, 500])
+    r = torch.full((4,), rate, dtype=torch.float64)
+    start = torch.tensor([-200, -200, -200, -1000])
+    ref = AF.time_stretch_segment(x, r, start, 15600, lengths=lengths)
+    got = kernels.time_stretch_segment(x, r, start, 15600, lengths=lengths)
+    window = torch.hann_window(400)
+
+    def log_power(y):
+        return torch.log(torch.stft(y, 400, 160, window=window, return_complex=True).abs() ** 2 + 1e-6)
+
+    lr, lg = log_power(ref), log_power(got)
+    loud = lr > lr.amax(dim=1, keepdim=True) - math.log(1e3)
+    assert float((lg - lr)[loud].abs().max()) < 0.05
+
+
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_noisy_frames_kernel_equals_crop_noise_and_frames(with_lengths):
     """The fused anchor (crop, white noise at an SNR over the valid samples, windowed frames) against the reference

@@ -44,12 +44,20 @@ _ATAN = (0.9999993356214262, -0.3332986087340988, 0.1994656622998811, -0.1390863
 
 
 @njit(cache=True, inline="always")
+def _angle(y, x):
+    """``math.atan2(y, x)``, but 0 at ``x = y = 0`` whatever the zeros' signs (``atan2(0, -0)`` is pi), as the
+    reference's :func:`augcl.vocoder._angle`: a silent frame's zeros have the FFT's signs, not the signal's."""
+    return 0.0 if x == 0.0 and y == 0.0 else math.atan2(y, x)
+
+
+@njit(cache=True, inline="always")
 def _atan2(y, x, exact):
-    """``math.atan2`` (``exact``, the float64 kernel) or a polynomial with octant folding, 4e-8 rad (float32).
+    """``math.atan2`` (``exact``, the float64 kernel) or a polynomial with octant folding, 4e-8 rad (float32); both
+    0 at a zero, whatever its signs (:func:`_angle`; the polynomial's octant tests are ``< 0``, false at -0.0).
 
     libm's atan2 was the float32 kernel's largest cost; the polynomial is a few multiply-adds."""
     if exact:
-        return math.atan2(y, x)
+        return _angle(y, x)
     ax, ay = abs(x), abs(y)
     hi, lo = max(ax, ay), min(ax, ay)
     if hi == 0.0:
@@ -87,8 +95,8 @@ def phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest
                 c = z1 * z.conjugate() * rot_d[f]
                 if f == 0 or f == nyquist:  # real bins advance at their bin frequency, as in the reference
                     adv = 0.0
-                elif c.real == 0.0 and c.imag == 0.0:  # a silent frame: angle(0) = 0, as torch.angle has it
-                    adv = _wrap(math.atan2(z1.imag, z1.real) - math.atan2(z.imag, z.real) - omega_bin[f] * d)
+                elif c.real == 0.0 and c.imag == 0.0:  # a silent frame: angle(0) = 0, as the reference's _angle
+                    adv = _wrap(_angle(z1.imag, z1.real) - _angle(z.imag, z.real) - omega_bin[f] * d)
                 else:
                     adv = _atan2(c.imag, c.real, exact)
                     if adv >= math.pi:  # atan2 is in (-pi, pi], the reference's wrap in [-pi, pi): a real
@@ -214,14 +222,14 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             adv[0] = 0.0  # real bins advance at their bin frequency, as in the reference
             if nyquist >= 0:
                 adv[nyquist] = 0.0
-            if silent:  # a silent frame: angle(0) = 0, as torch.angle has it
+            if silent:  # a silent frame: angle(0) = 0 whatever the zeros' signs, as the reference's _angle
                 for f in range(1, nb):
                     if f != nyquist:
                         z, w = z0[f], z1[f]
                         cr, ci = w.real * z.real + w.imag * z.imag, w.imag * z.real - w.real * z.imag
                         rr, ri = rot_d[f].real, rot_d[f].imag
                         if cr * rr - ci * ri == 0.0 and cr * ri + ci * rr == 0.0:
-                            adv[f] = _wrap(math.atan2(w.imag, w.real) - math.atan2(z.imag, z.real)
+                            adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real)
                                            - omega_bin[f] * d, False)
             mx = np.float32(0.0)
             if k == 0:

@@ -64,6 +64,13 @@ def _phase_lock_for(real):
             m += TWO_PI
         return m - PI
 
+    @cuda.jit(device=True, inline="always")
+    def angle(y, x):
+        """``atan2(y, x)``, but 0 at ``x = y = 0`` whatever the zeros' signs (the reference's ``_angle``)."""
+        if x == ZERO and y == ZERO:
+            return ZERO
+        return math.atan2(y, x)
+
     def phase_lock(spec0, spec1, n_fft, hop, out):
         """``spec0``, ``spec1``, ``out``: ``(B, K, F, 2)`` real views of complex spectra (``torch.view_as_real``);
         grid: ``B`` blocks of a power of two (<= 256) threads."""
@@ -93,13 +100,13 @@ def _phase_lock_for(real):
                 mag[f] = m
                 if m > local:
                     local = m
-                pa = math.atan2(y, x)
+                pa = angle(y, x)
                 pha[f] = pa
                 w = w_bin * real(f)
                 if f == 0 or 2 * f == n_fft:  # real bins (DC, Nyquist) advance at their bin frequency, as the reference
                     om = w
                 else:
-                    om = w + wrap(math.atan2(spec1[b, k, f, 1], spec1[b, k, f, 0]) - pa - w * rd) / rd
+                    om = w + wrap(angle(spec1[b, k, f, 1], spec1[b, k, f, 0]) - pa - w * rd) / rd
                 if k == 0:
                     ph_s[f] = pa
                 else:
