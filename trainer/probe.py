@@ -62,6 +62,7 @@ from .data import NORMALIZE, PackedStore
 from .metrics import clip_metrics
 from .model import ENCODERS, Classifier, ContrastiveModel, build_encoder
 from .pack import INT16_SCALE
+from .splits import class_of, group_folds, validation_split
 
 MODES = ("linear", "finetune", "supervised", "random")
 LAMBDAS = tuple(np.logspace(-5, 1, 12).tolist())  # the L2 grid the linear probe's CV searches
@@ -257,27 +258,6 @@ def linear_head(h: Tensor, y: Tensor, n_classes: int, multi: bool, lam: float, i
     return head, info | {"w": w, "b": b}
 
 
-def class_of(targets: Tensor, multi: bool) -> np.ndarray:
-    """One class per clip for stratifying (multi-label: its first label, -1 if none)."""
-    if not multi:
-        return targets.numpy().astype(np.int64)
-    t = targets.numpy()
-    return np.where(t.any(1), t.argmax(1), -1)
-
-
-def group_folds(groups: Sequence[str], classes: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A fold in ``[0, k)`` per clip; a group's clips share a fold. Groups are shuffled (``seed``), ordered by
-    their first clip's class and dealt round-robin, so each fold gets about 1/k of each class's groups."""
-    names, gid = np.unique(np.asarray(groups), return_inverse=True)
-    gclass = np.full(len(names), -1, np.int64)
-    gclass[gid[::-1]] = classes[::-1]  # a group's first clip's class
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(gclass[order], kind="stable")]
-    gfold = np.empty(len(names), np.int64)
-    gfold[order] = np.arange(len(names)) % k
-    return gfold[gid]
-
-
 def n_folds(groups: Sequence[str], classes: np.ndarray) -> int:
     """K = min(5, smallest class count, number of groups), at least 2."""
     counts = np.bincount(classes[classes >= 0]) if (classes >= 0).any() else np.array([0])
@@ -314,12 +294,6 @@ def select_lambda(h: Tensor, clip: np.ndarray, targets: Tensor, groups: Sequence
 
 
 # --- fine-tuning and supervised -------------------------------------------------------------------------------
-
-def validation_split(groups: Sequence[str], classes: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
-    """A boolean mask of validation clips (about ``fraction``, grouped, stratified where possible)."""
-    k = min(max(2, round(1 / fraction)), len(set(groups)))
-    return group_folds(groups, classes, k, seed) == 0
-
 
 @torch.no_grad()
 def predict_clips(model: Classifier, store, clips, gains, windows, multi, window_batch, device) -> Tensor:
