@@ -55,7 +55,7 @@ from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
 from .model import ContrastiveModel
 from .pack import INT16_SCALE
-from .probe import Windows, recompute_batchnorm, window_starts
+from .windows import Windows, recompute_batchnorm, window_starts
 
 MODELS = ("pretrained", "random_init", "logmel")
 MASKS = ("time", "freq")
