@@ -47,6 +47,7 @@ from .pretrain import validate as pretrain_validate
 from .probe import ProbeConfig, probe
 from .probe import check as probe_check
 from .probe import stores as probe_stores
+from .run import claim_run_dir, pretrain_record, store_fingerprint
 from .invariance import InvarianceConfig, invariance, plot_top1
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
@@ -58,16 +59,6 @@ BUDGETS = {  # pretraining steps and batch size, encoder
     "small": dict(steps=300, batch_size=64, encoder="small"),
     "paper": dict(steps=100_000, batch_size=128, encoder="efficientnet_b0"),
 }
-#: settings that do not change what a run computes (where it writes, on which device, how often it checkpoints)
-_NOT_FINGERPRINTED = ("out", "resume", "overwrite", "device", "checkpoint_every", "num_workers", "steps", "backend",
-                      "threads")
-
-
-def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED} | {
-        "data_fingerprint": common.store_fingerprint(store)}
-
-
 def _steps_done(out: Path) -> int:
     ckpt = out / "checkpoints" / "last.pt"
     return common.read_checkpoint(ckpt, "checkpoint").get("step", 0) if ckpt.is_file() else 0
@@ -76,7 +67,7 @@ def _steps_done(out: Path) -> int:
 def _pretrained(cfg: PretrainConfig, store: Path) -> str:
     """The checkpoint of ``cfg``'s run: reused if its fingerprint matches, resumed if unfinished."""
     out = Path(cfg.out)
-    common.claim_run_dir(out, _pretrain_record(cfg, store))
+    claim_run_dir(out, pretrain_record(asdict(cfg), store))
     if _steps_done(out) < cfg.steps:
         pretrain(cfg)
         if _steps_done(out) < cfg.steps:  # SIGTERM / Ctrl-C: checkpointed, not finished
@@ -91,7 +82,7 @@ def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
     if cfg.checkpoint is not None:
         record["checkpoint"] = json.loads((Path(cfg.checkpoint).parents[1] / "fingerprint.json").read_text())
         record["checkpoint_step"] = _steps_done(Path(cfg.checkpoint).parents[1])
-    common.claim_run_dir(out, record | stores)
+    claim_run_dir(out, record | stores)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     return probe(cfg)
@@ -106,7 +97,7 @@ def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> 
     record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "checkpoint")}
     record["checkpoints"] = {p: json.loads((Path(c).parents[1] / "fingerprint.json").read_text()) |
                              {"step": _steps_done(Path(c).parents[1])} for p, c in checkpoints.items()}
-    common.claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
+    claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
     if (out / "invariance.json").is_file():
         return json.loads((out / "invariance.json").read_text())
     return invariance(cfg, checkpoints)
@@ -115,8 +106,8 @@ def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> 
 def _probe_stores(probe_base: ProbeConfig) -> dict:
     """Fingerprints of the probe's training and test stores (the built-in ones are rendered on first use)."""
     train, test = probe_stores(probe_base)
-    return {"train_fingerprint": common.store_fingerprint(train.root),
-            "test_fingerprint": common.store_fingerprint(test.root)}
+    return {"train_fingerprint": store_fingerprint(train.root),
+            "test_fingerprint": store_fingerprint(test.root)}
 
 
 def run(args, command: str = "python -m trainer.ablation") -> dict:

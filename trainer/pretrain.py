@@ -40,6 +40,8 @@ from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import BILINEAR_INITS, ENCODERS, POOLINGS, ContrastiveModel
+from .run import (check_resumable, check_same_data, clear_run, holds_run, lock_run_dir, remove_stale_temporaries,
+                  store_fingerprint, truncate_metrics)
 
 
 @dataclass
@@ -158,10 +160,6 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-#: configuration fields a resumed run may change; any other difference is refused (:func:`check_resumable`)
-MAY_CHANGE = ("steps", "checkpoint_every", "threads", "num_workers", "device", "resume", "overwrite", "out")
-
-
 def validate(cfg: PretrainConfig) -> None:
     """Every argument checked before anything runs: a :class:`~trainer.common.UsageError` naming the argument and
     the fix."""
@@ -194,35 +192,6 @@ def validate(cfg: PretrainConfig) -> None:
                            "pass an existing folder")
 
 
-def check_resumable(ckpt: dict, cfg: PretrainConfig, world: int, device: torch.device) -> None:
-    """Refuse to resume a checkpoint under another configuration: every field but :data:`MAY_CHANGE` must be
-    equal (``data`` may name another path to a store with the same contents; checked once the store is open)."""
-    old, new = ckpt["config"], asdict(cfg)
-    defaults = asdict(PretrainConfig())
-    diff = [k for k in new if k not in MAY_CHANGE and k != "data" and old.get(k, defaults[k]) != new[k]]
-    if diff:
-        what = ", ".join(f"--{k.replace('_', '-')} ({old.get(k, defaults[k])!r} in the checkpoint, {new[k]!r} now)"
-                         for k in diff)
-        raise common.UsageError(f"--resume: the checkpoint's run differs in {what}; pass the checkpoint's values, or "
-                                "start a new run (--overwrite, or another --out)")
-    common.require(cfg.steps >= ckpt["step"], f"--steps {cfg.steps} is below the checkpoint's step {ckpt['step']}; "
-                                              f"pass --steps >= {ckpt['step']}")
-    common.require(len(ckpt["rng"]) == world, f"--resume: the checkpoint was written by {len(ckpt['rng'])} "
-                                              f"process(es), this run has {world}; resume with the same process count")
-    common.require(ckpt["device_type"] == device.type,
-                   f"--resume: the checkpoint's augmentation RNG is a {ckpt['device_type']} generator but --device is "
-                   f"{device.type}; resume on a {ckpt['device_type']} device")
-
-
-def check_same_data(ckpt: dict, cfg: PretrainConfig, fingerprint: str) -> None:
-    old = ckpt["config"]["data"]
-    if fingerprint != ckpt["store"]:
-        how = "" if old == cfg.data else f" (the checkpoint's run read --data {old!r})"
-        raise common.UsageError(f"--resume: --data {cfg.data!r} is not the data the checkpoint was trained on{how}: "
-                                f"store fingerprint {ckpt['store']} in the checkpoint, {fingerprint} now (files were "
-                                "added, removed or changed); restore that data, or start a new run (--overwrite)")
-
-
 def save_checkpoint(path: Path, model, optimizer, generator, step: int, epoch: int, batch: int,
                     cfg: PretrainConfig, rank: int, world: int, device: torch.device, store: str) -> None:
     """One file, ``path/last.pt``, written atomically by rank 0: model, optimizer, position, configuration, the
@@ -252,41 +221,6 @@ def load_checkpoint(ckpt: dict, model, optimizer, generator, rank: int) -> tuple
     return ckpt["step"], ckpt["epoch"], ckpt["batch"]
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "loss.png")
-RUN_DIRS = ("checkpoints", tb.SUBDIR)
-
-
-def _holds_run(out: Path) -> bool:
-    return ((out / "checkpoints" / "last.pt").is_file() or any((out / f).is_file() for f in RUN_FILES)
-            or any((out / tb.SUBDIR).glob("events.out.tfevents.*")))
-
-
-def _clear_run(out: Path) -> None:
-    """--overwrite: remove the run's files (the packed copy of a --data folder, a cache, is kept)."""
-    import shutil
-
-    for d in RUN_DIRS:
-        shutil.rmtree(out / d, ignore_errors=True)
-    for f in RUN_FILES:
-        (out / f).unlink(missing_ok=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric rows of steps <= ``step`` (the checkpoint's): rows logged after it are redone on resume,
-    and a row cut short by a kill is dropped."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("step", math.inf) <= step:
-            keep.append(line + "\n")
-    common.atomic_write(path, lambda f: f.write("".join(keep).encode()))
-
-
 def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = True) -> Path:
     """Run (or resume) pretraining; returns the output folder. Argument and file errors raise
     :class:`~trainer.common.UsageError` before any work. ``tensorboard``: also write TensorBoard events (rank 0,
@@ -297,7 +231,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = Tru
     device = common.run_device(cfg.device)
     rank, world = common.init_distributed(device)
     out = Path(cfg.out)
-    lock = common.lock_run_dir(out) if rank == 0 else None
+    lock = lock_run_dir(out) if rank == 0 else None
     try:
         return _pretrain(cfg, progress, device, rank, world, tensorboard)
     finally:
@@ -309,15 +243,15 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
               tensorboard: bool) -> Path:
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
     if rank == 0:
-        removed = common.remove_stale_temporaries(ckpt_dir) + common.remove_stale_temporaries(out)
+        removed = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(out)
         if removed:
             names = ", ".join(p.name for p in removed)
             print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
     ckpt = None
-    if _holds_run(out):
+    if holds_run(out):
         if cfg.overwrite:
             if rank == 0:
-                _clear_run(out)
+                clear_run(out)
         elif not cfg.resume:
             at = ""
             if (ckpt_dir / "last.pt").is_file():
@@ -330,7 +264,7 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
                                     "start over, or another --out")
         elif (ckpt_dir / "last.pt").is_file():
             ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
-            check_resumable(ckpt, cfg, world, device)
+            check_resumable(ckpt, asdict(cfg), asdict(PretrainConfig()), world, device)
             if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
                 raise common.UsageError(
                     f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
@@ -345,10 +279,10 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
         raise
     except ValueError as e:  # the store: not a packed store, unfinished, empty
         raise common.UsageError(f"--data: {e}") from None
-    fingerprint = common.store_fingerprint(dataset.store.root)
+    fingerprint = store_fingerprint(dataset.store.root)
     step, epoch, batch = 0, 0, 0
     if ckpt is not None:
-        check_same_data(ckpt, cfg, fingerprint)
+        check_same_data(ckpt, cfg.data, fingerprint)
         step, epoch, batch = load_checkpoint(ckpt, model, optimizer, generator, rank)
         del ckpt
     if world > 1:
@@ -356,7 +290,7 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
     if rank == 0:
         common.write_json(out / "config.json", asdict(cfg) | {"world_size": world, "device": str(device),
                                                               "store": fingerprint})
-        _truncate_metrics(out / "metrics.jsonl", step)
+        truncate_metrics(out / "metrics.jsonl", step)
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     # a resumed run redoes the steps after the checkpoint: TensorBoard drops the earlier files' events from step + 1 on
     # (from 0 when no checkpoint was reached: the run starts over)
