@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -233,6 +234,17 @@ def fsync_dir(folder: Union[str, Path]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def start_command(threads: int, device: str, out: str) -> tuple[torch.device, Path, float]:
+    """A command's start, once its arguments are checked: torch threads set, the clock started, the device
+    (a :class:`UsageError` if unusable) and the output folder (created)."""
+    set_threads(threads)
+    t0 = time.perf_counter()
+    dev = run_device(device)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return dev, folder, t0
 
 
 def run_cli(fn, argv=None, prog: str = ""):

@@ -19,7 +19,14 @@ from tqdm import tqdm
 from .data import PackedStore
 from .metrics import clip_metrics
 from .model import Classifier
-from .windows import Windows, class_probs, clip_scores, read_windows, window_batches, window_starts
+from .windows import (
+    Windows,
+    class_probs,
+    clip_scores,
+    read_windows,
+    window_batches,
+    window_starts,
+)
 
 
 def _loss(logits: Tensor, target: Tensor, multi: bool) -> Tensor:

@@ -16,16 +16,16 @@ scalars and the first batch's anchor/positive log-mels as TensorBoard events in 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -35,13 +35,21 @@ from augcl import PRESETS, PairAugmenter
 from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
-from . import common, tb
+from . import cli, common, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import BILINEAR_INITS, ENCODERS, POOLINGS, ContrastiveModel
-from .run import (check_resumable, check_same_data, clear_run, holds_run, lock_run_dir, remove_stale_temporaries,
-                  store_fingerprint, truncate_metrics)
+from .run import (
+    check_resumable,
+    check_same_data,
+    clear_run,
+    holds_run,
+    lock_run_dir,
+    remove_stale_temporaries,
+    store_fingerprint,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -242,36 +250,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = Tru
 def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: int, world: int,
               tensorboard: bool) -> Path:
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
-    if rank == 0:
-        removed = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(out)
-        if removed:
-            names = ", ".join(p.name for p in removed)
-            print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
-    ckpt = None
-    if holds_run(out):
-        if cfg.overwrite:
-            if rank == 0:
-                clear_run(out)
-        elif not cfg.resume:
-            at = ""
-            if (ckpt_dir / "last.pt").is_file():
-                try:
-                    old = common.read_checkpoint(ckpt_dir / "last.pt", "--out")
-                    at = f" (checkpoint at step {old.get('step', '?')})"
-                except common.UsageError:
-                    at = " (its checkpoint is unreadable)"
-            raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "
-                                    "start over, or another --out")
-        elif (ckpt_dir / "last.pt").is_file():
-            ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
-            check_resumable(ckpt, asdict(cfg), asdict(PretrainConfig()), world, device)
-            if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
-                raise common.UsageError(
-                    f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
-                    "of audio would be packed anew: pass the checkpoint's --data (or a packed store of the same "
-                    "clips), or start a new run (--overwrite)")
-        elif rank == 0:
-            print(f"--resume: no checkpoint in {ckpt_dir} (killed before the first one), starting from step 0")
+    ckpt = _resume_point(cfg, rank, world, device)
     common.barrier()
     try:
         dataset, sampler, loader, augment, model, optimizer, generator = build(cfg, device, rank)
@@ -310,22 +289,8 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
                     tb.log_pairs(writer, stats["pair"].anchor, stats["pair"].positive, step=0)
                 del stats["pair"]
                 step, batch = step + 1, batch + 1
-                # one sync per step, for the log: loss, accuracy and whether every clip was finite in one transfer
-                loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
-                                                 stats["finite"].all().float()]).tolist()
-                if not finite:
-                    raise nonfinite_error(stats["finite"], step, epoch, batch)
-                now = time.perf_counter()
-                rate = len(batch_data.clips) * world / (now - t_last)
-                t_last = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
-                if metrics:
-                    row = {"loss": loss, "acc": acc, "clips_per_s": rate, "lr": optimizer.param_groups[0]["lr"]}
-                    metrics.write(json.dumps({"step": step, "epoch": epoch} | row | {"time": time.time()}) + "\n")
-                    metrics.flush()
-                    if writer:
-                        tb.log_scalars(writer, "train", row, step)
+                t_last = _log_step(stats, step, epoch, batch, len(batch_data.clips) * world, t_last, bar, metrics,
+                                   writer, optimizer.param_groups[0]["lr"])
                 stopping = common.any_rank(stop.raised, device) if world > 1 else stop.raised
                 if stopping or step % cfg.checkpoint_every == 0 or step >= cfg.steps:
                     save_checkpoint(ckpt_dir, model, optimizer, generator, step, epoch, batch, **save)
@@ -346,15 +311,81 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
         if writer:
             writer.close()
     if rank == 0:
-        if stop.raised:
-            print(f"stopped at step {step}; checkpoint in {ckpt_dir / 'last.pt'}. Continue with the same command "
-                  "and --resume.", file=sys.stderr)
-        else:
-            plot_loss(out / "metrics.jsonl", out / "loss.png")
-            events = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if writer else ""
-            print(f"pretraining done: {step} steps. Outputs in {out}/: config.json, metrics.jsonl, loss.png, "
-                  f"checkpoints/last.pt{events}\nNext: python -m trainer.probe --checkpoint {ckpt_dir / 'last.pt'}")
+        _report(out, step, stop.raised, writer is not None)
     return out
+
+
+def _resume_point(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> Optional[dict]:
+    """The run folder made ready: temporaries of a killed run removed, an old run cleared (``--overwrite``) or
+    refused (neither flag); returns the checkpoint to resume (``--resume``, checked against ``cfg``) or None."""
+    out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
+    if rank == 0:
+        removed = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(out)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
+    if not holds_run(out):
+        return None
+    if cfg.overwrite:
+        if rank == 0:
+            clear_run(out)
+        return None
+    if not cfg.resume:
+        at = ""
+        if (ckpt_dir / "last.pt").is_file():
+            try:
+                old = common.read_checkpoint(ckpt_dir / "last.pt", "--out")
+                at = f" (checkpoint at step {old.get('step', '?')})"
+            except common.UsageError:
+                at = " (its checkpoint is unreadable)"
+        raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "
+                                "start over, or another --out")
+    if not (ckpt_dir / "last.pt").is_file():
+        if rank == 0:
+            print(f"--resume: no checkpoint in {ckpt_dir} (killed before the first one), starting from step 0")
+        return None
+    ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
+    check_resumable(ckpt, asdict(cfg), asdict(PretrainConfig()), world, device)
+    if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
+        raise common.UsageError(
+            f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
+            "of audio would be packed anew: pass the checkpoint's --data (or a packed store of the same "
+            "clips), or start a new run (--overwrite)")
+    return ckpt
+
+
+def _log_step(stats: dict, step: int, epoch: int, batch: int, clips: int, t_last: float, bar, metrics, writer,
+              lr: float) -> float:
+    """A step's one host sync (loss, accuracy and whether every clip was finite, in one transfer), its progress bar,
+    metrics row and TensorBoard scalars; a non-finite batch stops the run. Returns the time the step ended."""
+    loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
+                                     stats["finite"].all().float()]).tolist()
+    if not finite:
+        raise nonfinite_error(stats["finite"], step, epoch, batch)
+    now = time.perf_counter()
+    rate = clips / (now - t_last)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
+    if metrics:
+        row = {"loss": loss, "acc": acc, "clips_per_s": rate, "lr": lr}
+        metrics.write(json.dumps({"step": step, "epoch": epoch} | row | {"time": time.time()}) + "\n")
+        metrics.flush()
+        if writer:
+            tb.log_scalars(writer, "train", row, step)
+    return now
+
+
+def _report(out: Path, step: int, stopped: bool, events: bool) -> None:
+    """Rank 0's last words: how to resume a stopped run, or the loss plot and what was written."""
+    ckpt = out / "checkpoints" / "last.pt"
+    if stopped:
+        print(f"stopped at step {step}; checkpoint in {ckpt}. Continue with the same command and --resume.",
+              file=sys.stderr)
+        return
+    plot_loss(out / "metrics.jsonl", out / "loss.png")
+    written = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if events else ""
+    print(f"pretraining done: {step} steps. Outputs in {out}/: config.json, metrics.jsonl, loss.png, "
+          f"checkpoints/last.pt{written}\nNext: python -m trainer.probe --checkpoint {ckpt}")
 
 
 def plot_loss(metrics_path: Path, png: Path) -> None:
@@ -383,34 +414,17 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
-    return parse_cli(argv)[0]
-
-
 def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[PretrainConfig, bool]:
     """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
-                       "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS}
-            p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
-    args = vars(p.parse_args(argv))
-    tensorboard = args.pop("tensorboard")
-    return PretrainConfig(**args), tensorboard
+    return cli.parse_with_tensorboard(PretrainConfig, "python -m trainer.pretrain", __doc__, argv, choices={
+        "preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
+        "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     def run(a):
         cfg, tensorboard = parse_cli(a)
-        return pretrain(cfg, tensorboard=tensorboard)
+        return pretrain(cfg, tensorboard=tensorboard)  # checks every argument, runs, reports
 
     return common.run_cli(run, argv, "trainer.pretrain")
 

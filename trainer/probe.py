@@ -39,18 +39,18 @@ validation macro F1 per epoch; the linear probe's CV macro F1 per lam) and the t
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import common, plots, tb
+from . import cli, common, plots, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
 from .finetune import predict_clips, train_network
@@ -58,7 +58,15 @@ from .linear import linear_head, select_lambda
 from .metrics import clip_metrics
 from .model import ENCODERS, Classifier, build_encoder, load_encoder
 from .splits import class_of, validation_split
-from .windows import Windows, class_probs, clip_scores, recompute_batchnorm, tiles, window_batches, window_features
+from .windows import (
+    Windows,
+    class_probs,
+    clip_scores,
+    recompute_batchnorm,
+    tiles,
+    window_batches,
+    window_features,
+)
 
 MODES = ("linear", "finetune", "supervised", "random")
 
@@ -263,11 +271,7 @@ def probe(cfg: ProbeConfig, tensorboard: bool = True) -> dict:
     ``tensorboard``: also write TensorBoard events to ``OUT/tensorboard`` when the package is installed (not a
     configuration field: it changes nothing the probe computes)."""
     check(cfg)
-    common.set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    device = common.run_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out, t0 = common.start_command(cfg.threads, cfg.device, cfg.out)
     train, test = stores(cfg)
     writer = None
     if tensorboard:
@@ -314,23 +318,10 @@ def _finish(cfg: ProbeConfig, train: PackedStore, test: PackedStore, runs: list,
     return result
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> ProbeConfig:
-    return parse_cli(argv)[0]
-
-
 def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[ProbeConfig, bool]:
     """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(ProbeConfig):
-        kind = {"int": int, "float": float, "str": str, "Optional[str]": str}[f.type]
-        choices = {"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS}.get(f.name)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices)
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
-    args = vars(p.parse_args(argv))
-    tensorboard = args.pop("tensorboard")
-    return ProbeConfig(**args), tensorboard
+    return cli.parse_with_tensorboard(ProbeConfig, "python -m trainer.probe", __doc__, argv,
+                                      choices={"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
