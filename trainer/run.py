@@ -32,8 +32,8 @@ SAME_RUN = (
     "resume",            # how the folder is treated (continue) ...
     "overwrite",         # ... or start over: the run itself is the same
     "device",            # where it runs; a resume also needs the checkpoint's device type (its RNG), checked apart
-    "threads",           # torch CPU threads: the same numbers (docs/training.md, "Threads")
-    "num_workers",       # DataLoader processes: the same batches (the loader's own seeded generator, data.py)
+    "threads",           # torch CPU threads: speed only (docs/training.md, "Threads"); a parallel sum may round apart
+    "num_workers",       # DataLoader processes: the same clips whatever their number (trainer/data.py)
     "checkpoint_every",  # how often a checkpoint is written; resume is bit-for-bit from any of them
     "steps",             # a longer run is this run continued: resume up to the new steps (never below the checkpoint)
     "backend",           # auto / torch / kernels compute the same augmentations within the tolerances tests/ pin
