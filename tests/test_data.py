@@ -464,8 +464,9 @@ def test_store_groups_default_to_paths(small_store):
 
 # --- grouped splits and ESC-50 --------------------------------------------------------------------------------------
 
-def test_esc50_split_keeps_every_class_on_the_training_side_of_the_real_metadata(tmp_path):
-    """All 50 classes (one of fold 4's classes has a single source recording): the manifests alone, no packing.
+def test_esc50_split_keeps_every_class_on_both_sides_of_the_real_metadata(tmp_path):
+    """All 50 classes in training, and in the test split every class of two or more source recordings (one of fold 4's
+    classes has a single recording): the manifests alone, no packing.
     The property over any groups and classes is tests/test_splits.py's."""
     src = shared_data() / "esc50-fold4"
     if not (src / "metadata.csv").is_file():
@@ -478,6 +479,9 @@ def test_esc50_split_keeps_every_class_on_the_training_side_of_the_real_metadata
     assert len(train) + len(test) == 400
     assert not {r["group"] for r in train} & {r["group"] for r in test}
     assert len({r["labels"] for r in train}) == 50
+    one_recording = {c for c in {r["labels"] for r in train + test}
+                     if len({r["group"] for r in train + test if r["labels"] == c}) == 1}
+    assert len({r["labels"] for r in test}) == 50 - len(one_recording)
     assert 0.25 < len(test) / 400 < 0.4
 
 

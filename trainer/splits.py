@@ -38,9 +38,12 @@ def held_out(groups: Sequence[str], classes: np.ndarray, fraction: float, seed: 
     """A boolean mask of held-out clips: fold 0 of :func:`group_folds` with ``k = round(1 / fraction)`` (at least
     2, at most the number of groups), i.e. about ``1 / k`` of each class's groups.
 
-    ``keep_every_class``: a class whose every clip fell on the held-out side (a class of one group, or one whose
-    clips sit in groups of other classes) gets the group of its first clip back, so every class keeps at least
-    one clip on the other side. The folds themselves are never redrawn: without the flag the mask is fold 0.
+    ``keep_every_class`` (a test split): every class on both sides where its groups allow. A class of two or more
+    groups none of which fell in fold 0 (the round-robin deal can skip a class of few groups) has the group of its
+    last clip held out, unless that would take the last kept clip of a class; then a class whose every clip is held
+    out (a class of one group, or one whose clips sit in groups of other classes) gets the group of its first clip
+    back, so every class keeps at least one clip for training. The folds themselves are never redrawn: without the
+    flag the mask is fold 0.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -50,7 +53,16 @@ def held_out(groups: Sequence[str], classes: np.ndarray, fraction: float, seed: 
     k = min(max(2, round(1 / fraction)), len(set(groups.tolist())))
     held = group_folds(groups, classes, k, seed) == 0
     if keep_every_class:
-        for c in np.unique(classes[classes >= 0]):
+        labelled = np.unique(classes[classes >= 0])
+        for c in labelled:
+            members = np.flatnonzero(classes == c)
+            if held[members].any() or len(set(groups[members].tolist())) < 2:
+                continue
+            group = groups == groups[members[-1]]
+            trial = held | group
+            if all((~trial[classes == d]).any() for d in np.unique(classes[group & (classes >= 0)])):
+                held = trial
+        for c in labelled:
             members = np.flatnonzero(classes == c)
             if held[members].all():  # giving a group back only adds clips to the other side: earlier classes stay
                 held[groups == groups[members[0]]] = False
