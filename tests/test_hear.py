@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import REPO, SR
 from trainer import hear
-from trainer import probe as P
+from trainer import windows as P
 from trainer.common import UsageError
 from trainer.model import ContrastiveModel
 from trainer.pack import INT16_SCALE
@@ -130,7 +130,7 @@ def test_timestamp_embeddings_are_windows_centred_on_the_timestamps_cut_by_hand(
 
 
 class FloatStore:
-    """What trainer.probe.read_windows reads from a store: ``clip(i)``, here float samples instead of int16."""
+    """What trainer.windows.read_windows reads from a store: ``clip(i)``, here float samples instead of int16."""
 
     def __init__(self, sounds):
         self.sounds = sounds

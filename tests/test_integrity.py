@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from tests.conftest import REPO, SR
-from trainer import ablation, common, probe as probe_cli, pretrain as pretrain_cli
+from trainer import ablation, common, probe as probe_cli, pretrain as pretrain_cli, run
 from trainer.pack import pack
 from trainer.pretrain import PretrainConfig, pretrain
 from trainer.sources import audio_folder, csv_manifest
@@ -191,10 +191,11 @@ def test_resume_under_another_configuration_is_refused_naming_fields_and_values(
     assert json.loads((done_run / "config.json").read_text())["preset"] == "ts+mask"
 
 
-def test_resume_may_raise_steps_and_change_checkpointing_and_threads_but_not_lower_steps(store, done_run):
+def test_resume_may_raise_steps_and_change_checkpointing_threads_and_backend_but_not_lower_steps(store, done_run):
     with pytest.raises(common.UsageError, match="--steps 2 is below the checkpoint's step 4"):
         pretrain(_cfg(store, done_run, steps=2, resume=True), progress=False)
-    pretrain(_cfg(store, done_run, steps=5, resume=True, checkpoint_every=7, threads=2), progress=False)
+    pretrain(_cfg(store, done_run, steps=5, resume=True, checkpoint_every=7, threads=2, backend="torch"),
+             progress=False)  # trainer.run.SAME_RUN
     assert _load(done_run / "checkpoints" / "last.pt")["step"] == 5
 
 
@@ -224,7 +225,7 @@ def test_a_new_run_into_a_folder_holding_one_needs_resume_or_overwrite(store, do
 
 def test_a_second_process_in_the_same_folder_is_refused(store, tmp_path):
     out = tmp_path / "busy"
-    lock = common.lock_run_dir(out)
+    lock = run.lock_run_dir(out)
     try:
         with pytest.raises(common.UsageError, match="in use by another running process"):
             pretrain(_cfg(store, out), progress=False)

@@ -15,7 +15,7 @@ from tests.conftest import SR
 from tests.test_probe import small_checkpoint, synthetic
 from trainer import ablation
 from trainer import invariance as I
-from trainer import probe as P
+from trainer import windows as P
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from augcl.audiofiles import AUDIO_EXTENSIONS, scan_audio_files
 from tests.conftest import SR
-from trainer import sources
+from trainer import run, sources
 from trainer.data import PackedStore
 from trainer.pack import pack
 
@@ -161,8 +161,6 @@ ODD_NAMES = ["a\nb.wav", "c\td.wav", "e\rf.wav", 'g"h.wav', os.fsdecode(b"i\xffj
 
 
 def test_paths_groups_and_report_survive_any_file_name(tmp_path):
-    from trainer import common
-
     truth = {str((tmp_path / "src" / n).resolve()): write_wav(tmp_path / "src" / n, seed=k)
              for k, n in enumerate(ODD_NAMES)}
     (tmp_path / "src" / "x\ty\nz.wav").symlink_to("nowhere\n.wav")
@@ -184,25 +182,23 @@ def test_paths_groups_and_report_survive_any_file_name(tmp_path):
     grouped = PackedStore(tmp_path / "grouped")
     assert grouped.groups() == [f"rec\n{k // 2}" for k in range(len(ODD_NAMES))]
     assert [os.path.basename(p) for p in grouped.paths()] == ODD_NAMES
-    assert common.store_fingerprint(tmp_path / "grouped") != common.store_fingerprint(tmp_path / "store")
+    assert run.store_fingerprint(tmp_path / "grouped") != run.store_fingerprint(tmp_path / "store")
 
 
 def test_stores_with_paths_txt_are_still_read_and_fingerprint_the_same(tmp_path):
     """A store as the packer wrote it before paths.json: paths.txt and groups.txt, one name per line."""
-    from trainer import common
-
     for k in range(3):
         write_wav(tmp_path / "w" / f"{k}.wav", seed=k)
     (tmp_path / "m.csv").write_text("path,labels,group\nw/0.wav,a,r1\nw/1.wav,b,r1\nw/2.wav,a,r2\n")
     pack(sources.csv_manifest(tmp_path / "m.csv"), tmp_path / "store", jobs=1, progress=False)
     store = PackedStore(tmp_path / "store")
-    paths, groups, fingerprint = store.paths(), store.groups(), common.store_fingerprint(store.root)
+    paths, groups, fingerprint = store.paths(), store.groups(), run.store_fingerprint(store.root)
     (store.root / "paths.txt").write_text("".join(p + "\n" for p in paths))
     (store.root / "groups.txt").write_text("".join(g + "\n" for g in groups))
     (store.root / "paths.json").unlink()
     (store.root / "groups.json").unlink()
     assert store.paths() == paths and store.groups() == groups == ["r1", "r1", "r2"]
-    assert common.store_fingerprint(store.root) == fingerprint
+    assert run.store_fingerprint(store.root) == fingerprint
     (store.root / "paths.txt").write_text("".join(p + "\n" for p in paths) + "extra\n")  # a name with a line break
     with pytest.raises(ValueError, match="paths lists 4 names for 3 clips.*repack"):
         store.paths()

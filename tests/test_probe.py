@@ -10,7 +10,11 @@ from sklearn.linear_model import LogisticRegression
 
 from augcl.functional import normalize_level
 from tests.conftest import SR
+from trainer import finetune as FT
+from trainer import linear as L
 from trainer import probe as P
+from trainer import splits as S
+from trainer import windows as W
 from trainer.data import PackedStore, to_float
 from trainer.model import Classifier, ContrastiveModel, build_encoder
 from trainer.pack import pack
@@ -72,7 +76,7 @@ def stores(tmp_path_factory):
 
 def test_window_starts_against_a_hand_computed_reference():
     lengths = np.array([0, 8000, SEG, SEG + 1, 2 * SEG, 40000, 60 * SR])
-    clip, start = P.window_starts(lengths, SEG)
+    clip, start = W.window_starts(lengths, SEG)
     ref_clip, ref_start = [], []
     for i, n in enumerate(lengths.tolist()):
         k = max(1, math.ceil(n / SEG))
@@ -100,7 +104,7 @@ def test_window_starts_against_a_hand_computed_reference():
 
 def test_read_windows_is_the_normalised_clip_with_context_and_zeros_beyond_its_ends(stores, tmp_path):
     _, train, _, _ = stores
-    windows = P.Windows("ts+mask", SR)
+    windows = W.Windows("ts+mask", SR)
     c = windows.context
     for mode in ("rms", "peak", "none"):
         gains = train.gains(mode)
@@ -109,8 +113,8 @@ def test_read_windows_is_the_normalised_clip_with_context_and_zeros_beyond_its_e
             x = to_float(torch.from_numpy(train.clip(i).copy()))[None]
             ref = normalize_level(x, torch.tensor([n]), mode)[0].numpy()
             padded = np.concatenate([np.zeros(c, np.float32), ref, np.zeros(SEG + c, np.float32)])
-            _, starts = P.window_starts([n], SEG)
-            got = P.read_windows(train, np.full(len(starts), i), starts, gains, windows).numpy()
+            _, starts = W.window_starts([n], SEG)
+            got = W.read_windows(train, np.full(len(starts), i), starts, gains, windows).numpy()
             for row, s in enumerate(starts.tolist()):
                 np.testing.assert_allclose(got[row], padded[s:s + windows.width], rtol=2e-6, atol=1e-7)
     spec = windows(torch.randn(3, windows.width))
@@ -166,7 +170,7 @@ def test_fit_linear_converges_and_matches_scikit_learn(dims):
     mu, sd = x.mean(0), x.std(0, ddof=1)
     xs, xs_test = (x - mu) / sd, (x_test - mu) / sd
     lam = 1e-2
-    w, b, info = P.fit_linear(torch.from_numpy(xs), torch.from_numpy(y), 10, False, lam)
+    w, b, info = L.fit_linear(torch.from_numpy(xs), torch.from_numpy(y), 10, False, lam)
     acc = np.mean((xs_test @ w.numpy().T + b.numpy()).argmax(1) == y_test)
     sk = LogisticRegression(C=1.0 / (lam * len(x)), max_iter=20000, tol=1e-10).fit(xs, y)
     assert 0.3 < acc < 0.99
@@ -185,7 +189,7 @@ def test_multi_label_fit_is_one_vs_rest_logistic_regression():
     x = rng.standard_normal((150, 20))
     y = (x[:, :3] + 0.8 * rng.standard_normal((150, 3)) > 0).astype(np.float64)
     lam = 1e-2
-    w, b, _ = P.fit_linear(torch.from_numpy(x), torch.from_numpy(y), 3, True, lam)
+    w, b, _ = L.fit_linear(torch.from_numpy(x), torch.from_numpy(y), 3, True, lam)
     for c in range(3):  # each class its own binary logistic regression with the same penalty
         sk = LogisticRegression(C=1.0 / (lam * len(x)), max_iter=20000, tol=1e-10).fit(x, y[:, c])
         np.testing.assert_allclose(w[c].numpy(), sk.coef_[0], atol=1e-4)
@@ -196,11 +200,11 @@ def test_multi_label_fit_is_one_vs_rest_logistic_regression():
 def test_recompute_batchnorm_gives_frozen_random_features_a_between_clip_spread(name):
     torch.manual_seed(0)
     encoder = build_encoder(name).eval()
-    windows = P.Windows("ts+mask", SR)
+    windows = W.Windows("ts+mask", SR)
     rng = np.random.default_rng(0)
     waves = np.stack([clip_of(label, windows.width / SR, rng) for label in list(FREQS) * 3]).astype(np.float32)
     spec = windows(torch.from_numpy(waves))
-    P.recompute_batchnorm(encoder, [spec[:5], spec[5:]])
+    W.recompute_batchnorm(encoder, [spec[:5], spec[5:]])
     bns = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert not encoder.training and not any(m.training for m in bns)
     assert all(m.momentum is not None for m in bns)  # restored
@@ -214,7 +218,7 @@ def test_recompute_batchnorm_gives_frozen_random_features_a_between_clip_spread(
 def test_lambda_is_chosen_on_the_training_split_before_the_test_store_is_read(stores, monkeypatch, tmp_path):
     _, train, test, ckpt = stores
     events = []
-    real_clip, real_head = PackedStore.clip, P.linear_head
+    real_clip, real_head = PackedStore.clip, L.linear_head
 
     def clip(self, i):
         events.append(("read", str(self.root)))
@@ -225,7 +229,8 @@ def test_lambda_is_chosen_on_the_training_split_before_the_test_store_is_read(st
         return real_head(*args, **kw)
 
     monkeypatch.setattr(PackedStore, "clip", clip)
-    monkeypatch.setattr(P, "linear_head", head)
+    monkeypatch.setattr(L, "linear_head", head)  # the CV's fits
+    monkeypatch.setattr(P, "linear_head", head)  # the refit on all training windows
     res = P.probe(P.ProbeConfig(checkpoint=ckpt, data=str(train.root), test_data=str(test.root),
                                 out=str(tmp_path / "out"), device="cpu", seeds=2))
     first_test_read = events.index(("read", str(test.root)))
@@ -234,9 +239,9 @@ def test_lambda_is_chosen_on_the_training_split_before_the_test_store_is_read(st
     for record in res["per_seed"]:
         folds = record["folds"]
         assert sorted(sum(folds, [])) == list(range(len(train)))  # every training clip once, nothing else
-        assert record["lam"] in P.LAMBDAS and len(record["cv_macro_f1"]) == len(P.LAMBDAS)
+        assert record["lam"] in L.LAMBDAS and len(record["cv_macro_f1"]) == len(L.LAMBDAS)
         best = max(record["cv_macro_f1"])
-        assert record["lam"] == max(lam for lam, f in zip(P.LAMBDAS, record["cv_macro_f1"]) if f == best)
+        assert record["lam"] == max(lam for lam, f in zip(L.LAMBDAS, record["cv_macro_f1"]) if f == best)
 
 
 # --- splits and early stopping --------------------------------------------------------------------------------
@@ -246,15 +251,15 @@ def test_group_folds_and_the_validation_split_keep_groups_on_one_side():
     classes = np.repeat(np.arange(4), 30)
     groups = [f"c{c}-g{k // 3}" for c, k in zip(classes, rng.permutation(120))]  # about 3 clips per group
     for seed in range(3):
-        val = P.validation_split(groups, classes, seed)
+        val = S.validation_split(groups, classes, seed)
         side = {}
         for g, v in zip(groups, val):
             assert side.setdefault(g, v) == v, f"group {g} on both sides"
         assert 0.1 < val.mean() < 0.3
         assert all(val[classes == c].any() and (~val[classes == c]).any() for c in range(4))  # stratified
-        fold = P.group_folds(groups, classes, 5, seed)
+        fold = S.group_folds(groups, classes, 5, seed)
         assert all(len(set(fold[np.asarray(groups) == g])) == 1 for g in set(groups))
-    assert not np.array_equal(P.validation_split(groups, classes, 0), P.validation_split(groups, classes, 1))
+    assert not np.array_equal(S.validation_split(groups, classes, 0), S.validation_split(groups, classes, 1))
 
 
 def test_early_stopping_stops_before_max_epochs_and_restores_the_best_weights(stores):
@@ -262,15 +267,15 @@ def test_early_stopping_stops_before_max_epochs_and_restores_the_best_weights(st
     cfg = P.ProbeConfig(mode="supervised", encoder="small", max_epochs=60, patience=3, batch_size=6, lr=3e-3)
     torch.manual_seed(0)
     model = Classifier(build_encoder("small"), len(train.classes))
-    windows = P.Windows("ts+mask", SR)
+    windows = W.Windows("ts+mask", SR)
     gains = train.gains("rms")
-    val = P.validation_split(train.groups(), P.class_of(train.targets(), False), 0)
+    val = S.validation_split(train.groups(), S.class_of(train.targets(), False), 0)
     train_clips, val_clips = np.flatnonzero(~val), np.flatnonzero(val)
-    record = P.train_network(model, windows, train, train_clips, val_clips, gains, False, cfg, 0, "cpu")
+    record = FT.train_network(model, windows, train, train_clips, val_clips, gains, False, cfg, 0, "cpu")
     assert record["stopped_epoch"] < cfg.max_epochs
     assert record["stopped_epoch"] == record["best_epoch"] + cfg.patience
     assert record["best_val_macro_f1"] == max(record["val_macro_f1"])
-    scores = P.predict_clips(model, train, val_clips, gains, windows, False, 256, "cpu")
+    scores = FT.predict_clips(model, train, val_clips, gains, windows, False, 256, "cpu")
     from trainer.metrics import clip_metrics
     again = clip_metrics(train.targets()[val_clips].numpy(), scores.numpy())["macro_f1"]
     assert again == record["best_val_macro_f1"]  # the model left behind is the best epoch's

@@ -24,8 +24,9 @@ from trainer.metrics import clip_metrics
 from trainer.model import Bilinear, ContrastiveModel, Encoder, Projection
 from trainer.pack import pack
 from trainer.pretrain import PretrainConfig, pretrain
-from trainer.probe import ProbeConfig, Windows, probe, window_starts
+from trainer.probe import ProbeConfig, probe
 from trainer.sources import csv_manifest
+from trainer.windows import Windows, window_starts
 
 TINY = dict(builtin_clips=16, clip_seconds=2.0, batch_size=4, device="cpu", checkpoint_every=2)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from augcl import PRESETS
 
-from . import common, plots
+from . import cli, common, plots
 from .builtin import BuiltinConfig
 from .model import ENCODERS
 from .data import NORMALIZE
@@ -47,6 +47,7 @@ from .pretrain import validate as pretrain_validate
 from .probe import ProbeConfig, probe
 from .probe import check as probe_check
 from .probe import stores as probe_stores
+from .run import claim_run_dir, pretrain_record, store_fingerprint
 from .invariance import InvarianceConfig, invariance, plot_top1
 
 PAPER_PRESETS = ("noise", "ts", "rir", "mask", "ts+mask")
@@ -58,16 +59,6 @@ BUDGETS = {  # pretraining steps and batch size, encoder
     "small": dict(steps=300, batch_size=64, encoder="small"),
     "paper": dict(steps=100_000, batch_size=128, encoder="efficientnet_b0"),
 }
-#: settings that do not change what a run computes (where it writes, on which device, how often it checkpoints)
-_NOT_FINGERPRINTED = ("out", "resume", "overwrite", "device", "checkpoint_every", "num_workers", "steps", "backend",
-                      "threads")
-
-
-def _pretrain_record(cfg: PretrainConfig, store: Path) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED} | {
-        "data_fingerprint": common.store_fingerprint(store)}
-
-
 def _steps_done(out: Path) -> int:
     ckpt = out / "checkpoints" / "last.pt"
     return common.read_checkpoint(ckpt, "checkpoint").get("step", 0) if ckpt.is_file() else 0
@@ -76,7 +67,7 @@ def _steps_done(out: Path) -> int:
 def _pretrained(cfg: PretrainConfig, store: Path) -> str:
     """The checkpoint of ``cfg``'s run: reused if its fingerprint matches, resumed if unfinished."""
     out = Path(cfg.out)
-    common.claim_run_dir(out, _pretrain_record(cfg, store))
+    claim_run_dir(out, pretrain_record(asdict(cfg), store))
     if _steps_done(out) < cfg.steps:
         pretrain(cfg)
         if _steps_done(out) < cfg.steps:  # SIGTERM / Ctrl-C: checkpointed, not finished
@@ -91,7 +82,7 @@ def _probed(base: ProbeConfig, out: Path, stores: dict, **kw) -> dict:
     if cfg.checkpoint is not None:
         record["checkpoint"] = json.loads((Path(cfg.checkpoint).parents[1] / "fingerprint.json").read_text())
         record["checkpoint_step"] = _steps_done(Path(cfg.checkpoint).parents[1])
-    common.claim_run_dir(out, record | stores)
+    claim_run_dir(out, record | stores)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     return probe(cfg)
@@ -106,7 +97,7 @@ def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> 
     record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "checkpoint")}
     record["checkpoints"] = {p: json.loads((Path(c).parents[1] / "fingerprint.json").read_text()) |
                              {"step": _steps_done(Path(c).parents[1])} for p, c in checkpoints.items()}
-    common.claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
+    claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
     if (out / "invariance.json").is_file():
         return json.loads((out / "invariance.json").read_text())
     return invariance(cfg, checkpoints)
@@ -115,15 +106,12 @@ def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> 
 def _probe_stores(probe_base: ProbeConfig) -> dict:
     """Fingerprints of the probe's training and test stores (the built-in ones are rendered on first use)."""
     train, test = probe_stores(probe_base)
-    return {"train_fingerprint": common.store_fingerprint(train.root),
-            "test_fingerprint": common.store_fingerprint(test.root)}
+    return {"train_fingerprint": store_fingerprint(train.root),
+            "test_fingerprint": store_fingerprint(test.root)}
 
 
-def run(args, command: str = "python -m trainer.ablation") -> dict:
-    budget = BUDGETS[args.budget]
-    steps = args.steps or budget["steps"]
-    batch = args.batch_size or budget["batch_size"]
-    encoder = args.encoder or budget["encoder"]
+def check(args) -> None:
+    """The ablation's own arguments checked (the runs' are checked by pretrain and probe before the first run)."""
     req = common.require
     req(not (args.budget == "paper" and args.data == "builtin"),
         "--budget paper needs --data (unlabeled audio or a packed store) and labeled --train-data/--test-data; the "
@@ -136,6 +124,16 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
         "--builtin-clips, --builtin-train and --builtin-test must be >= 2")
     unknown = sorted(set(args.presets) - set(PRESETS))
     req(not unknown, f"--presets: unknown {unknown}; choose from {sorted(PRESETS)}")
+
+
+def run(args, command: str = "python -m trainer.ablation") -> dict:
+    """Pretrain, probe and measure every (seed, preset) and the baselines; write the tables. ``args``: an
+    :class:`AblationConfig` (or the ``argparse`` namespace of :func:`parser`, the same attributes)."""
+    check(args)
+    budget = BUDGETS[args.budget]
+    steps = args.steps or budget["steps"]
+    batch = args.batch_size or budget["batch_size"]
+    encoder = args.encoder or budget["encoder"]
     out = Path(args.out)
     seeds = [args.seed + k for k in range(args.seeds)]
     probe_base = ProbeConfig(data=args.train_data, test_data=args.test_data, device=args.device,
@@ -192,6 +190,13 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
     if inv:
         result["invariance"] = summarize_invariance(inv)
     common.write_json(out / "ablation.json", result)
+    _report(args, result, out, runs, bool(inv))
+    return result
+
+
+def _report(args, result: dict, out: Path, runs: dict, invariance_measured: bool) -> None:
+    """``OUT/ablation.md``, the per-class plot, the invariance report and the copies ``--report`` and
+    ``--invariance-report`` ask for; the table printed."""
     text = table(result)
     (out / "ablation.md").write_text(text)
     series = {p: _mean_per_class(runs[p], "linear") for p in args.presets}
@@ -203,13 +208,12 @@ def run(args, command: str = "python -m trainer.ablation") -> dict:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(text.replace("](per_class_f1.png)", f"]({report.stem}_per_class_f1.png)"))
         plots.per_class_f1(series, report.with_name(report.stem + "_per_class_f1.png"), title)
-    if inv:
+    if invariance_measured:
         write_invariance_report(result, out / "invariance")
         if args.invariance_report:
             write_invariance_report(result, Path(args.invariance_report))
     print(text)
     print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'per_class_f1.png'}")
-    return result
 
 
 INVARIANCE_METRICS = ("top1", "top5", "cos_same", "cos_diff", "score")
@@ -408,49 +412,70 @@ def table(result: dict) -> str:
     return "\n".join(out)
 
 
+@dataclass
+class AblationConfig:
+    budget: str = "small"                   # small | paper (BUDGETS)
+    data: str = "builtin"                   # pretraining audio
+    train_data: str = "builtin"             # the probes' labeled training store
+    test_data: str | None = None            # the probes' labeled test store (builtin: its test split)
+    presets: tuple = PAPER_PRESETS
+    steps: int = 0                          # 0: the budget's
+    batch_size: int = 0                     # 0: the budget's
+    encoder: str | None = None              # None: the budget's
+    clip_seconds: float = 10.0
+    normalize: str = "rms"
+    seeds: int = 3
+    probe_seeds: int = 3
+    seed: int = 0
+    max_epochs: int = ProbeConfig.max_epochs
+    patience: int = ProbeConfig.patience
+    device: str = "auto"
+    threads: int = 0
+    builtin_clips: int = 1000
+    builtin_train: int = 100
+    builtin_test: int = 200
+    out: str = "outputs/ablation"
+    pretrain_only: bool = False
+    invariance: bool = True
+    invariance_report: str | None = None
+    report: str | None = None
+
+
+#: the flags' help texts
+HELP = {
+    "budget": "small: small CNN, 300 steps of 64 (CPU); paper: EfficientNet-B0, 100,000 steps of 128",
+    "data": "pretraining audio: builtin, a packed store or a folder",
+    "train_data": "labeled packed store for the probes (builtin: its train split)",
+    "test_data": "labeled packed store to score on (builtin: its test split)",
+    "steps": "override the budget's pretraining steps", "batch_size": "override the budget's batch size",
+    "encoder": "override the budget's encoder", "clip_seconds": "longest clip of a pretraining batch (random crop)",
+    "normalize": "per-clip level normalisation", "seeds": "pretraining seeds (seed, seed+1, ...)",
+    "probe_seeds": "probe seeds per pretrained encoder", "seed": "the first seed",
+    "max_epochs": "fine-tuning / supervised: most epochs (they stop early on a validation split)",
+    "patience": "fine-tuning / supervised: epochs without a better validation macro F1 before stopping",
+    "threads": "torch CPU threads; 0: the default, 1 (measured best on a shared CPU: docs/training.md)",
+    "builtin_clips": "built-in unlabeled clips (pretraining)", "builtin_train": "built-in labeled clips for the probes",
+    "builtin_test": "built-in clips the probes are scored on",
+    "pretrain_only": "only pretrain every (seed, preset), e.g. on a GPU machine; probe later without this flag",
+    "invariance": "skip the invariance measurements (trainer.invariance; a few minutes per seed on a CPU)",
+    "invariance_report": "also write the full invariance report here (e.g. docs/invariance_builtin.md; .json, .png "
+                         "beside)",
+    "report": "also write the table (and plot beside it) here, e.g. docs/...",
+}
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.ablation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="small",
-                   help="small: small CNN, 300 steps of 64 (CPU); paper: EfficientNet-B0, 100,000 steps of 128")
-    p.add_argument("--data", default="builtin", help="pretraining audio: builtin, a packed store or a folder")
-    p.add_argument("--train-data", default="builtin", help="labeled packed store for the probes (builtin: its train split)")
-    p.add_argument("--test-data", default=None, help="labeled packed store to score on (builtin: its test split)")
-    p.add_argument("--presets", nargs="+", default=list(PAPER_PRESETS))
-    p.add_argument("--steps", type=int, default=0, help="override the budget's pretraining steps")
-    p.add_argument("--batch-size", type=int, default=0, help="override the budget's batch size")
-    p.add_argument("--encoder", choices=ENCODERS, default=None, help="override the budget's encoder")
-    p.add_argument("--clip-seconds", type=float, default=10.0, help="longest clip of a pretraining batch (random crop)")
-    p.add_argument("--normalize", choices=NORMALIZE, default="rms", help="per-clip level normalisation")
-    p.add_argument("--seeds", type=int, default=3, help="pretraining seeds (seed, seed+1, ...)")
-    p.add_argument("--probe-seeds", type=int, default=3, help="probe seeds per pretrained encoder")
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--max-epochs", type=int, default=ProbeConfig.max_epochs,
-                   help="fine-tuning / supervised: most epochs (they stop early on a validation split)")
-    p.add_argument("--patience", type=int, default=ProbeConfig.patience,
-                   help="fine-tuning / supervised: epochs without a better validation macro F1 before stopping")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads; 0: the default, 1 (measured best on a shared CPU: docs/training.md)")
-    p.add_argument("--builtin-clips", type=int, default=1000, help="built-in unlabeled clips (pretraining)")
-    p.add_argument("--builtin-train", type=int, default=100, help="built-in labeled clips for the probes")
-    p.add_argument("--builtin-test", type=int, default=200, help="built-in clips the probes are scored on")
-    p.add_argument("--out", default="outputs/ablation")
-    p.add_argument("--pretrain-only", action="store_true",
-                   help="only pretrain every (seed, preset), e.g. on a GPU machine; probe later without this flag")
-    p.add_argument("--no-invariance", dest="invariance", action="store_false",
-                   help="skip the invariance measurements (trainer.invariance; a few minutes per seed on a CPU)")
-    p.add_argument("--invariance-report", default=None,
-                   help="also write the full invariance report here (e.g. docs/invariance_builtin.md; .json, .png beside)")
-    p.add_argument("--report", default=None, help="also write the table (and plot beside it) here, e.g. docs/...")
-    return p
+    return cli.parser(AblationConfig, "python -m trainer.ablation", __doc__, help=HELP, nargs={"presets": "+"},
+                      choices={"budget": sorted(BUDGETS), "encoder": ENCODERS, "normalize": NORMALIZE},
+                      switches={"pretrain_only": "store_true", "invariance": "no"})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     p = parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, _ = cli.parse(p, AblationConfig, argv)
     try:
-        return run(p.parse_args(argv), " ".join(["python -m trainer.ablation", *argv]))
+        return run(cfg, " ".join(["python -m trainer.ablation", *argv]))
     except common.UsageError as e:
         p.error(str(e))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import PackedStore, dist_rank_world, read_names
+from .data import PackedStore, dist_rank_world
 from .pack import atomic_write, write_json  # noqa: F401 - write_json is used through common
 
 
@@ -146,55 +147,6 @@ def resolve_store(data: str, split: str, work_dir: Path, builtin_config=None, jo
     return out
 
 
-def store_fingerprint(root: Union[str, Path]) -> str:
-    """A hash of a packed store's contents as the trainer sees them: its metadata, index (lengths, labels) and
-    groups. Two stores with the same fingerprint give the same clips to every command."""
-    import hashlib
-    import json
-
-    root = Path(root)
-    h = hashlib.sha256()
-    for name in ("store.json", "index.npz"):
-        if (root / name).is_file():
-            h.update(name.encode())
-            h.update((root / name).read_bytes())
-    groups, paths = read_names(root, "groups"), read_names(root, "paths")
-    if groups is not None:
-        # the bytes of groups.txt where it could hold them, so a store's fingerprint does not depend on which
-        # packer wrote it; names with line breaks hash as JSON
-        if any("\n" in g for g in groups):
-            h.update(b"groups.json" + json.dumps(groups).encode())
-        else:
-            h.update(b"groups.txt" + "".join(g + "\n" for g in groups).encode("utf-8", "surrogateescape"))
-    if paths is not None:
-        h.update(b"paths.txt%d" % len(paths))
-    return h.hexdigest()[:16]
-
-
-def claim_run_dir(folder: Union[str, Path], record: dict) -> None:
-    """Bind ``folder`` to the run that ``record`` describes (configuration and data fingerprints).
-
-    The first call writes ``folder/fingerprint.json``; a later call with another record raises a ValueError that
-    names the differing keys, so a finished run of other data or settings is never reused as if it were this one.
-    """
-    import json
-
-    folder = Path(folder)
-    path = folder / "fingerprint.json"
-    record = json.loads(json.dumps(record))  # tuples -> lists, as stored
-    if not path.is_file() and folder.is_dir() and any(folder.iterdir()):
-        raise UsageError(f"out folder {str(folder)!r} holds files but no fingerprint.json, so nothing says what "
-                         "they were computed from; pass a new --out, or delete that folder")
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != record:
-            diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            raise UsageError(f"out folder {str(folder)!r} holds a run of other data or settings (differs in "
-                             f"{', '.join(diff)}); pass a new --out, or delete that folder to redo it")
-        return
-    write_json(path, record)
-
-
 # --- argument errors, threads, checkpoints, run folders -------------------------------------------------------------
 
 class UsageError(ValueError):
@@ -284,31 +236,15 @@ def fsync_dir(folder: Union[str, Path]) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: Union[str, Path]) -> list[Path]:
-    """Delete the ``*.tmp`` files an atomic write leaves when its process is killed mid-write; returns them.
-    Safe only while no other process writes ``folder``: callers hold :func:`lock_run_dir`."""
-    folder = Path(folder)
-    stale = sorted(folder.glob("*.tmp")) if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def lock_run_dir(folder: Union[str, Path]):
-    """An exclusive lock on ``folder`` for this process's lifetime (``folder/.lock``, flock: released by the
-    kernel when the process dies, even by kill -9). A second run in the same folder is refused."""
-    import fcntl
-
-    folder = Path(folder)
+def start_command(threads: int, device: str, out: str) -> tuple[torch.device, Path, float]:
+    """A command's start, once its arguments are checked: torch threads set, the clock started, the device
+    (a :class:`UsageError` if unusable) and the output folder (created)."""
+    set_threads(threads)
+    t0 = time.perf_counter()
+    dev = run_device(device)
+    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UsageError(f"out folder {str(folder)!r} is in use by another running process; wait for it, stop it, "
-                         "or pass another --out") from None
-    return f
+    return dev, folder, t0
 
 
 def run_cli(fn, argv=None, prog: str = ""):

@@ -312,36 +312,3 @@ def make_loader(dataset: PackedClips, batch_sampler: DistributedBatchSampler, nu
     return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=_as_is, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(0))
-
-
-def grouped_split(groups: Sequence[str], labels: Sequence[int], fraction: float, seed: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(keep, held_out)``: about ``fraction`` of each class held out, whole groups at a time.
-
-    Every group lies on one side (clips of one source recording never straddle a split). Per class, its groups
-    are shuffled (seeded) and moved to the held-out side while that brings its held-out count closer to
-    ``fraction`` of the class; a class with one group stays whole on the keep side. A group whose clips carry
-    several classes is assigned with its first clip's class. Labels: class index per clip (-1: none).
-    """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    groups, labels = np.asarray(groups), np.asarray(labels)
-    if len(groups) != len(labels):
-        raise ValueError(f"groups ({len(groups)}) and labels ({len(labels)}) must have one entry per clip")
-    rng = np.random.default_rng(seed)
-    names, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    size = np.bincount(inverse, minlength=len(names))
-    group_class = labels[first]
-    held = np.zeros(len(names), bool)
-    for c in np.unique(group_class):
-        members = rng.permutation(np.flatnonzero(group_class == c))
-        total, taken = size[members].sum(), 0
-        target = fraction * total
-        for g in members:
-            if len(members) < 2:
-                break  # one group: the class stays whole on the keep side
-            if taken + size[g] > total - 1 or abs(taken + size[g] - target) >= abs(taken - target):
-                continue  # keep at least one clip of the class; take a group only if it nears the target
-            held[g], taken = True, taken + size[g]
-    mask = held[inverse]
-    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -6,8 +6,9 @@
 SRC holds ESC-50's ``metadata.csv`` (``filename, category, target, esc10, src_file``; the official file names
 it ``esc50.csv`` and keeps a ``fold`` column: pass ``--metadata``) and the audio under ``SRC/audio``. Writes
 ``OUT/train.csv`` and ``OUT/test.csv`` (manifests ``path,labels,group``) and packs them into ``OUT/train`` and
-``OUT/test``: about ``--test-fraction`` of each class held out for testing, whole source recordings at a time
-(``src_file``: clips cut from one recording never straddle the split; :func:`trainer.data.grouped_split`).
+``OUT/test``: one fold of ``k = round(1 / --test-fraction)`` held out for testing, i.e. about ``1 / k`` of each
+class's source recordings, whole recordings at a time (``src_file``: clips cut from one recording never straddle
+the split), every class keeping a recording on the training side (:func:`trainer.splits.held_out`).
 The packer trims the digital silence ESC-50 pads short sounds with, so a clip's length is its sound's.
 Pretrain on ``OUT/train`` (its labels are not read by pretraining), probe with ``--data OUT/train --test-data
 OUT/test``; docs/real_data.md gives the commands and the results.
@@ -21,9 +22,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .data import grouped_split
 from .pack import pack
 from .sources import csv_manifest
+from .splits import held_out
 
 
 def write_split(src: Path, out: Path, metadata: Optional[Path] = None, esc10: bool = False,
@@ -40,7 +41,8 @@ def write_split(src: Path, out: Path, metadata: Optional[Path] = None, esc10: bo
         rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
     classes = sorted({r["category"] for r in rows})
     labels = np.array([classes.index(r["category"]) for r in rows])
-    keep, held = grouped_split([r["src_file"] for r in rows], labels, test_fraction, seed)
+    held = held_out([r["src_file"] for r in rows], labels, test_fraction, seed, keep_every_class=True)
+    keep, held = np.flatnonzero(~held), np.flatnonzero(held)
     out.mkdir(parents=True, exist_ok=True)
     audio = (src / "audio").resolve()
     paths = []

@@ -14,7 +14,7 @@ contrastive loss sees.
 Front end, exactly the probe's: each sound's level is normalised over its whole ``n_samples`` (the checkpoint's
 ``normalize``: one gain per sound, rms to -20 dBFS or peak to -1 dBFS, a silent sound keeps gain 1), then windows of
 ``segment + 2 * context`` samples (96 log-mel frames = 0.95 s, plus the mel's ``n_fft // 2`` samples of context on
-each side) go through :class:`trainer.probe.Windows` and the encoder in eval mode. Samples outside the sound read as
+each side) go through :class:`trainer.windows.Windows` and the encoder in eval mode. Samples outside the sound read as
 zeros: padding happens only at the sound's two edges, never between windows.
 
 Timestamp embeddings: one window centred at each timestamp ``t_j = j * hop`` for ``j = 0 .. n_samples // hop`` (the
@@ -23,7 +23,7 @@ default: 800 samples at 16 kHz; the floor keeps the hop at or under ``hop_ms``).
 float32; at 16 kHz they are exact multiples of 50 ms. A window centred at ``t`` covers ``t - segment // 2`` to
 ``t - segment // 2 + segment`` (plus context), so the first and last windows are half zeros.
 
-Scene embeddings: the mean of h over the probe's tiling of the sound (:func:`trainer.probe.window_starts`:
+Scene embeddings: the mean of h over the probe's tiling of the sound (:func:`trainer.windows.window_starts`:
 ``k = max(1, ceil(n_samples / segment))`` windows spread evenly over the sound, never past its end when it is at
 least a window long), i.e. the mean of the very features the probe classifies. Not the mean of the timestamp
 embeddings: those overlap 19-fold and half of the edge windows is padding.
@@ -38,7 +38,7 @@ plus the activations: measured (tests/test_hear.py, ``test_twenty_minutes_stays_
 encoder, CPU) both calls raise the peak RSS by 254 MB, about 140 MB of it one batch's STFT, log-mels and activations.
 
 BatchNorm: the checkpoint's running statistics are used as they are. The probe re-estimates them on the downstream
-training windows first (:func:`trainer.probe.recompute_batchnorm`); HEAR's API gives no training data at embedding
+training windows first (:func:`trainer.windows.recompute_batchnorm`); HEAR's API gives no training data at embedding
 time, so after a short pretraining these embeddings can differ from the probe's features (see docs/training.md,
 "HEAR API").
 """
@@ -56,7 +56,8 @@ from augcl.functional import LEVEL_TARGET_DB
 
 from . import common
 from .data import NORMALIZE
-from .probe import Windows, load_encoder, window_starts
+from .model import load_encoder
+from .windows import Windows, window_starts
 
 HEAR_SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)  # the rates HEAR's tasks are distributed at
 DEFAULT_SAMPLE_RATE = 16000  # trainer.pack's default, for checkpoints whose store cannot be found

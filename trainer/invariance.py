@@ -35,7 +35,6 @@ model. Writes ``OUT/invariance.json``, ``OUT/invariance.md`` and ``OUT/invarianc
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -50,12 +49,12 @@ from tqdm import tqdm
 
 from augcl import PRESETS, AddNoise, ApplyImpulseResponse, Gain, RIRBank, SpecAugment, TimeStretch
 
-from . import common
+from . import cli, common
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
 from .model import ContrastiveModel
 from .pack import INT16_SCALE
-from .probe import Windows, recompute_batchnorm, window_starts
+from .windows import Windows, recompute_batchnorm, window_starts
 
 MODELS = ("pretrained", "random_init", "logmel")
 MASKS = ("time", "freq")
@@ -303,11 +302,7 @@ def invariance(cfg: InvarianceConfig, checkpoints: Optional[dict[str, str]] = No
     ``checkpoints`` ``{label: path}``: measure several pretrained models on the same altered copies in one pass
     (their representations are named ``label:h``, ``label:z``); they must share ``cfg.checkpoint``'s front end."""
     check(cfg)
-    common.set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    device = common.run_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out, t0 = common.start_command(cfg.threads, cfg.device, cfg.out)
     store = open_store(cfg)
     n = len(store) if cfg.max_clips == 0 else min(cfg.max_clips, len(store))
     common.require(n >= 2, f"--max-clips {cfg.max_clips} leaves {n} clip; retrieval needs at least 2")
@@ -386,32 +381,17 @@ def plot_top1(series: dict[str, dict[str, float]], chance: float, path: Path, ti
     return path
 
 
+#: the flags' help texts (the fields' meaning is in :class:`InvarianceConfig`)
+HELP = {"checkpoint": "a pretrain checkpoint (last.pt)", "data": "a packed store, or builtin (the built-in test split)",
+        "models": f"some of {MODELS}", "rir": "auto (measured rooms if present, else simulated), simulated, none, "
+        "or a folder of IR audio files", "snr_db": "white-noise SNRs", "masks": f"some of {MASKS}",
+        "max_clips": "the first N clips; 0: all", "normalize": f"one of {NORMALIZE}; default the checkpoint's",
+        "threads": "torch CPU threads; 0: the default, 1"}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> InvarianceConfig:
-    p = argparse.ArgumentParser(prog="python -m trainer.invariance", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = InvarianceConfig()
-    p.add_argument("--checkpoint", default=None, help="a pretrain checkpoint (last.pt)")
-    p.add_argument("--data", default=d.data, help="a packed store, or builtin (the built-in test split)")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--models", nargs="+", default=list(d.models), help=f"some of {MODELS}")
-    p.add_argument("--stretch-rates", nargs="*", type=float, default=list(d.stretch_rates))
-    p.add_argument("--rir", default=d.rir, help="auto (measured rooms if present, else simulated), simulated, none, "
-                                                "or a folder of IR audio files")
-    p.add_argument("--snr-db", nargs="*", type=float, default=list(d.snr_db), help="white-noise SNRs")
-    p.add_argument("--gain-db", nargs="*", type=float, default=list(d.gain_db))
-    p.add_argument("--masks", nargs="*", default=list(d.masks), help=f"some of {MASKS}")
-    p.add_argument("--max-clips", type=int, default=d.max_clips, help="the first N clips; 0: all")
-    p.add_argument("--normalize", default=None, help=f"one of {NORMALIZE}; default the checkpoint's")
-    p.add_argument("--window-batch", type=int, default=d.window_batch)
-    p.add_argument("--clip-batch", type=int, default=d.clip_batch)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads; 0: the default, 1")
-    p.add_argument("--builtin-test", type=int, default=d.builtin_test)
-    a = vars(p.parse_args(argv))
-    for k in ("models", "stretch_rates", "snr_db", "gain_db", "masks"):
-        a[k] = tuple(a[k])
-    return InvarianceConfig(**a)
+    p = cli.parser(InvarianceConfig, "python -m trainer.invariance", __doc__, help=HELP, nargs={"models": "+"})
+    return cli.parse(p, InvarianceConfig, argv)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -22,6 +22,8 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from . import common
+
 
 ENCODERS = ("efficientnet_b0", "small")
 POOLINGS = ("avg", "max")              # the encoders' global pooling: the paper's, COLA's code's
@@ -162,3 +164,14 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
+
+
+def load_encoder(checkpoint: str) -> tuple[nn.Module, str, str]:
+    """The pretrained encoder f (the one the checkpoint names), its preset (mel front end) and its level
+    normalisation (``"none"`` for checkpoints from before ``normalize`` existed)."""
+    ckpt = common.read_checkpoint(checkpoint, "--checkpoint")
+    cfg = ckpt["config"]
+    model = ContrastiveModel(cfg["dim"], cfg["pooling"], cfg.get("bilinear_init", "identity"),
+                             cfg.get("encoder", "efficientnet_b0"))
+    model.load_state_dict(ckpt["model"])
+    return model.encoder, cfg["preset"], cfg.get("normalize", "none")

@@ -16,16 +16,16 @@ scalars and the first batch's anchor/positive log-mels as TensorBoard events in 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -35,11 +35,21 @@ from augcl import PRESETS, PairAugmenter
 from augcl import functional as AF
 from augcl.kernels import BACKENDS
 
-from . import common, tb
+from . import cli, common, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, DistributedBatchSampler, PackedClips, make_loader, to_float
 from .loss import contrastive_loss
 from .model import BILINEAR_INITS, ENCODERS, POOLINGS, ContrastiveModel
+from .run import (
+    check_resumable,
+    check_same_data,
+    clear_run,
+    holds_run,
+    lock_run_dir,
+    remove_stale_temporaries,
+    store_fingerprint,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -158,10 +168,6 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-#: configuration fields a resumed run may change; any other difference is refused (:func:`check_resumable`)
-MAY_CHANGE = ("steps", "checkpoint_every", "threads", "num_workers", "device", "resume", "overwrite", "out")
-
-
 def validate(cfg: PretrainConfig) -> None:
     """Every argument checked before anything runs: a :class:`~trainer.common.UsageError` naming the argument and
     the fix."""
@@ -194,35 +200,6 @@ def validate(cfg: PretrainConfig) -> None:
                            "pass an existing folder")
 
 
-def check_resumable(ckpt: dict, cfg: PretrainConfig, world: int, device: torch.device) -> None:
-    """Refuse to resume a checkpoint under another configuration: every field but :data:`MAY_CHANGE` must be
-    equal (``data`` may name another path to a store with the same contents; checked once the store is open)."""
-    old, new = ckpt["config"], asdict(cfg)
-    defaults = asdict(PretrainConfig())
-    diff = [k for k in new if k not in MAY_CHANGE and k != "data" and old.get(k, defaults[k]) != new[k]]
-    if diff:
-        what = ", ".join(f"--{k.replace('_', '-')} ({old.get(k, defaults[k])!r} in the checkpoint, {new[k]!r} now)"
-                         for k in diff)
-        raise common.UsageError(f"--resume: the checkpoint's run differs in {what}; pass the checkpoint's values, or "
-                                "start a new run (--overwrite, or another --out)")
-    common.require(cfg.steps >= ckpt["step"], f"--steps {cfg.steps} is below the checkpoint's step {ckpt['step']}; "
-                                              f"pass --steps >= {ckpt['step']}")
-    common.require(len(ckpt["rng"]) == world, f"--resume: the checkpoint was written by {len(ckpt['rng'])} "
-                                              f"process(es), this run has {world}; resume with the same process count")
-    common.require(ckpt["device_type"] == device.type,
-                   f"--resume: the checkpoint's augmentation RNG is a {ckpt['device_type']} generator but --device is "
-                   f"{device.type}; resume on a {ckpt['device_type']} device")
-
-
-def check_same_data(ckpt: dict, cfg: PretrainConfig, fingerprint: str) -> None:
-    old = ckpt["config"]["data"]
-    if fingerprint != ckpt["store"]:
-        how = "" if old == cfg.data else f" (the checkpoint's run read --data {old!r})"
-        raise common.UsageError(f"--resume: --data {cfg.data!r} is not the data the checkpoint was trained on{how}: "
-                                f"store fingerprint {ckpt['store']} in the checkpoint, {fingerprint} now (files were "
-                                "added, removed or changed); restore that data, or start a new run (--overwrite)")
-
-
 def save_checkpoint(path: Path, model, optimizer, generator, step: int, epoch: int, batch: int,
                     cfg: PretrainConfig, rank: int, world: int, device: torch.device, store: str) -> None:
     """One file, ``path/last.pt``, written atomically by rank 0: model, optimizer, position, configuration, the
@@ -252,41 +229,6 @@ def load_checkpoint(ckpt: dict, model, optimizer, generator, rank: int) -> tuple
     return ckpt["step"], ckpt["epoch"], ckpt["batch"]
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "loss.png")
-RUN_DIRS = ("checkpoints", tb.SUBDIR)
-
-
-def _holds_run(out: Path) -> bool:
-    return ((out / "checkpoints" / "last.pt").is_file() or any((out / f).is_file() for f in RUN_FILES)
-            or any((out / tb.SUBDIR).glob("events.out.tfevents.*")))
-
-
-def _clear_run(out: Path) -> None:
-    """--overwrite: remove the run's files (the packed copy of a --data folder, a cache, is kept)."""
-    import shutil
-
-    for d in RUN_DIRS:
-        shutil.rmtree(out / d, ignore_errors=True)
-    for f in RUN_FILES:
-        (out / f).unlink(missing_ok=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric rows of steps <= ``step`` (the checkpoint's): rows logged after it are redone on resume,
-    and a row cut short by a kill is dropped."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("step", math.inf) <= step:
-            keep.append(line + "\n")
-    common.atomic_write(path, lambda f: f.write("".join(keep).encode()))
-
-
 def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = True) -> Path:
     """Run (or resume) pretraining; returns the output folder. Argument and file errors raise
     :class:`~trainer.common.UsageError` before any work. ``tensorboard``: also write TensorBoard events (rank 0,
@@ -297,7 +239,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = Tru
     device = common.run_device(cfg.device)
     rank, world = common.init_distributed(device)
     out = Path(cfg.out)
-    lock = common.lock_run_dir(out) if rank == 0 else None
+    lock = lock_run_dir(out) if rank == 0 else None
     try:
         return _pretrain(cfg, progress, device, rank, world, tensorboard)
     finally:
@@ -308,36 +250,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, tensorboard: bool = Tru
 def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: int, world: int,
               tensorboard: bool) -> Path:
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
-    if rank == 0:
-        removed = common.remove_stale_temporaries(ckpt_dir) + common.remove_stale_temporaries(out)
-        if removed:
-            names = ", ".join(p.name for p in removed)
-            print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
-    ckpt = None
-    if _holds_run(out):
-        if cfg.overwrite:
-            if rank == 0:
-                _clear_run(out)
-        elif not cfg.resume:
-            at = ""
-            if (ckpt_dir / "last.pt").is_file():
-                try:
-                    old = common.read_checkpoint(ckpt_dir / "last.pt", "--out")
-                    at = f" (checkpoint at step {old.get('step', '?')})"
-                except common.UsageError:
-                    at = " (its checkpoint is unreadable)"
-            raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "
-                                    "start over, or another --out")
-        elif (ckpt_dir / "last.pt").is_file():
-            ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
-            check_resumable(ckpt, cfg, world, device)
-            if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
-                raise common.UsageError(
-                    f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
-                    "of audio would be packed anew: pass the checkpoint's --data (or a packed store of the same "
-                    "clips), or start a new run (--overwrite)")
-        elif rank == 0:
-            print(f"--resume: no checkpoint in {ckpt_dir} (killed before the first one), starting from step 0")
+    ckpt = _resume_point(cfg, rank, world, device)
     common.barrier()
     try:
         dataset, sampler, loader, augment, model, optimizer, generator = build(cfg, device, rank)
@@ -345,10 +258,10 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
         raise
     except ValueError as e:  # the store: not a packed store, unfinished, empty
         raise common.UsageError(f"--data: {e}") from None
-    fingerprint = common.store_fingerprint(dataset.store.root)
+    fingerprint = store_fingerprint(dataset.store.root)
     step, epoch, batch = 0, 0, 0
     if ckpt is not None:
-        check_same_data(ckpt, cfg, fingerprint)
+        check_same_data(ckpt, cfg.data, fingerprint)
         step, epoch, batch = load_checkpoint(ckpt, model, optimizer, generator, rank)
         del ckpt
     if world > 1:
@@ -356,7 +269,7 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
     if rank == 0:
         common.write_json(out / "config.json", asdict(cfg) | {"world_size": world, "device": str(device),
                                                               "store": fingerprint})
-        _truncate_metrics(out / "metrics.jsonl", step)
+        truncate_metrics(out / "metrics.jsonl", step)
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     # a resumed run redoes the steps after the checkpoint: TensorBoard drops the earlier files' events from step + 1 on
     # (from 0 when no checkpoint was reached: the run starts over)
@@ -376,22 +289,8 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
                     tb.log_pairs(writer, stats["pair"].anchor, stats["pair"].positive, step=0)
                 del stats["pair"]
                 step, batch = step + 1, batch + 1
-                # one sync per step, for the log: loss, accuracy and whether every clip was finite in one transfer
-                loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
-                                                 stats["finite"].all().float()]).tolist()
-                if not finite:
-                    raise nonfinite_error(stats["finite"], step, epoch, batch)
-                now = time.perf_counter()
-                rate = len(batch_data.clips) * world / (now - t_last)
-                t_last = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
-                if metrics:
-                    row = {"loss": loss, "acc": acc, "clips_per_s": rate, "lr": optimizer.param_groups[0]["lr"]}
-                    metrics.write(json.dumps({"step": step, "epoch": epoch} | row | {"time": time.time()}) + "\n")
-                    metrics.flush()
-                    if writer:
-                        tb.log_scalars(writer, "train", row, step)
+                t_last = _log_step(stats, step, epoch, batch, len(batch_data.clips) * world, t_last, bar, metrics,
+                                   writer, optimizer.param_groups[0]["lr"])
                 stopping = common.any_rank(stop.raised, device) if world > 1 else stop.raised
                 if stopping or step % cfg.checkpoint_every == 0 or step >= cfg.steps:
                     save_checkpoint(ckpt_dir, model, optimizer, generator, step, epoch, batch, **save)
@@ -412,15 +311,81 @@ def _pretrain(cfg: PretrainConfig, progress: bool, device: torch.device, rank: i
         if writer:
             writer.close()
     if rank == 0:
-        if stop.raised:
-            print(f"stopped at step {step}; checkpoint in {ckpt_dir / 'last.pt'}. Continue with the same command "
-                  "and --resume.", file=sys.stderr)
-        else:
-            plot_loss(out / "metrics.jsonl", out / "loss.png")
-            events = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if writer else ""
-            print(f"pretraining done: {step} steps. Outputs in {out}/: config.json, metrics.jsonl, loss.png, "
-                  f"checkpoints/last.pt{events}\nNext: python -m trainer.probe --checkpoint {ckpt_dir / 'last.pt'}")
+        _report(out, step, stop.raised, writer is not None)
     return out
+
+
+def _resume_point(cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> Optional[dict]:
+    """The run folder made ready: temporaries of a killed run removed, an old run cleared (``--overwrite``) or
+    refused (neither flag); returns the checkpoint to resume (``--resume``, checked against ``cfg``) or None."""
+    out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
+    if rank == 0:
+        removed = remove_stale_temporaries(ckpt_dir) + remove_stale_temporaries(out)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            print(f"removed {len(removed)} temporary file(s) left by a killed run: {names}")
+    if not holds_run(out):
+        return None
+    if cfg.overwrite:
+        if rank == 0:
+            clear_run(out)
+        return None
+    if not cfg.resume:
+        at = ""
+        if (ckpt_dir / "last.pt").is_file():
+            try:
+                old = common.read_checkpoint(ckpt_dir / "last.pt", "--out")
+                at = f" (checkpoint at step {old.get('step', '?')})"
+            except common.UsageError:
+                at = " (its checkpoint is unreadable)"
+        raise common.UsageError(f"--out {str(out)!r} holds a run{at}; pass --resume to continue it, --overwrite to "
+                                "start over, or another --out")
+    if not (ckpt_dir / "last.pt").is_file():
+        if rank == 0:
+            print(f"--resume: no checkpoint in {ckpt_dir} (killed before the first one), starting from step 0")
+        return None
+    ckpt = common.read_checkpoint(ckpt_dir / "last.pt", "--resume", for_resume=True)
+    check_resumable(ckpt, asdict(cfg), asdict(PretrainConfig()), world, device)
+    if ckpt["config"]["data"] != cfg.data and not (Path(cfg.data) / "store.json").is_file():
+        raise common.UsageError(
+            f"--resume: --data {cfg.data!r} is not the checkpoint's {ckpt['config']['data']!r}; a folder "
+            "of audio would be packed anew: pass the checkpoint's --data (or a packed store of the same "
+            "clips), or start a new run (--overwrite)")
+    return ckpt
+
+
+def _log_step(stats: dict, step: int, epoch: int, batch: int, clips: int, t_last: float, bar, metrics, writer,
+              lr: float) -> float:
+    """A step's one host sync (loss, accuracy and whether every clip was finite, in one transfer), its progress bar,
+    metrics row and TensorBoard scalars; a non-finite batch stops the run. Returns the time the step ended."""
+    loss, acc, finite = torch.stack([stats["loss"].float(), stats["acc"].float(),
+                                     stats["finite"].all().float()]).tolist()
+    if not finite:
+        raise nonfinite_error(stats["finite"], step, epoch, batch)
+    now = time.perf_counter()
+    rate = clips / (now - t_last)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", clips_s=f"{rate:.1f}")
+    if metrics:
+        row = {"loss": loss, "acc": acc, "clips_per_s": rate, "lr": lr}
+        metrics.write(json.dumps({"step": step, "epoch": epoch} | row | {"time": time.time()}) + "\n")
+        metrics.flush()
+        if writer:
+            tb.log_scalars(writer, "train", row, step)
+    return now
+
+
+def _report(out: Path, step: int, stopped: bool, events: bool) -> None:
+    """Rank 0's last words: how to resume a stopped run, or the loss plot and what was written."""
+    ckpt = out / "checkpoints" / "last.pt"
+    if stopped:
+        print(f"stopped at step {step}; checkpoint in {ckpt}. Continue with the same command and --resume.",
+              file=sys.stderr)
+        return
+    plot_loss(out / "metrics.jsonl", out / "loss.png")
+    written = f", {tb.SUBDIR}/ (tensorboard --logdir {out})" if events else ""
+    print(f"pretraining done: {step} steps. Outputs in {out}/: config.json, metrics.jsonl, loss.png, "
+          f"checkpoints/last.pt{written}\nNext: python -m trainer.probe --checkpoint {ckpt}")
 
 
 def plot_loss(metrics_path: Path, png: Path) -> None:
@@ -449,34 +414,17 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
-    return parse_cli(argv)[0]
-
-
 def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[PretrainConfig, bool]:
     """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            choices = {"preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
-                       "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS}
-            p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
-    args = vars(p.parse_args(argv))
-    tensorboard = args.pop("tensorboard")
-    return PretrainConfig(**args), tensorboard
+    return cli.parse_with_tensorboard(PretrainConfig, "python -m trainer.pretrain", __doc__, argv, choices={
+        "preset": sorted(PRESETS), "backend": BACKENDS, "normalize": NORMALIZE, "encoder": ENCODERS,
+        "pooling": POOLINGS, "bilinear_init": BILINEAR_INITS})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     def run(a):
         cfg, tensorboard = parse_cli(a)
-        return pretrain(cfg, tensorboard=tensorboard)
+        return pretrain(cfg, tensorboard=tensorboard)  # checks every argument, runs, reports
 
     return common.run_cli(run, argv, "trainer.pretrain")
 

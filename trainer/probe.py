@@ -39,32 +39,36 @@ validation macro F1 per epoch; the linear probe's CV macro F1 per lam) and the t
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import nn
 
-from augcl import PRESETS
-from augcl.transforms import LogMel
-
-from . import common, plots, tb
+from . import cli, common, plots, tb
 from .builtin import BuiltinConfig
 from .data import NORMALIZE, PackedStore
+from .finetune import predict_clips, train_network
+from .linear import linear_head, select_lambda
 from .metrics import clip_metrics
-from .model import ENCODERS, Classifier, ContrastiveModel, build_encoder
-from .pack import INT16_SCALE
+from .model import ENCODERS, Classifier, build_encoder, load_encoder
+from .splits import class_of, validation_split
+from .windows import (
+    Windows,
+    class_probs,
+    clip_scores,
+    recompute_batchnorm,
+    tiles,
+    window_batches,
+    window_features,
+)
 
 MODES = ("linear", "finetune", "supervised", "random")
-LAMBDAS = tuple(np.logspace(-5, 1, 12).tolist())  # the L2 grid the linear probe's CV searches
 
 
 @dataclass
@@ -89,310 +93,7 @@ class ProbeConfig:
     builtin_test: int = 200
 
 
-# --- windows --------------------------------------------------------------------------------------------------
-
-class Windows(nn.Module):
-    """The paper's front end: ``(B, segment + 2 * context)`` samples -> ``(B, 1, n_mels, frames)`` log-mel."""
-
-    def __init__(self, preset: str, sample_rate: int):
-        super().__init__()
-        config = PRESETS[preset](sample_rate)
-        self.mel = LogMel(config.mel, sample_rate)
-        self.frames = config.segment_frames
-        self.segment = config.mel.segment_samples(self.frames)  # samples a window covers
-        self.context = self.mel.context                          # extra samples each side
-        self.width = self.segment + 2 * self.context
-
-    def forward(self, wave: Tensor) -> Tensor:
-        if wave.shape[-1] != self.width:
-            raise ValueError(f"windows must be {self.width} samples wide, got {wave.shape[-1]}")
-        return self.mel.from_context(wave).unsqueeze(1)
-
-
-def window_starts(lengths: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of every clip: ``(clip index, start sample)``, both ``(W,)`` int64, clip by clip.
-
-    ``k = max(1, ceil(n / segment))`` windows per clip of ``n`` samples, starts evenly spread over
-    ``[0, max(n - segment, 0)]`` and rounded half up.
-    """
-    n = np.asarray(lengths, np.int64)
-    k = np.maximum(1, -(-n // segment))
-    clip = np.repeat(np.arange(len(n)), k)
-    j = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # rank of the window within its clip
-    span, kc = np.maximum(n - segment, 0)[clip], k[clip]
-    start = np.where(kc > 1, (2 * j * span + (kc - 1)) // np.maximum(2 * (kc - 1), 1), 0)
-    return clip, start.astype(np.int64)
-
-
-def read_windows(store: PackedStore, clips: np.ndarray, starts: np.ndarray, gains: np.ndarray,
-                 windows: Windows) -> Tensor:
-    """Windows ``(B, width)`` float32 of the store's clips at ``starts`` (window sample 0 of the segment), with
-    ``context`` samples each side, zeros beyond the clip's ends, scaled by each clip's gain."""
-    c, width = windows.context, windows.width
-    out = np.zeros((len(clips), width), np.float32)
-    for row, (i, s) in enumerate(zip(clips.tolist(), starts.tolist(), strict=True)):
-        x = store.clip(i)
-        a, b = max(s - c, 0), min(s - c + width, len(x))
-        if b > a:
-            out[row, a - (s - c):b - (s - c)] = x[a:b]
-    scale = (gains[clips] / INT16_SCALE).astype(np.float32)
-    return torch.from_numpy(out * scale[:, None])
-
-
-def tiles(store: PackedStore, windows: Windows, clips: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """The windows of ``clips`` (default all) of a store, as :func:`window_starts` (clip indices into the store)."""
-    clips = np.arange(len(store)) if clips is None else np.asarray(clips, np.int64)
-    which, starts = window_starts(store.length[clips], windows.segment)
-    return clips[which], starts
-
-
-def window_batches(store, clip, start, gains, windows, window_batch: int, device) -> Iterable[Tensor]:
-    """Log-mels of the listed windows, at most ``window_batch`` at a time."""
-    for a in range(0, len(clip), window_batch):
-        wave = read_windows(store, clip[a:a + window_batch], start[a:a + window_batch], gains, windows)
-        yield windows(wave.to(device))
-
-
-@torch.no_grad()
-def window_features(encoder: nn.Module, batches: Iterable[Tensor], desc: str = "features") -> Tensor:
-    """h of every window, ``(W, out_dim)`` float32 on the CPU (eval mode)."""
-    encoder.eval()
-    return torch.cat([encoder(x).float().cpu() for x in tqdm(batches, desc=desc, leave=False)])
-
-
-def clip_scores(window_probs: Tensor, clip: np.ndarray, n_clips: int) -> Tensor:
-    """Mean of each clip's window probabilities: ``(W, C)`` and the windows' clip indices -> ``(n_clips, C)``."""
-    index = torch.from_numpy(np.asarray(clip, np.int64))
-    total = torch.zeros(n_clips, window_probs.shape[1], dtype=window_probs.dtype).index_add_(0, index, window_probs)
-    count = torch.bincount(index, minlength=n_clips).clamp_min(1).to(window_probs.dtype)
-    return total / count[:, None]
-
-
-@torch.no_grad()
-def recompute_batchnorm(encoder: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
-    """Re-estimate every BatchNorm layer's running mean and variance on ``batches`` (a cumulative average over
-    the batches), then put the encoder in eval mode. Only the BatchNorm layers run in train mode: dropout and
-    stochastic depth stay off, so the statistics are those of the network used at evaluation."""
-    bns = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    encoder.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for x in batches:
-        encoder(x)
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
-    return encoder.eval()
-
-
-# --- the linear probe -----------------------------------------------------------------------------------------
-
-def _loss(logits: Tensor, target: Tensor, multi: bool) -> Tensor:
-    """Mean over examples; multi-label sums the classes' binary losses (one-vs-rest logistic regressions)."""
-    if multi:
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
-    return F.cross_entropy(logits, target)
-
-
-def _probs(logits: Tensor, multi: bool) -> Tensor:
-    return torch.sigmoid(logits) if multi else torch.softmax(logits, -1)
-
-
-def fit_linear(x: Tensor, y: Tensor, n_classes: int, multi: bool, lam: float, init: Optional[tuple] = None,
-               tol: float = 1e-6, max_iter: int = 1000) -> tuple[Tensor, Tensor, dict]:
-    """Logistic regression on ``x`` ``(N, D)``: minimises ``mean loss + lam / 2 * ||W||^2`` (bias unpenalised) by
-    full-batch L-BFGS (strong Wolfe) in float64 until the largest gradient entry is below ``tol`` or ``max_iter``.
-    Returns ``W (C, D)``, ``b (C,)`` and ``{"iterations", "grad_norm", "objective"}``."""
-    x = x.double()
-    y = y.double() if multi else F.one_hot(y.long(), n_classes).double()
-    n = x.shape[0]
-    basis = None
-    if n < x.shape[1]:  # the optimal W lies in x's row space (lam W = -residual^T x): solve in n dimensions, exactly
-        _, _, basis = torch.linalg.svd(x, full_matrices=False)  # (n, D), orthonormal rows
-        x = x @ basis.T
-    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, device=x.device) if init is None else init[0].clone()
-    if basis is not None and init is not None:
-        w = w @ basis.T
-    b = torch.zeros(n_classes, dtype=torch.float64, device=x.device) if init is None else init[1].clone()
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, history_size=20,
-                            tolerance_grad=tol, tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:  # objective and its analytic gradient (no autograd: this runs ~10^5 times in a CV)
-        logits = x @ w.T + b
-        if multi:
-            loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / n
-            residual = (torch.sigmoid(logits) - y) / n
-        else:
-            logp = torch.log_softmax(logits, 1)
-            loss = -(logp * y).sum() / n
-            residual = (logp.exp() - y) / n
-        w.grad, b.grad = residual.T @ x + lam * w, residual.sum(0)
-        return loss + 0.5 * lam * w.square().sum()
-
-    with torch.no_grad():
-        opt.step(closure)
-        value = closure()
-    grad_norm = torch.cat([w.grad.flatten(), b.grad]).norm().item()  # the same in D dimensions: W is in the span
-    info = {"iterations": opt.state[opt._params[0]].get("n_iter", 0), "grad_norm": grad_norm,
-            "objective": value.item()}
-    return (w if basis is None else w @ basis), b, info
-
-
-def standardise(h: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std (float64) of window features, std floored so constant features stay finite."""
-    h = h.double()
-    return h.mean(0), h.std(0).clamp_min(1e-6)
-
-
-def linear_head(h: Tensor, y: Tensor, n_classes: int, multi: bool, lam: float, init=None) -> tuple[nn.Linear, dict]:
-    """Fit on standardised ``h`` and fold the standardisation in: one plain float64 linear layer on h."""
-    mu, sd = standardise(h)
-    w, b, info = fit_linear((h.double() - mu) / sd, y, n_classes, multi, lam, init)
-    head = nn.Linear(h.shape[1], n_classes, dtype=torch.float64, device=h.device)
-    with torch.no_grad():
-        head.weight.copy_(w / sd)
-        head.bias.copy_(b - (w * (mu / sd)).sum(1))
-    return head, info | {"w": w, "b": b}
-
-
-def class_of(targets: Tensor, multi: bool) -> np.ndarray:
-    """One class per clip for stratifying (multi-label: its first label, -1 if none)."""
-    if not multi:
-        return targets.numpy().astype(np.int64)
-    t = targets.numpy()
-    return np.where(t.any(1), t.argmax(1), -1)
-
-
-def group_folds(groups: Sequence[str], classes: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A fold in ``[0, k)`` per clip; a group's clips share a fold. Groups are shuffled (``seed``), ordered by
-    their first clip's class and dealt round-robin, so each fold gets about 1/k of each class's groups."""
-    names, gid = np.unique(np.asarray(groups), return_inverse=True)
-    gclass = np.full(len(names), -1, np.int64)
-    gclass[gid[::-1]] = classes[::-1]  # a group's first clip's class
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = order[np.argsort(gclass[order], kind="stable")]
-    gfold = np.empty(len(names), np.int64)
-    gfold[order] = np.arange(len(names)) % k
-    return gfold[gid]
-
-
-def n_folds(groups: Sequence[str], classes: np.ndarray) -> int:
-    """K = min(5, smallest class count, number of groups), at least 2."""
-    counts = np.bincount(classes[classes >= 0]) if (classes >= 0).any() else np.array([0])
-    smallest = counts[counts > 0].min(initial=len(classes))
-    return max(2, min(5, int(smallest), len(set(groups))))
-
-
-def select_lambda(h: Tensor, clip: np.ndarray, targets: Tensor, groups: Sequence[str], n_classes: int, multi: bool,
-                  seed: int, lams: Sequence[float] = LAMBDAS) -> dict:
-    """Grouped K-fold CV over ``lams`` on the training windows ``h`` (their clip indices ``clip``; per-clip
-    ``targets`` and ``groups``): the lam with the best out-of-fold clip macro F1 (ties: the larger).
-    Returns ``{"lam", "k", "cv_macro_f1" (per lam), "lams", "folds" (clip indices per fold)}``."""
-    n_clips = len(targets)
-    classes = class_of(targets, multi)
-    k = n_folds(groups, classes)
-    fold = group_folds(groups, classes, k, seed)
-    y_win = targets[torch.from_numpy(clip)].to(h.device)
-    scores = torch.zeros(len(lams), n_clips, n_classes, dtype=torch.float64)
-    for f in range(k):
-        held = fold[clip] == f
-        fit_idx, held_idx = torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))
-        init = None
-        for j in sorted(range(len(lams)), key=lambda j: -lams[j]):  # large lam first: warm starts down the path
-            head, info = linear_head(h[fit_idx], y_win[fit_idx], n_classes, multi, lams[j], init)
-            init = (info["w"], info["b"])
-            with torch.no_grad():
-                p = _probs(head(h[held_idx].double()), multi).cpu()
-            scores[j] += clip_scores(p, clip[held_idx.numpy()], n_clips)  # each clip is held out once
-    y_true = targets.numpy() if multi else targets.numpy().astype(np.int64)
-    f1 = [clip_metrics(y_true, scores[j].numpy())["macro_f1"] for j in range(len(lams))]  # pooled out-of-fold
-    best = max(range(len(lams)), key=lambda j: (f1[j], lams[j]))
-    return {"lam": float(lams[best]), "k": k, "lams": list(map(float, lams)), "cv_macro_f1": f1,
-            "folds": [np.flatnonzero(fold == f).tolist() for f in range(k)]}
-
-
-# --- fine-tuning and supervised -------------------------------------------------------------------------------
-
-def validation_split(groups: Sequence[str], classes: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
-    """A boolean mask of validation clips (about ``fraction``, grouped, stratified where possible)."""
-    k = min(max(2, round(1 / fraction)), len(set(groups)))
-    return group_folds(groups, classes, k, seed) == 0
-
-
-@torch.no_grad()
-def predict_clips(model: Classifier, store, clips, gains, windows, multi, window_batch, device) -> Tensor:
-    """Clip scores ``(len(clips), C)`` of a classifier in eval mode, from the clips' tiled windows."""
-    model.eval()
-    clips = np.asarray(clips, np.int64)
-    local, starts = window_starts(store.length[clips], windows.segment)
-    probs = [_probs(model(x), multi).double().cpu()
-             for x in window_batches(store, clips[local], starts, gains, windows, window_batch, device)]
-    return clip_scores(torch.cat(probs), local, len(clips))
-
-
-def train_network(model: Classifier, windows: Windows, store: PackedStore, train_clips: np.ndarray,
-                  val_clips: Optional[np.ndarray], gains: np.ndarray, multi: bool, cfg: ProbeConfig, seed: int,
-                  device, writer=None) -> dict:
-    """Adam on one random window per training clip per epoch; with ``val_clips``, stop after ``patience`` epochs
-    without a better validation clip macro F1 and restore the best epoch's weights. Returns the record. ``writer``
-    (TensorBoard, optional) gets ``<mode>/seed<seed>/train_loss`` (the epoch's mean batch loss) and
-    ``.../val_macro_f1`` at step = epoch (1-based)."""
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    targets = store.targets()
-    y_val = None if val_clips is None else targets[val_clips].numpy()
-    best = {"f1": -1.0, "epoch": 0, "state": None}
-    curve = []
-    bar = tqdm(range(cfg.max_epochs), desc=cfg.mode, leave=False)
-    for epoch in bar:
-        model.train()
-        loss_sum, n_batches = 0.0, 0
-        for batch in np.array_split(rng.permutation(train_clips), max(1, math.ceil(len(train_clips) / cfg.batch_size))):
-            starts = np.floor(rng.random(len(batch)) * (np.maximum(store.length[batch] - windows.segment, 0) + 1))
-            x = windows(read_windows(store, batch, starts.astype(np.int64), gains, windows).to(device))
-            loss = _loss(model(x), targets[batch].to(device), multi)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum, n_batches = loss.detach() + loss_sum, n_batches + 1
-        tag = f"{cfg.mode}/seed{seed}"
-        if writer:
-            writer.add_scalar(f"{tag}/train_loss", float(loss_sum) / n_batches, epoch + 1)
-        if val_clips is None:
-            continue
-        scores = predict_clips(model, store, val_clips, gains, windows, multi, cfg.window_batch, device)
-        f1 = clip_metrics(y_val if multi else y_val.astype(np.int64), scores.numpy())["macro_f1"]
-        curve.append(f1)
-        if writer:
-            writer.add_scalar(f"{tag}/val_macro_f1", f1, epoch + 1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_f1=f"{f1:.3f}")
-        if f1 > best["f1"]:
-            best = {"f1": f1, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
-        elif epoch + 1 - best["epoch"] >= cfg.patience:
-            break
-    bar.close()
-    stopped = epoch + 1 if cfg.max_epochs else 0
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    return {"stopped_epoch": stopped, "best_epoch": best["epoch"] if val_clips is not None else stopped,
-            "best_val_macro_f1": best["f1"] if val_clips is not None else None, "val_macro_f1": curve}
-
-
 # --- the run --------------------------------------------------------------------------------------------------
-
-def load_encoder(checkpoint: str) -> tuple[nn.Module, str, str]:
-    """The pretrained encoder f (the one the checkpoint names), its preset (mel front end) and its level
-    normalisation (``"none"`` for checkpoints from before ``normalize`` existed)."""
-    ckpt = common.read_checkpoint(checkpoint, "--checkpoint")
-    cfg = ckpt["config"]
-    model = ContrastiveModel(cfg["dim"], cfg["pooling"], cfg.get("bilinear_init", "identity"),
-                             cfg.get("encoder", "efficientnet_b0"))
-    model.load_state_dict(ckpt["model"])
-    return model.encoder, cfg["preset"], cfg.get("normalize", "none")
-
 
 def stores(cfg: ProbeConfig) -> tuple[PackedStore, PackedStore]:
     """The training and test stores ``cfg`` names (the built-in splits are rendered on first use), checked: both
@@ -502,7 +203,7 @@ def run_linear(cfg: ProbeConfig, train: PackedStore, test: PackedStore, device, 
     runs = []
     for head, record in fits:
         with torch.no_grad():
-            scores = clip_scores(_probs(head(test_h.double()), multi), test_clip, len(test))
+            scores = clip_scores(class_probs(head(test_h.double()), multi), test_clip, len(test))
         runs.append((scores, record))
     extra = {"preset": preset, "normalize": normalize, "train_windows": len(clip), "test_windows": len(test_clip)}
     return runs, extra
@@ -570,11 +271,7 @@ def probe(cfg: ProbeConfig, tensorboard: bool = True) -> dict:
     ``tensorboard``: also write TensorBoard events to ``OUT/tensorboard`` when the package is installed (not a
     configuration field: it changes nothing the probe computes)."""
     check(cfg)
-    common.set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    device = common.run_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out, t0 = common.start_command(cfg.threads, cfg.device, cfg.out)
     train, test = stores(cfg)
     writer = None
     if tensorboard:
@@ -621,23 +318,10 @@ def _finish(cfg: ProbeConfig, train: PackedStore, test: PackedStore, runs: list,
     return result
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> ProbeConfig:
-    return parse_cli(argv)[0]
-
-
 def parse_cli(argv: Optional[Sequence[str]] = None) -> tuple[ProbeConfig, bool]:
     """The configuration and ``--tensorboard/--no-tensorboard`` (how the run is logged, not what it computes)."""
-    p = argparse.ArgumentParser(prog="python -m trainer.probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(ProbeConfig):
-        kind = {"int": int, "float": float, "str": str, "Optional[str]": str}[f.type]
-        choices = {"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS}.get(f.name)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices)
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write TensorBoard events to OUT/tensorboard (needs: pip install 'augcl[tensorboard]')")
-    args = vars(p.parse_args(argv))
-    tensorboard = args.pop("tensorboard")
-    return ProbeConfig(**args), tensorboard
+    return cli.parse_with_tensorboard(ProbeConfig, "python -m trainer.probe", __doc__, argv,
+                                      choices={"mode": MODES, "normalize": NORMALIZE, "encoder": ENCODERS})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
