@@ -68,16 +68,8 @@ def mel_filterbank(
     return fb.T.contiguous().to(dtype)
 
 
-def mel_energy(
-    wave: Tensor,
-    filterbank: Tensor,
-    window: Tensor,
-    *,
-    n_fft: int,
-    hop_length: int,
-    center: bool = True,
-    power: float = 2.0,
-) -> Tensor:
+def mel_energy(wave: Tensor, filterbank: Tensor, window: Tensor, *, n_fft: int, hop_length: int, center: bool = True,
+               power: float = 2.0) -> Tensor:
     """Mel energies ``(B, n_mels, frames)`` of ``(B, T)`` clips, ``filterbank.T @ |STFT| ** power``: :func:`log_mel`
     before its log (framing as there)."""
     dtype = work_dtype(wave.dtype)
