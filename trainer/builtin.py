@@ -26,7 +26,6 @@ result (about 30 ms per 10 s of audio on one core). :func:`builtin_store` packs 
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,6 +34,7 @@ import numpy as np
 
 from augcl.banks import cache_dir
 
+from . import cli
 from .pack import pack
 from .render import CLASSES, SPLITS, clip_uri, label_of, parse_uri, render_clip, render_uri
 from .sources import Item, Source
@@ -121,13 +121,20 @@ def plot_classes(out: Path, seed: int = 0, sample_rate: int = 16000) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class GalleryConfig:
+    """``python -m trainer.builtin``'s arguments."""
+
+    plot: Path = Path("outputs/builtin_classes.png")
+    seed: int = 0
+    pack: tuple = ()
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m trainer.builtin", description="The built-in procedural dataset.")
-    p.add_argument("--plot", type=Path, default=Path("outputs/builtin_classes.png"), help="gallery PNG to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pack", choices=SPLITS, nargs="*", default=[],
-                   help="also pack these splits into the cache (done on first use otherwise)")
-    args = p.parse_args(argv)
+    p = cli.parser(GalleryConfig, "python -m trainer.builtin", "The built-in procedural dataset.",
+                   choices={"pack": SPLITS}, help={"plot": "gallery PNG to write", "pack": "also pack these splits "
+                                                   "into the cache (done on first use otherwise)"})
+    args, _ = cli.parse(p, GalleryConfig, argv)
     print(f"wrote {plot_classes(args.plot, args.seed)}")
     for split in args.pack:
         print(f"{split}: {builtin_store(split, BuiltinConfig(seed=args.seed))}")

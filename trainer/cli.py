@@ -1,8 +1,8 @@
 """One way to build a command's command line: a flag per field of its configuration dataclass, plus its own flags.
 
 ``--name-with-dashes`` per field, its default the field's, its type from the field's annotation (``int``, ``float``,
-``str``, ``Optional[...]``; ``bool``: ``--x/--no-x``; ``tuple``: a list of values of its default's element type,
-returned as a tuple). Choices and help come from the command, per field name; a command adds flags of its own
+``str``, ``Path``, ``Optional[...]``; ``bool``: ``--x/--no-x``; ``tuple``: a list of values of its default's element
+type, returned as a tuple); a field without a default is a positional argument (``SRC OUT``), in field order. Choices and help come from the command, per field name; a command adds flags of its own
 (how it runs, not what it computes) to the parser afterwards, and :func:`parse` returns them beside the config.
 """
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-_TYPES = {"int": int, "float": float, "str": str, "Optional[str]": str, "str | None": str}
+_TYPES = {"int": int, "float": float, "str": str, "Path": Path}
+_TYPES |= {f"Optional[{k}]": t for k, t in _TYPES.items()} | {f"{k} | None": t for k, t in _TYPES.items()}
 
 
 def parser(config: type, prog: str, description: str, *, choices: Mapping[str, Sequence] = {},
@@ -24,7 +26,9 @@ def parser(config: type, prog: str, description: str, *, choices: Mapping[str, S
     for f in dataclasses.fields(config):
         flag, kind = "--" + f.name.replace("_", "-"), f.type if isinstance(f.type, str) else f.type.__name__
         text = help.get(f.name)
-        if kind == "bool":
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            p.add_argument(f.name, type=_TYPES[kind], help=text)
+        elif kind == "bool":
             form = switches.get(f.name)
             if form == "store_true":
                 p.add_argument(flag, action="store_true", default=f.default, help=text)

@@ -11,17 +11,18 @@ class's source recordings, whole recordings at a time (``src_file``: clips cut f
 the split), every class keeping a recording on the training side (:func:`trainer.splits.held_out`).
 The packer trims the digital silence ESC-50 pads short sounds with, so a clip's length is its sound's.
 Pretrain on ``OUT/train`` (its labels are not read by pretraining), probe with ``--data OUT/train --test-data
-OUT/test``; docs/real_data.md gives the commands and the results.
+OUT/test``; docs/training.md (section 6) gives the commands and the results.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from . import cli
 from .pack import pack
 from .sources import csv_manifest
 from .splits import held_out
@@ -56,17 +57,27 @@ def write_split(src: Path, out: Path, metadata: Optional[Path] = None, esc10: bo
     return paths[0], paths[1]
 
 
+@dataclass(frozen=True)
+class Esc50Config:
+    """``python -m trainer.esc50``'s arguments (``SRC OUT`` positional)."""
+
+    src: Path
+    out: Path
+    metadata: Optional[Path] = None
+    esc10: bool = False
+    test_fraction: float = 0.3
+    seed: int = 0
+    jobs: Optional[int] = None
+
+
+HELP = {"src": "folder with metadata.csv and audio/", "out": "folder for the manifests and the two packed stores",
+        "metadata": "the metadata CSV (default SRC/metadata.csv)", "esc10": "only the ESC-10 subset (10 classes)",
+        "seed": "seed of the grouped split"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> tuple[Path, Path]:
-    p = argparse.ArgumentParser(prog="python -m trainer.esc50", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=Path, help="folder with metadata.csv and audio/")
-    p.add_argument("out", type=Path, help="folder for the manifests and the two packed stores")
-    p.add_argument("--metadata", type=Path, default=None, help="the metadata CSV (default SRC/metadata.csv)")
-    p.add_argument("--esc10", action="store_true", help="only the ESC-10 subset (10 classes)")
-    p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0, help="seed of the grouped split")
-    p.add_argument("--jobs", type=int, default=None)
-    args = p.parse_args(argv)
+    p = cli.parser(Esc50Config, "python -m trainer.esc50", __doc__, help=HELP, switches={"esc10": "store_true"})
+    args, _ = cli.parse(p, Esc50Config, argv)
     if not args.src.is_dir():
         p.error(f"src {str(args.src)!r} is not a folder; pass ESC-50's folder (metadata.csv and audio/)")
     if not 0 < args.test_fraction < 1:

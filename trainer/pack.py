@@ -28,7 +28,6 @@ store's lengths are what the trainer treats as real signal. A file of digital si
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import ctypes
 import io
@@ -52,6 +51,7 @@ from tqdm import tqdm
 from augcl.audiofiles import AUDIO_EXTENSIONS
 from augcl.banks import load_audio, trim_digital_silence
 
+from . import cli
 from .render import render_uri
 from .sources import LAYOUTS, Source, open_source
 
@@ -357,24 +357,39 @@ def finalize(out: Union[str, Path], seconds: float = 0.0) -> PackResult:
                       n_unlabeled=len(unlabeled))
 
 
+@dataclass(frozen=True)
+class PackConfig:
+    """``python -m trainer.pack``'s arguments (``SRC OUT`` positional)."""
+
+    src: str
+    out: str
+    labels: str = "auto"
+    audio_dir: Optional[str] = None
+    class_index: Optional[str] = None
+    sample_rate: int = 16000
+    files_per_shard: int = 256
+    jobs: Optional[int] = None
+    quiet: bool = False
+    keep_silence: bool = False
+
+
+HELP = {
+    "src": "a folder of audio files (recursive), a CSV manifest, a DESED TSV or an AudioSet CSV",
+    "out": "the packed store to write (a folder); rerun the same command to resume",
+    "labels": "layout of SRC: none (unlabeled folder), folders (one folder per class), csv (path,labels), desed, "
+              "audioset; auto guesses from SRC (default)",
+    "audio_dir": "folder holding the clips named by a DESED TSV / AudioSet CSV (manifests: root for relative paths)",
+    "class_index": "AudioSet class_labels_indices.csv (class names and order)",
+    "jobs": "decoding processes (default: all cores)",
+    "quiet": "no progress bar",
+    "keep_silence": "keep the digital silence (exact zeros) at clips' ends; trimmed by default",
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.pack", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="a folder of audio files (recursive), a CSV manifest, a DESED TSV or an AudioSet CSV")
-    p.add_argument("out", help="the packed store to write (a folder); rerun the same command to resume")
-    p.add_argument("--labels", choices=LAYOUTS, default="auto",
-                   help="layout of SRC: none (unlabeled folder), folders (one folder per class), csv (path,labels), "
-                        "desed, audioset; auto guesses from SRC (default)")
-    p.add_argument("--audio-dir", help="folder holding the clips named by a DESED TSV / AudioSet CSV "
-                                       "(manifests: root for relative paths)")
-    p.add_argument("--class-index", help="AudioSet class_labels_indices.csv (class names and order)")
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--files-per-shard", type=int, default=256)
-    p.add_argument("--jobs", type=int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--keep-silence", action="store_true",
-                   help="keep the digital silence (exact zeros) at clips' ends; trimmed by default")
-    args = p.parse_args(argv)
+    p = cli.parser(PackConfig, "python -m trainer.pack", __doc__.split("\n\n")[0], choices={"labels": LAYOUTS},
+                   help=HELP, switches={"quiet": "store_true", "keep_silence": "store_true"})
+    args, _ = cli.parse(p, PackConfig, argv)
     if args.sample_rate < 1000:
         p.error(f"--sample-rate must be >= 1000 (Hz; the trainer's is 16000), got {args.sample_rate}")
     if args.files_per_shard < 1:
