@@ -145,15 +145,14 @@ def test_log_mel_with_the_kernel_equals_the_reference_with_gain_and_both_log_mod
        lo=st.integers(-900, 3000), step=st.integers(0, 300), seed=st.integers(0, 2 ** 16), limited=st.booleans())
 def test_frames_kernel_equals_the_gather_and_window(B, T, K, width, lo, step, seed, limited):
     """Windows at any starts (before the clip, across its end, past a row's length) against the reference's gather
-    (an index per sample, :func:`augcl.core._gather_samples`) times the window and a row scale."""
+    (an index per sample, :func:`augcl.core._gather_samples`) times the window."""
     g = cpu_generator(seed)
     x = torch.randn(B, T, generator=g)
     first = lo + torch.arange(K) * step + torch.randint(-5, 6, (B, K), generator=g)
     limit = torch.randint(1, T + 1, (B,), generator=g) if limited else None
     window = torch.rand(width, generator=g)
-    scale = torch.rand(B, generator=g) + 0.5
-    ref = AF._gather_samples(x, first, width, limit) * window * scale.reshape(-1, 1, 1)
-    got = kernels.frames_at(x, first, window, limit, scale)
+    ref = AF._gather_samples(x, first, width, limit) * window
+    got = kernels.frames_at(x, first, window, limit)
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 

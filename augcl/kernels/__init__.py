@@ -194,13 +194,8 @@ def _np(t: Tensor, dtype=None):
     return t.contiguous().numpy()
 
 
-def _row_scale(scale: Optional[Tensor], rows: int, dtype) -> Tensor:
-    return torch.ones(rows, dtype=dtype) if scale is None else scale.reshape(rows).to(dtype)
-
-
-def frames_at(wave: Tensor, first: Tensor, window: Tensor, limit: Optional[Tensor] = None,
-              scale: Optional[Tensor] = None) -> Tensor:
-    """Windowed frames ``(B, K, W)``: ``wave[b, first[b, k] + i] * window[i] * scale[b]``, zeros outside ``[0,
+def frames_at(wave: Tensor, first: Tensor, window: Tensor, limit: Optional[Tensor] = None) -> Tensor:
+    """Windowed frames ``(B, K, W)``: ``wave[b, first[b, k] + i] * window[i]``, zeros outside ``[0,
     min(T, limit[b]))`` (:func:`.frames_cpu.windows`; the reference: :func:`augcl.core._gather_windows`, then the
     window product). CPU, float32/float64 ``wave`` ``(B, T)``."""
     _follow_torch_threads()
@@ -210,14 +205,12 @@ def frames_at(wave: Tensor, first: Tensor, window: Tensor, limit: Optional[Tenso
     K, W = first.shape[1], window.shape[-1]
     out = torch.empty(B, K, W, dtype=wave.dtype)
     lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
-    frames_cpu.windows(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, wave.dtype),
-                       _np(_row_scale(scale, B, wave.dtype)), out.numpy())
+    frames_cpu.windows(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, wave.dtype), out.numpy())
     return out
 
 
 def noisy_frames(wave: Tensor, start: Tensor, frames: int, hop_length: int, window: Tensor, seed: Tensor,
-                 snr_db: Tensor, applied: Tensor, limit: Optional[Tensor] = None,
-                 scale: Optional[Tensor] = None) -> Tensor:
+                 snr_db: Tensor, applied: Tensor, limit: Optional[Tensor] = None) -> Tensor:
     """The windowed frames ``(B, frames, W)`` of the segments ``wave[b, start[b]:]`` plus white noise of
     :func:`augcl.noise.white_noise` at ``snr_db`` where ``applied`` (:func:`.frames_cpu.noisy_frames`; the reference:
     :func:`augcl.segment.crop_segments`, :meth:`augcl.noise.AddNoise.add`, the frames of
@@ -230,8 +223,7 @@ def noisy_frames(wave: Tensor, start: Tensor, frames: int, hop_length: int, wind
     lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
     frames_cpu.noisy_frames(_np(wave, torch.float32), _np(start, torch.long), _np(lim, torch.long),
                             _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64), _np(applied, torch.bool),
-                            _np(window, torch.float32), _np(_row_scale(scale, B, torch.float32)), hop_length,
-                            out.numpy())
+                            _np(window, torch.float32), hop_length, out.numpy())
     return out
 
 

@@ -2,7 +2,7 @@
 
 * :func:`windows`: frames at any per-frame source positions (the stretched timeline's frames of
   :func:`augcl.vocoder.stretched_frames`, the vocoder's analysis frames), zeros outside ``[0, min(T, limit))``, times
-  the window and a per-row scale. Replaces the reference's gather (an index per window), the masking of windows that
+  the window. Replaces the reference's gather (an index per window), the masking of windows that
   cross the clip's ends and the window product: three passes and two full-size temporaries.
 * :func:`noisy_frames`: the anchor's whole chain up to the FFT: the segment (zeros outside the clip), white noise
   from the row's seed (:func:`.noise_cpu.noise_row`), both energies over the segment's valid samples, the gain that
@@ -27,10 +27,10 @@ U0 = np.uint64(0)
 
 
 @njit(cache=True, inline="always", fastmath={"contract", "nsz"})
-def _windowed(src, window, scale, o):
-    """``o[i] = src[i] * window[i] * scale`` (equal lengths)."""
+def _windowed(src, window, o):
+    """``o[i] = src[i] * window[i]`` (equal lengths)."""
     for i in range(U0, np.uint64(o.shape[0])):
-        o[i] = src[i] * (window[i] * scale)
+        o[i] = src[i] * window[i]
 
 
 @njit(cache=True, inline="always")
@@ -40,30 +40,29 @@ def _zero(o):
 
 
 @njit(cache=True, inline="always", fastmath={"contract", "nsz"})
-def _window_at(row, f0, end, window, scale, o):
-    """``o[i] = row[f0 + i] * window[i] * scale`` where ``0 <= f0 + i < end``, else 0 (``len(o) == len(window)``)."""
+def _window_at(row, f0, end, window, o):
+    """``o[i] = row[f0 + i] * window[i]`` where ``0 <= f0 + i < end``, else 0 (``len(o) == len(window)``)."""
     W = o.shape[0]
     lo, hi = min(max(0, -f0), W), max(min(W, end - f0), 0)  # the window's samples inside [0, end)
     if hi <= lo:
         _zero(o)
         return
     _zero(o[:lo])
-    _windowed(row[f0 + lo:f0 + hi], window[lo:hi], scale, o[lo:hi])
+    _windowed(row[f0 + lo:f0 + hi], window[lo:hi], o[lo:hi])
     _zero(o[hi:])
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
-def windows(x, first, limit, window, scale, out):
-    """``out[b, k, i] = x[b, first[b, k] + i] * window[i] * scale[b]`` where ``0 <= first[b, k] + i < limit[b]``
+def windows(x, first, limit, window, out):
+    """``out[b, k, i] = x[b, first[b, k] + i] * window[i]`` where ``0 <= first[b, k] + i < limit[b]``
     (``limit`` clipped to ``T``), else 0. ``x`` ``(B, T)``, ``first`` ``(B, K)`` int64, ``out`` ``(B, K, W)``."""
     B, K, W = out.shape
     T = x.shape[1]
     for b in prange(B):
         end = min(limit[b], T)
-        s = scale[b]
         row = x[b]
         for k in range(K):
-            _window_at(row, first[b, k], end, window, s, out[b, k])
+            _window_at(row, first[b, k], end, window, out[b, k])
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"})  # not inlined: reassociation is for this sum alone
@@ -75,10 +74,10 @@ def _energy(v):
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
-def noisy_frames(x, start, limit, seeds, snr_db, applied, window, scale, hop, out):
+def noisy_frames(x, start, limit, seeds, snr_db, applied, window, hop, out):
     """The windowed frames ``out`` ``(B, K, W)`` of segment ``x[b, start[b] : start[b] + n]`` (``n = (K - 1) * hop +
     W``; zeros outside ``[0, min(T, limit[b]))``) plus, where ``applied[b]``, white noise of stream ``seeds[b]``
-    masked to the same valid samples at ``snr_db[b]`` over them; all times ``scale[b]``."""
+    masked to the same valid samples at ``snr_db[b]`` over them."""
     B, K, W = out.shape
     T = x.shape[1]
     n = (K - 1) * hop + W
@@ -102,9 +101,8 @@ def noisy_frames(x, start, limit, seeds, snr_db, applied, window, scale, hop, ou
                 nv = noise[lo:hi]
                 for i in range(U0, np.uint64(valid.shape[0])):
                     valid[i] += g * nv[i]
-        s = scale[b]
         for k in range(K):
-            _windowed(seg[k * hop:k * hop + W], window, s, out[b, k])
+            _windowed(seg[k * hop:k * hop + W], window, out[b, k])
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
@@ -117,8 +115,8 @@ def analysis_frames(x, src_row, first, limit, window, d, out0, out1):
         end = min(limit[r], T)
         row = x[src_row[r]]
         for k in range(K):
-            _window_at(row, first[r, k], end, window, 1.0, out0[r, k])
-            _window_at(row, first[r, k] + d, end, window, 1.0, out1[r, k])
+            _window_at(row, first[r, k], end, window, out0[r, k])
+            _window_at(row, first[r, k] + d, end, window, out1[r, k])
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
