@@ -6,8 +6,7 @@ explicit ``torch.Generator``; nothing here reads device memory on the host excep
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,33 +15,16 @@ from torch import Tensor, nn
 Params = dict
 
 
-#: test-only: set by :func:`_force_device_path`, never in normal use
-_DEVICE_PATH_ON_CPU = False
-
-
 #: device types without float64 (Apple's MPS): rates, positions and parameter draws are float32 there
 NO_FLOAT64 = ("mps",)
 
 
 def cpu_branch(device: torch.device) -> bool:
     """Whether code for ``device`` takes its CPU branch, which reads tensor values on the host (free on a CPU, a sync
-    anywhere else): True on a CPU, unless the test-only :func:`_force_device_path` is on or ``torch.compile`` is
-    tracing (a value read on the host breaks the graph: the sync-free accelerator branch, the same output, traces
-    whole). An attribute read, plus a flag read on a CPU."""
-    return device.type == "cpu" and not _DEVICE_PATH_ON_CPU and not torch.compiler.is_compiling()
-
-@contextlib.contextmanager
-def _force_device_path() -> Iterator[None]:
-    """Test-only: inside it, CPU tensors take the branches written for accelerators (no host-side row selection,
-    region reads, the whole batch at once, the NaN/Inf flag instead of the error, and the trainer's CUDA recipe), so
-    that tests compare them with the CPU branches on the same machine. Not thread-safe; not for use outside tests."""
-    global _DEVICE_PATH_ON_CPU
-    old, _DEVICE_PATH_ON_CPU = _DEVICE_PATH_ON_CPU, True
-    try:
-        yield
-    finally:
-        _DEVICE_PATH_ON_CPU = old
-
+    anywhere else): True on a CPU, unless ``torch.compile`` is tracing (a value read on the host breaks the graph: the
+    sync-free accelerator branch, the same output, traces whole). The tests run the accelerator branches on a CPU by
+    patching this function (tests/conftest.py's ``device_branches``)."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 def position_dtype(device=None) -> torch.dtype:
     """The float dtype of rates, fractional sample positions and parameter draws on ``device`` (None: the CPU):

@@ -15,11 +15,11 @@ Conventions
   (float32 on a device without float64: :func:`position_dtype`).
 * Devices: a few ops take a CPU-only branch where reading tensor values on the host is free (host-side row
   selection, ``unfold`` reads); every other device takes a branch that never reads device data on the host.
-  :func:`cpu_branch` decides; the test-only :func:`_force_device_path` sends CPU tensors down the other branch.
+  :func:`cpu_branch` decides (the tests patch it to run the accelerator branches on a CPU).
 """
 from __future__ import annotations
 
-from .core import (NO_FLOAT64, _force_device_path, _gather_samples, _gather_windows, as_batch, check_finite,
+from .core import (NO_FLOAT64, _gather_samples, _gather_windows, as_batch, check_finite,
                    check_lengths, cpu_branch, pad_to_length, position_dtype, power_of_two_scale, valid_mask, work_dtype)
 from .gain import LEVEL_TARGET_DB, gain, normalize_level
 from .masks import freq_mask, mask_along_axis, time_mask
@@ -66,6 +66,6 @@ __all__ = [
 ]
 
 #: private helpers re-exported for the kernels' and the tests' use (not part of the public API)
-_PRIVATE = (NO_FLOAT64, LEVEL_TARGET_DB, _force_device_path, _gather_samples, _gather_windows, _mel_windowed,
+_PRIVATE = (NO_FLOAT64, LEVEL_TARGET_DB, _gather_samples, _gather_windows, _mel_windowed,
             _frames_at, _frames_in_region, _nearest_peak, _overlap_add, _vocoder_analysis, _vocoder_phase,
             _vocoder_synthesis)

@@ -1,4 +1,6 @@
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,27 @@ def _hermetic_cache(tmp_path_factory):
         os.environ.pop("AUGCL_CACHE", None)
     else:
         os.environ["AUGCL_CACHE"] = old
+
+
+@contextlib.contextmanager
+def device_branches():
+    """CPU tensors take the branches written for accelerators (no host-side row selection, region reads, the whole
+    batch at once, the NaN/Inf flag instead of the error, the trainer's CUDA recipe), so that tests compare them with
+    the CPU branches on the same machine: ``augcl.core.cpu_branch`` answers False for a CPU device, as it does under
+    ``torch.compile``, in every module of augcl and trainer that calls it (patched where each looks the name up; the
+    production code reads no test switch). Not thread-safe."""
+    from augcl import core
+
+    real = core.cpu_branch
+    holders = [m for name, m in list(sys.modules.items())
+               if name.split(".")[0] in ("augcl", "trainer") and getattr(m, "cpu_branch", None) is real]
+    for m in holders:
+        m.cpu_branch = lambda device: False
+    try:
+        yield
+    finally:
+        for m in holders:
+            m.cpu_branch = real
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Devices without a GPU: the forward pass and the trainer's step on FakeTensorMode's CUDA tensors, the device branches
-run on a CPU (``augcl.functional._force_device_path``) against the CPU branches, and the fixes of what was a host sync,
+run on a CPU (``tests/conftest.py``'s ``device_branches``) against the CPU branches, and the fixes of what was a host sync,
 a host-to-device copy or a CPU-only choice.
 
 Under FakeTensorMode a host sync (``.item()``, ``bool(t)``, ``nonzero``) raises, and so does an op that mixes a CPU
@@ -20,7 +20,7 @@ from augcl import functional as AF
 from augcl import kernels
 from augcl.transforms import AddNoise, ApplyImpulseResponse, Gain, RandomSegment, SpecAugment
 
-from .conftest import SR, cpu_generator, make
+from .conftest import SR, cpu_generator, device_branches, make
 
 ALL_PRESETS = sorted(PRESETS)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -129,7 +129,7 @@ def test_device_branches_on_a_cpu_equal_the_cpu_branches(preset, backend, with_l
     ref_aug = make(preset, impulse_bank, backend="torch")
     x, lengths = _branch_case(with_lengths)
     ref = ref_aug(x, generator=cpu_generator(5), lengths=lengths)
-    with AF._force_device_path():
+    with device_branches():
         assert not AF.cpu_branch(x.device) and not kernels.use_kernels(backend, x.device)
         got = aug(x, generator=cpu_generator(5), lengths=lengths)
     assert AF.cpu_branch(x.device)  # the switch is off again
@@ -206,7 +206,7 @@ def test_trainer_step_on_the_device_path_has_no_host_sync_through_backward_and_a
     cfg = PretrainConfig(preset="ts+mask", encoder="small", dim=64)
     aug, model = PairAugmenter.from_preset(cfg.preset), ContrastiveModel(dim=64, encoder="small")
     cpu = torch.device("cpu")
-    with AF._force_device_path(), FakeTensorMode(allow_non_fake_inputs=True):
+    with device_branches(), FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         stats = train_step(model, aug, optimizer, _int16_batch(cpu), None, cfg, cpu)
@@ -229,7 +229,7 @@ def test_trainer_step_on_the_device_path_learns_with_bf16_autocast_and_channels_
     _watch_first_conv(model, seen)
     before = [p.detach().clone() for p in model.parameters()]
     batch = _int16_batch(torch.device("cpu"))
-    with AF._force_device_path():
+    with device_branches():
         losses = [float(train_step(model, aug, optimizer, batch, cpu_generator(0), cfg, torch.device("cpu"))["loss"])
                   for _ in range(3)]
     assert seen[0] == (True, torch.bfloat16)
@@ -257,7 +257,7 @@ def test_nonfinite_rows_are_flagged_without_a_sync_on_the_device_path(preset, im
     aug = make(preset, impulse_bank)
     x = _rows_with_nan_and_inf()
     want = torch.tensor([True, False, False, False, True, True])
-    with AF._force_device_path():
+    with device_branches():
         pair = aug(x, generator=cpu_generator(0))
         clean = aug(torch.where(want[:, None], x, 0.0), params=pair.params)
     assert torch.equal(pair.finite, want)
@@ -274,7 +274,7 @@ def test_nonfinite_rows_are_flagged_without_a_sync_on_the_device_path(preset, im
 def test_the_finite_flag_is_recomputed_on_a_replay_and_the_callers_params_are_left_alone():
     aug = make("ts+mask")
     x = _rows_with_nan_and_inf()
-    with AF._force_device_path():
+    with device_branches():
         pair = aug(x, generator=cpu_generator(0))
     kept, keys = pair.finite.clone(), set(pair.params)
     again = aug(x.nan_to_num(posinf=0.0, neginf=0.0), params=pair.params)  # the flag is the batch's, not a draw
@@ -303,7 +303,7 @@ def test_pretrain_stops_naming_the_step_and_the_clips_that_held_nan(tmp_path, mo
     monkeypatch.setattr(P, "to_float", to_float_with_nan)
     cfg = P.PretrainConfig(out=str(tmp_path / "run"), steps=3, builtin_clips=8, clip_seconds=1.0, batch_size=4,
                            device="cpu", checkpoint_every=1, encoder="small", dim=32)
-    with AF._force_device_path(), pytest.raises(ValueError, match=r"step 2 .*row\(s\) \[1\] .*NaN or Inf"):
+    with device_branches(), pytest.raises(ValueError, match=r"step 2 .*row\(s\) \[1\] .*NaN or Inf"):
         P.pretrain(cfg, progress=False)
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", "--resume")["step"] == 1
 
@@ -345,7 +345,7 @@ def test_the_device_branch_of_the_stretch_is_exact_at_any_rate_without_a_bound()
     start = torch.tensor([-300, 0, 1000, 1900])
     ref_frames = AF.stretched_frames(x, rate, start, 20, 160, 400)
     ref_stretch = AF.time_stretch(x, rate, n_fft=256, hop_length=64, out_length=12000)
-    with AF._force_device_path():
+    with device_branches():
         assert torch.equal(AF.stretched_frames(x, rate, start, 20, 160, 400), ref_frames)
         assert torch.equal(AF.time_stretch(x, rate, n_fft=256, hop_length=64, out_length=12000), ref_stretch)
 
@@ -360,7 +360,7 @@ def test_a_rate_above_max_rate_is_refused_on_both_branches():
                lambda: AF.time_stretch_segment(x, rate, start, 2000, max_rate=1.1)):
         with pytest.raises(ValueError, match="max_rate"):
             op()
-        with AF._force_device_path(), pytest.raises(RuntimeError, match="max_rate"):
+        with device_branches(), pytest.raises(RuntimeError, match="max_rate"):
             op()
     AF.stretched_frames(x, torch.tensor([1.1, 0.9], dtype=torch.float64), start, 10, 160, 400, max_rate=1.1)
     aug = make("ts")
@@ -471,6 +471,6 @@ def test_device_branches_of_the_standalone_transforms_equal_the_cpu_branches(nam
     x = torch.randn(6, 2, 16000, generator=cpu_generator(1)) * 0.1
     lengths = torch.tensor([16000, 9000, 100, 12000, 1, 15999])
     ref = t(x, lengths=lengths, generator=cpu_generator(2))
-    with AF._force_device_path():
+    with device_branches():
         got = t(x, lengths=lengths, generator=cpu_generator(2))
     assert torch.equal(ref.samples, got.samples) and torch.equal(ref.lengths, got.lengths)

@@ -137,8 +137,8 @@ def forward_backward(model, optimizer, pair, cfg: PretrainConfig, device) -> dic
 
 
 def cuda_recipe(device) -> bool:
-    """channels_last and bf16 autocast: on CUDA, and on a CPU under augcl's test-only switch
-    (:func:`augcl.functional._force_device_path`), where the tests run the recipe's backward and Adam step (a backward
+    """channels_last and bf16 autocast: on CUDA, and on a CPU where the tests send CPU tensors down the accelerator
+    branches (tests/conftest.py's ``device_branches``), where the tests run the recipe's backward and Adam step (a backward
     on FakeTensorMode's CUDA tensors needs a CUDA driver)."""
     return device.type == "cuda" or (device.type == "cpu" and not AF.cpu_branch(device))
 

@@ -16,8 +16,8 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   :func:`augcl.noise.white_noise`); the positive's stretched frames gathered and windowed in one pass
   (:func:`frames_at`).
 
-The CPU kernels are host code (NumPy views of CPU tensors): the accelerator branches (and the test-only
-``_force_device_path``) run the reference.
+The CPU kernels are host code (NumPy views of CPU tensors): the accelerator branches (also where the tests run them
+on a CPU) run the reference.
 
 Backends (``PairAugmenter(backend=...)``): ``"torch"`` the reference; ``"kernels"`` the kernels, an error naming
 the reason if none runs on the device (:func:`unavailable`); ``"auto"`` the kernels where they run *and* were
@@ -118,7 +118,7 @@ def use_kernels(backend: str, device) -> bool:
         return False
     device = torch.device(device)
     if device.type == "cpu" and not cpu_branch(device):  # the CPU kernels are host code: the accelerator branch
-        return False  # (forced on a CPU by the test-only _force_device_path) runs the reference, as on a GPU
+        return False  # (taken on a CPU where the tests force it) runs the reference, as on a GPU
     if backend == "kernels":
         why = unavailable(device)
         if why is not None:
