@@ -75,19 +75,19 @@ def check_finite(wave: Tensor, name: str = "wave") -> None:
         raise ValueError(message)
 
 
-def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name: str = "lengths") -> Tensor:
-    """Return ``lengths`` (valid samples per row of ``wave (B, T)``) as a ``(B,)`` long tensor, or raise a named error.
+def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name: str = "lengths",
+                  what: str = "valid samples per row of wave") -> Tensor:
+    """Return ``lengths`` (valid samples per row of ``wave (B, T)``) as a ``(B,)`` long tensor, or raise a named error
+    (``name``: the expression the caller passed, for the fixes the messages suggest; ``what``: what its values are).
 
     Checks type, dtype, shape and device (no host sync). ``check_values``: also check that every value lies in
     ``[1, T]`` (one reduction: a host sync on accelerators, so callers run it where they run :func:`check_finite`;
     under ``torch.compile`` a device-side assert, as there).
     """
     if not isinstance(lengths, Tensor):
-        raise TypeError(f"{name} must be a (B,) integer torch.Tensor of valid samples per row, "
-                        f"got {type(lengths).__name__}")
+        raise TypeError(f"{name} must be a (B,) integer torch.Tensor ({what}), got {type(lengths).__name__}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (valid samples per row), got {lengths.dtype}; "
-                        f"use {name}.round().long()")
+        raise TypeError(f"{name} must be an integer tensor ({what}), got {lengths.dtype}; use {name}.round().long()")
     B, T = wave.shape[0], wave.shape[-1]
     if tuple(lengths.shape) != (B,):
         raise ValueError(f"{name} must have shape (B,) = ({B},), one value per row of wave, got {tuple(lengths.shape)}")
@@ -96,7 +96,7 @@ def check_lengths(lengths: Tensor, wave: Tensor, check_values: bool = True, name
     lengths = lengths.to(torch.long)
     if check_values:
         within = ((lengths >= 1) & (lengths <= T)).all()
-        message = f"{name} must lie in [1, T] = [1, {T}] (valid samples per row of wave)"
+        message = f"{name} must lie in [1, T] = [1, {T}] ({what})"
         if torch.compiler.is_compiling():  # no value read on the host: a device-side assert
             torch._assert_async(within, message)
         elif not bool(within):
@@ -398,12 +398,17 @@ class Transform(nn.Module):
             else:
                 params = dict(self.sample(rows, *event, generator=generator, device=x.device, lengths=lengths))
             params["lengths"] = (torch.full((rows,), event[-1], dtype=torch.long, device=x.device) if lengths is None
-                                 else lengths)
+                                 else lengths.clone())
         else:
             self.check_params(params, rows, x.device)
+            params = dict(params)  # the caller's dict is not modified: the returned one records this call's lengths
             if lengths is None and "lengths" in params:  # a replay reads the inputs' first params["lengths"] samples
                 lengths = check_lengths(params["lengths"], x[:, 0], check_values=cpu_branch(x.device),
-                                        name="params['lengths'] (the lengths the params were drawn for)")
+                                        name="params['lengths']", what="the lengths the params were drawn for")
+            elif lengths is not None:
+                params["lengths"] = lengths.clone()
+        if lengths is None and "lengths" in params:  # one path, drawn or replayed: no lengths means T for every row
+            lengths = params["lengths"]
         y, out_lengths = self.transform(x.to(work_dtype(x.dtype)), params, lengths)
         y = y.to(samples.dtype)
         if per_channel:

@@ -315,7 +315,7 @@ class PairAugmenter(nn.Module):
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
             drawn = branch.sample(batch, length, generator, device, lengths)
             out.update({f"{name}.{k}": v for k, v in drawn.items()})
-        out["lengths"] = lengths.to(torch.long)
+        out["lengths"] = lengths.to(torch.long, copy=True)  # a copy: the caller may refill its buffer
         return out
 
     def check_params(self, params, wave: Tensor) -> None:
@@ -346,9 +346,9 @@ class PairAugmenter(nn.Module):
 
     def forward(self, wave: Tensor, generator: Optional[torch.Generator] = None, params: Optional[dict] = None,
                 lengths: Optional[Tensor] = None) -> Pair:
-        """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before (with its
-        ``lengths``, if it has them; checked first by :meth:`check_params`); ``lengths`` ``(B,)``: valid samples per
-        row (default: all)."""
+        """Anchor and positive log-mels of every clip; ``params`` replays a batch drawn before (checked first by
+        :meth:`check_params`), reading each clip's first ``params["lengths"]`` samples; ``lengths`` ``(B,)``: valid
+        samples per row (default: all; with ``params``: theirs), recorded in the returned ``pair.params``."""
         x = AF.as_batch(wave)
         check_generator(generator)
         if generator is not None and generator.device.type != x.device.type:
@@ -369,9 +369,9 @@ class PairAugmenter(nn.Module):
             lengths = params["lengths"]
         B, T = x.shape
         if lengths is not None:  # from params: lengths the draws were made for, so they must fit this wave too
-            lengths = AF.check_lengths(lengths, x, check_values=check,
-                                       name="params['lengths'] (the lengths the params were drawn for)"
-                                       if from_params else "lengths")
+            lengths = (AF.check_lengths(lengths, x, check_values=check, name="params['lengths']",
+                                        what="the lengths the params were drawn for") if from_params
+                       else AF.check_lengths(lengths, x, check_values=check))
         # the overflow rescue, once before the branches and once after: rows too loud for float32 powers (|x| ** 2
         # overflows from |x| ~ 1.8e19) are augmented divided by a power of two (exact) and the log of their mel energies
         # taken with the scale added back (log_of_mel's log_gain); on a CPU, where reading the norms costs nothing, only
@@ -393,8 +393,10 @@ class PairAugmenter(nn.Module):
             x = x.div_(norm) if scale is not None else x / norm  # in place only where x is our own copy
             scale = None
         x = AF.pad_to_length(x, self._source_length(T))
-        # the caller's dict is not modified
+        # the caller's dict is not modified; the returned one records the lengths this call used
         params = self.sample(B, T, generator, x.device, lengths) if params is None else dict(params)
+        if lengths is not None:
+            params["lengths"] = lengths.clone()
         # no lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
         valid = params["lengths"] if lengths is None else lengths
         log_gain = None if scale is None else self.config.mel.power * torch.log(scale)

@@ -103,8 +103,8 @@ def figure(png: Path, figsize: tuple):
 
 
 def grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]], labels: bool = False) -> None:
-    """Bars of each ``series`` (name -> one value per group) side by side within each group on ``ax``; absent values
-    are 0. ``labels``: the value on each bar."""
+    """Bars of each ``series`` (name -> one value per group: callers put 0 where a chain has none) side by side within each group
+    on ``ax``. ``labels``: the value on each bar."""
     width = 0.8 / len(series)
     for k, (name, vals) in enumerate(series.items()):
         bars = ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))], vals, width, label=name)

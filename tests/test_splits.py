@@ -88,6 +88,16 @@ def test_held_out_keeps_groups_whole_and_every_class_on_both_sides_where_it_can(
         assert not moved or plain[labels == c].all() or not plain[labels == c].any()
 
 
+def test_held_out_tries_each_group_of_a_class_until_one_takes_no_class_s_last_kept_clip(monkeypatch):
+    """Class 0 has groups a, b, c, none in fold 0; its last clip's group (c) also holds the only clip of class 1, so
+    holding c out would empty class 1's training side: the next one (b) is held out instead."""
+    groups = np.array(["a", "b", "c", "c", "d"])
+    classes = np.array([0, 0, 1, 0, 2])
+    monkeypatch.setattr(splits, "group_folds", lambda g, c, k, seed: np.array([1, 1, 1, 1, 0]))
+    held = splits.held_out(groups, classes, 0.5, 0, keep_every_class=True)
+    assert held.tolist() == [False, True, False, False, False]  # d went back: class 2 had no other clip
+
+
 def test_held_out_checks_its_arguments():
     with pytest.raises(ValueError, match="fraction"):
         splits.held_out(["a", "b"], np.array([0, 1]), 1.0, 0)

@@ -39,10 +39,10 @@ def held_out(groups: Sequence[str], classes: np.ndarray, fraction: float, seed: 
     2, at most the number of groups), i.e. about ``1 / k`` of each class's groups.
 
     ``keep_every_class`` (a test split): every class on both sides where its groups allow. A class of two or more
-    groups none of which fell in fold 0 (the round-robin deal can skip a class of few groups) has the group of its
-    last clip held out, unless that would take the last kept clip of a class; then a class whose every clip is held
-    out (a class of one group, or one whose clips sit in groups of other classes) gets the group of its first clip
-    back, so every class keeps at least one clip for training. The folds themselves are never redrawn: without the
+    groups none of which fell in fold 0 (the round-robin deal can skip a class of few groups) has one of them held
+    out: the group of its last clip, else of the clip before, ..., the first that takes no class's last kept clip.
+    Then a class whose every clip is held out (a class of one group, or one whose clips sit in groups of other
+    classes) gets the group of its first clip back, so every class keeps at least one clip for training. The folds themselves are never redrawn: without the
     flag the mask is fold 0.
     """
     if not 0 < fraction < 1:
@@ -58,10 +58,12 @@ def held_out(groups: Sequence[str], classes: np.ndarray, fraction: float, seed: 
             members = np.flatnonzero(classes == c)
             if held[members].any() or len(set(groups[members].tolist())) < 2:
                 continue
-            group = groups == groups[members[-1]]
-            trial = held | group
-            if all((~trial[classes == d]).any() for d in np.unique(classes[group & (classes >= 0)])):
-                held = trial
+            for name in dict.fromkeys(groups[members[::-1]].tolist()):  # its groups, from its last clip's back
+                group = groups == name
+                trial = held | group
+                if all((~trial[classes == d]).any() for d in np.unique(classes[group & (classes >= 0)])):
+                    held = trial
+                    break
         for c in labelled:
             members = np.flatnonzero(classes == c)
             if held[members].all():  # giving a group back only adds clips to the other side: earlier classes stay
