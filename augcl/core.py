@@ -26,6 +26,7 @@ def cpu_branch(device: torch.device) -> bool:
     patching this function (tests/conftest.py's ``device_branches``)."""
     return device.type == "cpu" and not torch.compiler.is_compiling()
 
+
 def position_dtype(device=None) -> torch.dtype:
     """The float dtype of rates, fractional sample positions and parameter draws on ``device`` (None: the CPU):
     float64, exact to the sample for clips of any length; float32 on devices without float64 (:data:`NO_FLOAT64`),
@@ -402,13 +403,12 @@ class Transform(nn.Module):
         else:
             self.check_params(params, rows, x.device)
             params = dict(params)  # the caller's dict is not modified: the returned one records this call's lengths
-            if lengths is None and "lengths" in params:  # a replay reads the inputs' first params["lengths"] samples
-                lengths = check_lengths(params["lengths"], x[:, 0], check_values=cpu_branch(x.device),
-                                        name="params['lengths']", what="the lengths the params were drawn for")
-            elif lengths is not None:
+            if lengths is not None:
                 params["lengths"] = lengths.clone()
-        if lengths is None and "lengths" in params:  # one path, drawn or replayed: no lengths means T for every row
-            lengths = params["lengths"]
+            elif "lengths" in params:  # a replay reads the inputs' first params["lengths"] samples
+                params["lengths"] = check_lengths(params["lengths"], x[:, 0], check_values=cpu_branch(x.device),
+                                                  name="params['lengths']", what="the lengths the params were drawn for")
+        lengths = params.get("lengths")  # one path, drawn or replayed (hand-written params may have none)
         y, out_lengths = self.transform(x.to(work_dtype(x.dtype)), params, lengths)
         y = y.to(samples.dtype)
         if per_channel:

@@ -306,15 +306,13 @@ class LogMel(nn.Module):
         return self.log(self.mel_from_context(x))
 
     def mel_from_context(self, x: Tensor) -> Tensor:
-        """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context`."""
+        """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context` (``center=False`` framing of ``x``; the power
+        and mel projection in the CPU kernel where it runs)."""
         c = self.config
-        sparse = self._kernel_filterbank(x.device)
-        if sparse is None:
-            return mel_energy(x, self.filterbank, self.window, n_fft=c.n_fft, hop_length=c.hop_length, center=False,
-                              power=c.power)
         x = x.to(work_dtype(x.dtype))
         win = self.window.to(x.dtype)
-        return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power, sparse)
+        return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
+                             self._kernel_filterbank(x.device))
 
     def windowed_mel(self, frames: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """``(B, K, win_length)`` frames already multiplied by the window -> their mel energies ``(B, n_mels, K)`` (into

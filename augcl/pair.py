@@ -364,14 +364,12 @@ class PairAugmenter(nn.Module):
         row_norm = torch.linalg.vector_norm(x, dim=-1)
         if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
             AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass
-        from_params = lengths is None and params is not None
-        if from_params:
-            lengths = params["lengths"]
         B, T = x.shape
-        if lengths is not None:  # from params: lengths the draws were made for, so they must fit this wave too
-            lengths = (AF.check_lengths(lengths, x, check_values=check, name="params['lengths']",
-                                        what="the lengths the params were drawn for") if from_params
-                       else AF.check_lengths(lengths, x, check_values=check))
+        if lengths is not None:
+            lengths = AF.check_lengths(lengths, x, check_values=check)
+        elif params is not None:  # a replay reads each clip's first params["lengths"] samples: they must fit this wave
+            lengths = AF.check_lengths(params["lengths"], x, check_values=check, name="params['lengths']",
+                                       what="the lengths the params were drawn for")
         # the overflow rescue, once before the branches and once after: rows too loud for float32 powers (|x| ** 2
         # overflows from |x| ~ 1.8e19) are augmented divided by a power of two (exact) and the log of their mel energies
         # taken with the scale added back (log_of_mel's log_gain); on a CPU, where reading the norms costs nothing, only
@@ -393,12 +391,11 @@ class PairAugmenter(nn.Module):
             x = x.div_(norm) if scale is not None else x / norm  # in place only where x is our own copy
             scale = None
         x = AF.pad_to_length(x, self._source_length(T))
-        # the caller's dict is not modified; the returned one records the lengths this call used
-        params = self.sample(B, T, generator, x.device, lengths) if params is None else dict(params)
-        if lengths is not None:
-            params["lengths"] = lengths.clone()
-        # no lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
-        valid = params["lengths"] if lengths is None else lengths
+        # the caller's dict is not modified; the returned one records (a copy of) the lengths this call used. No
+        # lengths: every row is fully valid (one path: the same draws and output as lengths = T for all rows)
+        params = (self.sample(B, T, generator, x.device, lengths) if params is None
+                  else dict(params, lengths=lengths.clone()))
+        valid = params["lengths"]
         log_gain = None if scale is None else self.config.mel.power * torch.log(scale)
         specs = []
         for name, branch in (("anchor", self.anchor), ("positive", self.positive)):
