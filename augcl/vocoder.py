@@ -33,8 +33,8 @@ def _angle(z: Tensor) -> Tensor:
     A silent frame's spectrum is zeros whose signs are the FFT's and the framing's, not the signal's: MKL's AVX-512
     path gives -0.0 real parts where its AVX2 path gives +0.0, and a masked sample ``x * 0`` is -0.0 for ``x < 0``. The
     first frame's phases start every later frame's synthesis phases (and a silent frame's advances add to them), so
-    with ``torch.angle`` a row that starts in silence was stretched differently on another CPU (by up to 11 in
-    log-power) and by the kernels, whose framing writes +0.0."""
+    with ``torch.angle`` a row that starts in silence was stretched differently on another CPU and by the kernels,
+    whose framing writes +0.0 (tests/test_kernels.py::test_the_signs_of_a_silent_frames_zeros_change_no_phase)."""
     return torch.angle(z).masked_fill(z == 0, 0.0)
 
 

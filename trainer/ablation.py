@@ -97,7 +97,7 @@ def _invariance(args, out: Path, checkpoints: dict, seed: int, stores: dict) -> 
     record = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "checkpoint")}
     record["checkpoints"] = {p: json.loads((Path(c).parents[1] / "fingerprint.json").read_text()) |
                              {"step": _steps_done(Path(c).parents[1])} for p, c in checkpoints.items()}
-    claim_run_dir(out, json.loads(json.dumps(record)) | {"test_fingerprint": stores["test_fingerprint"]})
+    claim_run_dir(out, record | {"test_fingerprint": stores["test_fingerprint"]})  # claim_run_dir stores it as JSON
     if (out / "invariance.json").is_file():
         return json.loads((out / "invariance.json").read_text())
     return invariance(cfg, checkpoints)

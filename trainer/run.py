@@ -26,7 +26,9 @@ from .pack import atomic_write, write_json
 
 #: PretrainConfig fields that do not change what a run computes. A resume may change them (every other field must
 #: equal the checkpoint's: :func:`check_resumable`), and the ablation leaves them out of a run's fingerprint, so it
-#: reuses a run that differs only in them (:func:`pretrain_record`). Per field, why:
+#: reuses a run that differs only in them (:func:`pretrain_record`). "The same run" is within rounding: a resume with
+#: other ``threads`` or ``backend`` continues bit-for-bit only where the numbers round alike (a parallel sum, the
+#: kernels' float32 tolerances); every other field on the list changes nothing at all. Per field, why:
 SAME_RUN = (
     "out",               # where the run is written, not what it computes
     "resume",            # how the folder is treated (continue) ...
