@@ -10,7 +10,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .core import Params, Transform, _coin, _randint_below, draw_device
+from . import kernels
+from .core import Params, Transform, _coin, _randint_below, cpu_branch, draw_device
 
 
 def mask_along_axis(spec: Tensor, start: Tensor, width: Tensor, axis: int, fill: Union[float, Tensor] = 0.0) -> Tensor:
@@ -129,8 +130,15 @@ class SpecAugment(Transform):
                 params[f"{axis}_mask_width"] = params[f"{axis}_mask_width"] * applied.reshape(-1, 1)
         return params
 
-    def apply(self, spec: Tensor, params: Params, lengths: Optional[Tensor] = None) -> Tensor:
-        """Mask ``spec`` ``(B, ..., n_mels, frames)``; ``lengths`` ``(B,)``: valid frames, for the mean fill."""
+    def apply(self, spec: Tensor, params: Params, lengths: Optional[Tensor] = None, inplace: bool = False) -> Tensor:
+        """Mask ``spec`` ``(B, ..., n_mels, frames)``; ``lengths`` ``(B,)``: valid frames, for the mean fill.
+        ``inplace``: the caller owns ``spec`` and may have it masked in place (the CPU kernel writes only the masked
+        cells of a contiguous float32 ``spec`` without ``lengths``; the values are the same either way)."""
+        if (inplace and lengths is None and spec.device.type == "cpu" and cpu_branch(spec.device)
+                and spec.dtype == torch.float32 and spec.is_contiguous() and kernels.use_kernels("auto", spec.device)):
+            fill = (spec.mean(dim=tuple(range(1, spec.ndim))) if self.config.fill == "mean"
+                    else torch.full((spec.shape[0],), float(self.config.fill)))
+            return kernels.fill_masks(spec, params, fill)
         if lengths is not None:
             inside = (torch.arange(spec.shape[-1], device=spec.device) < lengths.reshape(-1, 1)).to(spec.dtype)
             inside = inside.reshape((spec.shape[0],) + (1,) * (spec.ndim - 2) + (-1,))

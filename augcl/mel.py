@@ -200,6 +200,11 @@ def _mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float
     return kernels.mel_energy(spec, sparse, power, out=out)
 
 
+def _contiguous_or_none(out: Optional[Tensor]) -> Optional[Tensor]:
+    """``out`` where a CPU kernel can write into it (contiguous float32), else None (the kernel returns a new one)."""
+    return out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else None
+
+
 @dataclass(frozen=True)
 class MelConfig:
     """Log-mel front end. Defaults: the paper's 25 ms window, 10 ms hop, 64 mel bins (96 frames per segment).
@@ -305,14 +310,19 @@ class LogMel(nn.Module):
         padding added): the log of :meth:`mel_from_context`."""
         return self.log(self.mel_from_context(x))
 
-    def mel_from_context(self, x: Tensor) -> Tensor:
-        """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context` (``center=False`` framing of ``x``; the power
-        and mel projection in the CPU kernel where it runs)."""
+    def mel_from_context(self, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context` (``center=False`` framing of ``x``; the
+        framing, FFT, power and mel projection in the CPU kernels where they run, written into ``out`` there)."""
         c = self.config
         x = x.to(work_dtype(x.dtype))
         win = self.window.to(x.dtype)
+        sparse = self._kernel_filterbank(x.device)
+        if sparse is not None and kernels.fused_mel(c.n_fft, x.dtype) and x.ndim == 2:
+            K = max((x.shape[-1] - win.shape[-1]) // c.hop_length + 1, 0)
+            first = (torch.arange(K) * c.hop_length).expand(x.shape[0], K)
+            return kernels.mel_at(x, first, win, c.n_fft, sparse, c.power, out=_contiguous_or_none(out))
         return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
-                             self._kernel_filterbank(x.device))
+                             sparse, out)
 
     def windowed_mel(self, frames: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """``(B, K, win_length)`` frames already multiplied by the window -> their mel energies ``(B, n_mels, K)`` (into
@@ -329,13 +339,16 @@ class LogMel(nn.Module):
         c = self.config
         width = self.window.shape[-1]
         sparse = self._kernel_filterbank(x.device)
-        if sparse is not None:  # the CPU kernels: gather, mask and window in one pass
+        if sparse is not None:  # the CPU kernels: gather, mask and window in one pass (and the FFT and mel with it)
             rate = rate.to(torch.float64)
             if max_rate is not None:
                 _check_rate_bound(rate, max_rate)
             x = x.to(work_dtype(x.dtype))
-            f = kernels.frames_at(x, stretched_starts(rate, first, frames, c.hop_length, width // 2),
-                                  self.window.to(x.dtype), lengths)
+            starts = stretched_starts(rate, first, frames, c.hop_length, width // 2)
+            if kernels.fused_mel(c.n_fft, x.dtype):
+                return kernels.mel_at(x, starts, self.window, c.n_fft, sparse, c.power, lengths,
+                                      _contiguous_or_none(out))
+            f = kernels.frames_at(x, starts, self.window.to(x.dtype), lengths)
             return _mel_windowed(f, self.filterbank, c.n_fft, c.power, sparse, out)
         f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
         f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place

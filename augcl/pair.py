@@ -99,11 +99,10 @@ SCALE_ABOVE = 2.0 ** 40
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
-#: the same with the CPU kernels (``backend="auto"`` with Numba): a chunk's frames and spectra (~1 MB each at 16 clips)
-#: stay in the core's L2 from the framing kernel through the FFT to the mel kernel. Chunks of 8, 16 and 32 were within
-#: the machine's noise of each other for ts+mask and all at 2 threads, 4 and 128 slower (docs/benchmarks/chunks.md:
-#: ``python -m benchmarks.throughput --presets ts+mask all --repeats 9 --chunk-sizes 4 8 16 32 128``)
-KERNEL_CHUNK = 16
+#: the same with the CPU kernels (``backend="auto"`` with Numba). The fused log-mel writes no frames or spectra, so
+#: chunks only bound the vocoder's and the RIR's temporaries (``all``) and the anchor's noisy segments; fewer, larger
+#: chunks cost less Python. CHUNKS_MEASURED
+KERNEL_CHUNK = 32
 
 
 class Pair(NamedTuple):
@@ -189,9 +188,13 @@ class Branch(nn.Module):
                 factor = self.gain.factor(params).to(device=mel.device, dtype=mel.dtype)
                 mel = mel.mul_(factor.pow(self.mel.config.power).reshape(-1, 1, 1))
             return mel.unsqueeze(1)
-        if self._fused_noise(x):  # the CPU kernels: crop, noise and frames in one pass (kernels.noisy_frames)
+        if self._fused_noise(x):  # the CPU kernels: crop and noise in one pass, then the fused log-mel (or frames)
             mel, seg = self.mel, self.segment
             c = mel.config
+            if kernels.fused_mel(c.n_fft, x.dtype):
+                y = kernels.noisy_segments(x, params["start"] - seg.context, seg.output_samples, params["noise_seed"],
+                                           params["snr_db"], params["noise_applied"], lengths)
+                return mel.mel_from_context(y, out=into).unsqueeze(1)
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
                 params["snr_db"], params["noise_applied"], lengths)
@@ -248,9 +251,10 @@ class PairAugmenter(nn.Module):
             not depend on it; it only bounds the size of the temporaries.
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
-            are installed and measured faster on that device, else torch). The CPU kernels: the log-mel's power and
-            mel projection, the anchor's crop + white noise + framing, the stretched frames, and the whole vocoder;
-            RIRs, gains, masks and the FFTs are the reference on every backend (the CPU kernels are host code: on an
+            are installed and measured faster on that device, else torch). The CPU kernels: the whole log-mel
+            (framing, its own real FFT, power, mel projection), the anchor's crop + white noise, the stretched
+            frames, the whole vocoder, the input check's row norms and the masks (in place); RIRs, gains and the
+            vocoder's and RIR's FFTs are the reference on every backend (the CPU kernels are host code: on an
             accelerator ``auto`` is the reference). Under ``torch.compile`` every backend traces the reference
             (:func:`augcl.kernels.use_kernels`).
     """
@@ -361,7 +365,8 @@ class PairAugmenter(nn.Module):
         out_dtype = x.dtype
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
-        row_norm = torch.linalg.vector_norm(x, dim=-1)
+        fast = on_cpu and x.dtype == torch.float32 and kernels.use_kernels(self.backend, x.device)
+        row_norm = kernels.row_norms(x) if fast else torch.linalg.vector_norm(x, dim=-1)
         if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
             AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass
         B, T = x.shape
@@ -404,8 +409,8 @@ class PairAugmenter(nn.Module):
             p["lengths"] = valid
             spec = self._mel_energies(branch, x, p, scale)
             spec = branch.mel.log(spec, log_gain)  # after the branches: the log, with the rescued rows' scale back
-            if branch.mask is not None:  # then the masks, once for the batch
-                spec = branch.mask.apply(spec, p)
+            if branch.mask is not None:  # then the masks, once for the batch (in place: spec is ours)
+                spec = branch.mask.apply(spec, p, inplace=fast)
             specs.append(spec)
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params, finite)
 

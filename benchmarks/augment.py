@@ -305,21 +305,32 @@ def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
     """``{"anchor": f, ["anchor masks": f,] "positive": f, ["positive masks": f]}``: the calls ``aug(x, params=params)``
     makes, bound to the arguments that forward pass gave them (recorded by wrapping the methods on these instances for
     one call): a branch's log-mels are its ``PairAugmenter._mel_energies`` (``Branch.mel_energy`` chunk by chunk) and
-    then their log (``LogMel.log``, with the overflow rescue's gain, if any), its masks ``mask.apply``."""
+    then their log (``LogMel.log``, with the overflow rescue's gain, if any), its masks ``mask.apply`` (in place: on a
+    copy of their input made in each replay)."""
     energies, logs, calls = {}, [], {}
     names = {id(aug.anchor): "anchor", id(aug.positive): "positive"}
 
     def recording(method, store):
-        def record(*args):
-            store(args, partial(method, *args))
-            return method(*args)
+        def record(*args, **kwargs):
+            store(args, partial(method, *args, **kwargs))
+            return method(*args, **kwargs)
         return record
 
     masks = {name: b.mask for name, b in (("anchor", aug.anchor), ("positive", aug.positive)) if b.mask is not None}
     mels = {id(b.mel): b.mel for b in (aug.anchor, aug.positive)}  # one LogMel the two branches share
     aug._mel_energies = recording(aug._mel_energies, lambda args, f: energies.__setitem__(names[id(args[0])], f))
+    def masking(method, name):  # masks written in place are replayed on a fresh copy of their input (timed with them)
+        def record(spec, *args, **kwargs):
+            if kwargs.get("inplace"):
+                saved = spec.clone()
+                calls[f"{name} masks"] = lambda: method(saved.clone(), *args, **kwargs)
+            else:
+                calls[f"{name} masks"] = partial(method, spec, *args, **kwargs)
+            return method(spec, *args, **kwargs)
+        return record
+
     for name, mask in masks.items():  # instance attributes: the classes' methods stay as they are
-        mask.apply = recording(mask.apply, lambda args, f, name=name: calls.__setitem__(f"{name} masks", f))
+        mask.apply = masking(mask.apply, name)
     for mel in mels.values():
         mel.log = recording(mel.log, lambda args, f, mel=mel: logs.append((mel, args[1:])))
     try:

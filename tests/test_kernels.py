@@ -219,7 +219,9 @@ def test_kernel_backend_matches_torch_backend_end_to_end():
     ref = ref_aug(x, generator=cpu_generator(0))
     out = ker_aug(x, params=ref.params)
     assert bool(ref.params["positive.stretch_applied"].any())
-    torch.testing.assert_close(out.anchor, ref.anchor)
+    # the anchor: the kernels' own FFT (augcl.kernels.fft_cpu) rounds differently from MKL's, to float32 rounding of
+    # the log-mel (the tolerance of test_every_preset_on_the_kernels_equals_the_reference)
+    torch.testing.assert_close(out.anchor, ref.anchor, rtol=0, atol=1e-4)
     # log-mels of the same stretched segments; float32 phase rounding differs, mel bins above -10 agree closely
     loud = ref.positive > -10
     assert float((out.positive - ref.positive)[loud].abs().max()) < 0.05

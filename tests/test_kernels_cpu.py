@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from augcl import PRESETS, LogMel, MelConfig, PairAugmenter, kernels
 from augcl import functional as AF
+from augcl.kernels import fft_cpu
+from augcl.masks import SpecAugment, mask_along_axis
 from augcl.mel import _mel_windowed, _spectrum_mel, log_of_mel
 from augcl.noise import AddNoise, white_noise
 
@@ -233,6 +235,145 @@ def test_noisy_frames_kernel_equals_crop_noise_and_frames(with_lengths):
     # the noise's erfinv differs by up to 2e-6 of a value (|n| <= 5.4) times its gain (<= 0.6 here: 5-30 dB under a
     # 0.1-std clip): 1e-5 at most, plus float32 rounding of the sums
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)
+
+
+def _bins(n_fft: int) -> tuple:
+    """A sparse 'filterbank' whose band ``m`` is bin ``m`` alone, weight 1: the fused kernel then returns the power
+    spectrum itself."""
+    F = n_fft // 2 + 1
+    return np.arange(F, dtype=np.int64), np.arange(F + 1, dtype=np.int64), np.ones(F, np.float32)
+
+
+@pytest.mark.parametrize("n_fft", [400, 512, 256, 1024, 320, 96, 30, 6, 2])
+@pytest.mark.parametrize("width_less", [0, 3])
+@pytest.mark.parametrize("power", [2.0, 1.0, 1.5])
+def test_fused_fft_is_numpys_float64_power_spectrum(n_fft, width_less, power):
+    """The kernel's own real FFT (radix 4/2/3/5 Stockham across a tile's frames, then the real-FFT split) against
+    numpy's float64 rfft of the same zero-padded frames, bin by bin, with windows shorter than n_fft (odd too) and a
+    frame count that is not a multiple of the tile."""
+    width = max(n_fft - width_less, 1)
+    assert fft_cpu.plan(n_fft) is not None
+    g = cpu_generator(n_fft + width_less)
+    x = torch.randn(3, 5000, generator=g)
+    K = 21
+    first = torch.randint(0, 5000 - width, (3, K), generator=g)
+    window = torch.rand(width, generator=g)
+    got = kernels.mel_at(x, first, window, n_fft, _bins(n_fft), power).numpy()  # (B, F, K)
+    frames = (AF._gather_samples(x, first, width) * window).double().numpy()
+    truth = (np.abs(np.fft.rfft(frames, n=n_fft)) ** power).transpose(0, 2, 1)
+    scale = truth.max(axis=1, keepdims=True)  # float32 rounding relative to each frame's loudest bin
+    err = np.abs(got - truth) / scale
+    assert float(err.max()) <= 3e-6, float(err.max())
+
+
+@pytest.mark.parametrize("n_fft", [14, 401, 22, 0, 1])
+def test_sizes_without_butterflies_keep_the_torch_fft(n_fft):
+    """An n_fft whose half has a prime factor above 5 (or an odd one) has no plan: the kernels take the FFT in torch
+    (MKL), and the result is the same log-mel."""
+    assert fft_cpu.plan(n_fft) is None and not kernels.fused_mel(n_fft, torch.float32)
+    if n_fft >= 14:
+        cfg = MelConfig(n_fft=n_fft, win_length=n_fft, hop_length=n_fft // 2, n_mels=4, f_min=0.0, f_max=4000.0)
+        x = torch.randn(2, 3000, generator=cpu_generator(1))
+        ref = LogMel(cfg, backend="torch")(x)
+        torch.testing.assert_close(LogMel(cfg, backend="kernels")(x), ref, rtol=0, atol=1e-4)
+    assert not kernels.fused_mel(400, torch.float64)  # float64 frames keep the float64 torch FFT too
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 3000), K=st.integers(1, 40), lo=st.integers(-900, 3000),
+       step=st.integers(0, 300), seed=st.integers(0, 2 ** 16), limited=st.booleans())
+def test_fused_mel_at_equals_the_gather_window_fft_and_mel(B, T, K, lo, step, seed, limited):
+    """Frames at any starts (before the clip, across its end, past a row's length) through the fused kernel against
+    the reference's gather, window, torch's rfft and the dense mel matmul."""
+    g = cpu_generator(seed)
+    lm = LogMel()
+    x = torch.randn(B, T, generator=g)
+    first = lo + torch.arange(K) * step + torch.randint(-5, 6, (B, K), generator=g)
+    limit = torch.randint(1, T + 1, (B,), generator=g) if limited else None
+    frames = AF._gather_samples(x, first, 400, limit) * lm.window
+    ref = _spectrum_mel(torch.fft.rfft(frames).transpose(-1, -2), lm.filterbank, 2.0)
+    got = kernels.mel_at(x, first, lm.window, 400, kernels.sparse_filterbank(lm.filterbank), 2.0, limit)
+    assert got.shape == ref.shape == (B, 64, K)
+    bound = 2e-6 * ref.amax(dim=1, keepdim=True) + 1e-12  # float32 rounding relative to each frame's loudest band
+    assert bool(((got - ref).abs() <= bound + 2e-5 * ref.abs()).all())
+
+
+def test_fused_mel_writes_into_out_and_agrees_with_the_frames_path():
+    """``out`` is written in place; the fused path equals the materialised-frames path (MKL + the mel kernel) to
+    float32 rounding."""
+    lm = LogMel()
+    x = torch.randn(4, 20000, generator=cpu_generator(3))
+    first = torch.arange(96) * 160 + torch.tensor([[0], [100], [3000], [4000]])
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    out = torch.full((4, 64, 96), float("nan"))
+    got = kernels.mel_at(x, first, lm.window, 400, sparse, 2.0, out=out)
+    assert got.data_ptr() == out.data_ptr() and bool(torch.isfinite(out).all())
+    ref = _mel_windowed(kernels.frames_at(x, first, lm.window), lm.filterbank, 400, 2.0, sparse)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-6 * float(ref.max()))
+
+
+def test_the_slp_switch_is_put_back():
+    import numba
+
+    before = numba.config.SLP_VECTORIZE
+    with pytest.raises(RuntimeError):
+        with fft_cpu._slp():
+            assert numba.config.SLP_VECTORIZE == 1
+            raise RuntimeError
+    assert numba.config.SLP_VECTORIZE == before
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_noisy_segments_kernel_equals_crop_and_noise(with_lengths):
+    """The fused anchor's segments (crop, white noise at an SNR over the valid samples) against the reference blocks
+    one after the other; its frames equal :func:`kernels.noisy_frames`'."""
+    B, T, n = 6, 30000, 15600
+    noise = AddNoise(p=1.0, backend="torch")
+    x = torch.randn(B, T, generator=cpu_generator(5)) * 0.1
+    start = torch.tensor([-200, 0, 5000, T - n, T - 100, 14000])
+    lengths = torch.tensor([T, 9000, 20000, 1, T, 14500]) if with_lengths else None
+    params = noise.sample(B, n, cpu_generator(6))
+    params["noise_applied"][1] = False
+    pos = start[:, None] + torch.arange(n)
+    valid = (pos >= 0) & (pos < (T if lengths is None else lengths[:, None]))
+    ref = noise.apply(AF.crop_segments(x, start, n, lengths), params, valid)
+    args = (params["noise_seed"], params["snr_db"], params["noise_applied"], lengths)
+    got = kernels.noisy_segments(x, start, n, *args)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)  # the erfinv's 2e-6 times the gain, as below
+    window = LogMel().window
+    assert torch.equal(got.unfold(-1, 400, 160) * window, kernels.noisy_frames(x, start, 96, 160, window, *args))
+
+
+def test_row_norms_equal_float64_norms_and_carry_nan_and_inf():
+    x = torch.randn(5, 9001, generator=cpu_generator(2))
+    x[1] *= 1e25  # squares past float32's range: the float64 sums still hold them
+    x[2, 17] = float("nan")
+    x[3, 4] = float("inf")
+    x[4] = 0.0
+    got = kernels.row_norms(x)
+    truth = np.linalg.norm(x.double().numpy(), axis=1)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy()[[0, 1, 4]], truth[[0, 1, 4]].astype(np.float32), rtol=1e-6)
+    assert math.isnan(float(got[2])) and float(got[3]) == math.inf
+
+
+@given(B=st.integers(1, 4), C=st.integers(1, 2), F=st.integers(1, 20), K=st.integers(1, 30),
+       seed=st.integers(0, 2 ** 16), fill=st.sampled_from(["mean", -3.5]))
+def test_masks_in_place_are_the_references_values(B, C, F, K, seed, fill):
+    """SpecAugment with ``inplace=True`` (the CPU kernel writes only the masked cells) gives the same bits as its
+    ``torch.where`` over both axes, and without ``inplace`` the input is left as it was."""
+    g = cpu_generator(seed)
+    aug = SpecAugment(2, 12, 2, 8, fill=fill)
+    spec = torch.randn(B, C, F, K, generator=g)
+    params = aug.sample(B, F, K, g)
+    keep = spec.clone()
+    ref = aug.apply(spec, params)
+    assert torch.equal(spec, keep)
+    value = spec.mean(dim=(1, 2, 3)) if fill == "mean" else torch.full((B,), fill)
+    by_axis = mask_along_axis(mask_along_axis(spec, params["time_mask_start"], params["time_mask_width"], -1, value),
+                              params["freq_mask_start"], params["freq_mask_width"], -2, value)
+    assert torch.equal(ref, by_axis)
+    got = aug.apply(spec, params, inplace=True)
+    assert got.data_ptr() == spec.data_ptr() and torch.equal(got, ref)
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS])

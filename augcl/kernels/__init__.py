@@ -9,12 +9,17 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~2048 frames that
   stay in the caches (:func:`time_stretch_segment`): windowed analysis frames and the overlap-add in Numba
   (:mod:`.frames_cpu`), the FFTs in torch (MKL).
-* The log-mel: the FFTs stay in torch; the power and the mel projection are one Numba kernel (:mod:`.mel_cpu`) that
-  sums each band over its nonzero span only (the filterbank's triangles: ~6 bins a band, not 201).
-* The anchor: crop, white noise at an SNR over the valid samples and the windowed frames in one pass
-  (:func:`noisy_frames`), the noise from each row's seed (:mod:`.noise_cpu`, the counter-based generator of
-  :func:`augcl.noise.white_noise`); the positive's stretched frames gathered and windowed in one pass
-  (:func:`frames_at`).
+* The log-mel: framing, window, real FFT, power and mel projection in one Numba kernel (:func:`mel_at`,
+  :mod:`.fft_cpu`: its own FFT across a tile of 16 frames held in the L1/L2 cache, and each band summed over its
+  nonzero span only, ~6 bins a band, not 201). MKL's batched rfft took ~480 ns a 400-point frame on one core here
+  and scaled 1.26x to two; the frames and the complex spectrum were two 40 MB round trips through memory per batch.
+  Where the kernel has no plan (an ``n_fft`` whose half has a prime factor above 5, or float64), the FFTs stay in
+  torch and the power and mel projection are :mod:`.mel_cpu`.
+* The anchor: crop and white noise at an SNR over the valid samples in one pass (:func:`noisy_segments`), the noise
+  from each row's seed (:mod:`.noise_cpu`, the counter-based generator of :func:`augcl.noise.white_noise`), then the
+  fused log-mel; the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
+  windowed in one pass, :func:`frames_at`, where it has no plan).
+* The input check's row norms (:func:`row_norms`) and SpecAugment's masks written in place (:func:`fill_masks`).
 
 The CPU kernels are host code (NumPy views of CPU tensors): the accelerator branches (also where the tests run them
 on a CPU) run the reference.
@@ -162,6 +167,31 @@ def mel_energy(spec: Tensor, sparse: tuple, power: float, out: Optional[Tensor] 
     return out if out is not None else torch.from_numpy(res)
 
 
+def fused_mel(n_fft: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`mel_at` runs for frames of ``n_fft`` samples in ``dtype``: float32, and an ``n_fft`` whose half
+    factors into 2, 3 and 5 (:func:`.fft_cpu.plan`)."""
+    from . import fft_cpu
+
+    return dtype == torch.float32 and fft_cpu.plan(n_fft) is not None
+
+
+def mel_at(wave: Tensor, first: Tensor, window: Tensor, n_fft: int, sparse: tuple, power: float,
+           limit: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+    """The mel energies ``(B, M, K)`` of the windowed frames ``wave[b, first[b, k] + i] * window[i]`` (zeros outside
+    ``[0, min(T, limit[b]))``, zero-padded to ``n_fft``): framing, real FFT, power and mel projection in one CPU kernel
+    (:func:`.fft_cpu.mel_at`), nothing of the frames' or the spectrum's size written. The reference:
+    :func:`augcl.core._gather_windows` times the window, then :func:`augcl.mel._mel_windowed`. float32 ``wave``
+    ``(B, T)`` where :func:`fused_mel`; ``out`` (contiguous float32 ``(B, M, K)``): where to write them."""
+    _follow_torch_threads()
+    from . import fft_cpu
+
+    B, T = wave.shape
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
+    res = fft_cpu.run(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, torch.float32), n_fft,
+                      sparse, power, None if out is None else out.numpy())
+    return out if out is not None else torch.from_numpy(res)
+
+
 def white_noise(seed: Tensor, length: int) -> Tensor:
     """Kernel version of :func:`augcl.noise.white_noise` on the CPU: the same integers and uniforms, ``erfinv`` to
     2e-6."""
@@ -225,6 +255,48 @@ def noisy_frames(wave: Tensor, start: Tensor, frames: int, hop_length: int, wind
                             _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64), _np(applied, torch.bool),
                             _np(window, torch.float32), hop_length, out.numpy())
     return out
+
+
+def noisy_segments(wave: Tensor, start: Tensor, length: int, seed: Tensor, snr_db: Tensor, applied: Tensor,
+                   limit: Optional[Tensor] = None) -> Tensor:
+    """The segments ``(B, length)`` ``wave[b, start[b]:]`` plus white noise of :func:`augcl.noise.white_noise` at
+    ``snr_db`` where ``applied`` (:func:`.frames_cpu.noisy_segments`; the reference: :func:`augcl.segment.crop_segments`,
+    :meth:`augcl.noise.AddNoise.add`). CPU, float32 ``wave`` ``(B, T)``."""
+    _follow_torch_threads()
+    from . import frames_cpu
+
+    B, T = wave.shape
+    out = torch.empty(B, length, dtype=torch.float32)
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
+    frames_cpu.noisy_segments(_np(wave, torch.float32), _np(start, torch.long), _np(lim, torch.long),
+                              _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64),
+                              _np(applied, torch.bool), out.numpy())
+    return out
+
+
+def row_norms(wave: Tensor) -> Tensor:
+    """``torch.linalg.vector_norm(wave, dim=-1)`` of float32 ``(B, T)`` CPU clips in one parallel pass
+    (:func:`.rows_cpu.row_norms`: float64 sums, so within float32 rounding of torch's)."""
+    _follow_torch_threads()
+    from . import rows_cpu
+
+    out = np.empty(wave.shape[0], np.float64)
+    rows_cpu.row_norms(_np(wave), out)
+    return torch.from_numpy(out).to(torch.float32)
+
+
+def fill_masks(spec: Tensor, params: dict, fill: Tensor) -> Tensor:
+    """SpecAugment's masks (``params``: :meth:`augcl.masks.SpecAugment.sample`'s) written into contiguous CPU ``spec``
+    ``(B, ..., F, K)`` in place, the masked cells set to ``fill`` ``(B,)`` (:func:`.rows_cpu.fill_masks`); returns
+    ``spec``. The same values as :func:`augcl.masks.mask_along_axis` on both axes."""
+    _follow_torch_threads()
+    from . import rows_cpu
+
+    B, F, K = spec.shape[0], spec.shape[-2], spec.shape[-1]
+    rows_cpu.fill_masks(spec.numpy().reshape(B, -1, F, K), _np(params["time_mask_start"], torch.long),
+                        _np(params["time_mask_width"], torch.long), _np(params["freq_mask_start"], torch.long),
+                        _np(params["freq_mask_width"], torch.long), _np(fill, spec.dtype))
+    return spec
 
 
 #: frames of one chunk of the CPU vocoder: its spectra (4 x 2048 x 257 complex64, 17 MB) stay in the caches

@@ -4,10 +4,11 @@
   :func:`augcl.vocoder.stretched_frames`, the vocoder's analysis frames), zeros outside ``[0, min(T, limit))``, times
   the window. Replaces the reference's gather (an index per window), the masking of windows that
   cross the clip's ends and the window product: three passes and two full-size temporaries.
-* :func:`noisy_frames`: the anchor's whole chain up to the FFT: the segment (zeros outside the clip), white noise
-  from the row's seed (:func:`.noise_cpu.noise_row`), both energies over the segment's valid samples, the gain that
-  puts the noise at the row's SNR (:func:`augcl.noise.noise_gain`), and the windowed frames of the noisy segment. The
-  segment and the noise live in a per-row scratch in the cache; nothing of size ``(B, T)`` is written but the frames.
+* :func:`noisy_segments`: the anchor's chain up to the log-mel: the segment (zeros outside the clip), white noise
+  from the row's seed (:func:`.noise_cpu.noise_row`), both energies over the segment's valid samples, and the gain
+  that puts the noise at the row's SNR (:func:`augcl.noise.noise_gain`); the noise lives in a per-row scratch in the
+  cache. :func:`noisy_frames` is the same with the segment's windowed frames as its output (for an ``n_fft`` the
+  fused log-mel kernel, :mod:`.fft_cpu`, has no plan for).
 
 Float sums are float64 here and float32 in the reference: energies agree to float32 rounding.
 """
@@ -73,36 +74,56 @@ def _energy(v):
     return e
 
 
+@njit(cache=True, fastmath={"contract", "nsz"})
+def _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg):
+    """``seg`` (zeroed, ``n`` samples) := segment ``x[b, start[b] : start[b] + n]`` (zeros outside ``[0, min(T,
+    limit[b]))``) plus, where ``applied[b]``, white noise of stream ``seeds[b]`` masked to the same valid samples at
+    ``snr_db[b]`` over them."""
+    n = seg.shape[0]
+    T = x.shape[1]
+    end = min(limit[b], T)
+    s0 = start[b]
+    lo, hi = min(max(0, -s0), n), max(min(n, end - s0), 0)  # the segment's valid samples: [lo, hi)
+    hi = max(hi, lo)
+    valid = seg[lo:hi]
+    src = x[b, s0 + lo:s0 + hi]
+    for i in range(U0, np.uint64(valid.shape[0])):
+        valid[i] = src[i]
+    if applied[b] and hi > lo:
+        noise = np.empty(n, np.float32)
+        noise_row(seeds[b], noise, np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32),
+                  np.empty(BLOCK, np.int32))
+        e_noise = _energy(noise[lo:hi])
+        if e_noise > 0:
+            g = np.float32(math.sqrt(_energy(valid) / (e_noise * 10.0 ** (snr_db[b] / 10.0))))
+            nv = noise[lo:hi]
+            for i in range(U0, np.uint64(valid.shape[0])):
+                valid[i] += g * nv[i]
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
 def noisy_frames(x, start, limit, seeds, snr_db, applied, window, hop, out):
-    """The windowed frames ``out`` ``(B, K, W)`` of segment ``x[b, start[b] : start[b] + n]`` (``n = (K - 1) * hop +
-    W``; zeros outside ``[0, min(T, limit[b]))``) plus, where ``applied[b]``, white noise of stream ``seeds[b]``
-    masked to the same valid samples at ``snr_db[b]`` over them."""
+    """The windowed frames ``out`` ``(B, K, W)`` of :func:`noisy_segments`' segments of ``n = (K - 1) * hop + W``
+    samples."""
     B, K, W = out.shape
-    T = x.shape[1]
     n = (K - 1) * hop + W
     for b in prange(B):
         seg = np.zeros(n, np.float32)
-        end = min(limit[b], T)
-        s0 = start[b]
-        lo, hi = min(max(0, -s0), n), max(min(n, end - s0), 0)  # the segment's valid samples: [lo, hi)
-        hi = max(hi, lo)
-        valid = seg[lo:hi]
-        src = x[b, s0 + lo:s0 + hi]
-        for i in range(U0, np.uint64(valid.shape[0])):
-            valid[i] = src[i]
-        if applied[b] and hi > lo:
-            noise = np.empty(n, np.float32)
-            noise_row(seeds[b], noise, np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32),
-                      np.empty(BLOCK, np.int32))
-            e_noise = _energy(noise[lo:hi])
-            if e_noise > 0:
-                g = np.float32(math.sqrt(_energy(valid) / (e_noise * 10.0 ** (snr_db[b] / 10.0))))
-                nv = noise[lo:hi]
-                for i in range(U0, np.uint64(valid.shape[0])):
-                    valid[i] += g * nv[i]
+        _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
         for k in range(K):
             _windowed(seg[k * hop:k * hop + W], window, out[b, k])
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
+def noisy_segments(x, start, limit, seeds, snr_db, applied, out):
+    """``out[b]`` ``(B, n)``: segment ``x[b, start[b] : start[b] + n]`` (zeros outside ``[0, min(T, limit[b]))``)
+    plus, where ``applied[b]``, white noise of stream ``seeds[b]`` masked to the same valid samples at ``snr_db[b]``
+    over them."""
+    for b in prange(out.shape[0]):
+        seg = out[b]
+        for i in range(U0, np.uint64(seg.shape[0])):
+            seg[i] = 0.0
+        _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
