@@ -11,8 +11,8 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   (:mod:`.frames_cpu`), the FFTs in torch (MKL).
 * The log-mel: framing, window, real FFT, power and mel projection in one Numba kernel (:func:`mel_at`,
   :mod:`.fft_cpu`: its own FFT across a tile of 16 frames held in the L1/L2 cache, and each band summed over its
-  nonzero span only, ~6 bins a band, not 201). MKL's batched rfft took ~480 ns a 400-point frame on one core here
-  and scaled 1.26x to two; the frames and the complex spectrum were two 40 MB round trips through memory per batch.
+  nonzero span only, ~6 bins a band, not 201): the frames and the complex spectrum, two ~40 MB round trips through
+  memory per B=128 batch with MKL's rfft between them, are never written.
   Where the kernel has no plan (an ``n_fft`` whose half has a prime factor above 5, or float64), the FFTs stay in
   torch and the power and mel projection are :mod:`.mel_cpu`.
 * The anchor: crop and white noise at an SNR over the valid samples in one pass (:func:`noisy_segments`), the noise
