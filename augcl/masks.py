@@ -135,7 +135,8 @@ class SpecAugment(Transform):
         ``inplace``: the caller owns ``spec`` and may have it masked in place (the CPU kernel writes only the masked
         cells of a contiguous float32 ``spec`` without ``lengths``; the values are the same either way)."""
         if (inplace and lengths is None and spec.device.type == "cpu" and cpu_branch(spec.device)
-                and spec.dtype == torch.float32 and spec.is_contiguous() and kernels.use_kernels("auto", spec.device)):
+                and spec.dtype == torch.float32 and spec.is_contiguous() and kernels.use_kernels("auto", spec.device)
+                and not (torch.is_grad_enabled() and spec.requires_grad)):
             fill = (spec.mean(dim=tuple(range(1, spec.ndim))) if self.config.fill == "mean"
                     else torch.full((spec.shape[0],), float(self.config.fill)))
             return kernels.fill_masks(spec, params, fill)

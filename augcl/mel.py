@@ -195,14 +195,15 @@ def _mel_windowed(windowed: Tensor, filterbank: Tensor, n_fft: int, power: float
     spec = torch.fft.rfft(windowed, n=n_fft)  # (B, K, F)
     if sparse is None:
         return _spectrum_mel(spec.transpose(-1, -2), filterbank, power)
-    if out is not None and not (out.is_contiguous() and out.dtype == spec.real.dtype):
-        out = None
+    out = _writable(out, (windowed.shape[0], sparse[0].shape[0], windowed.shape[1]), spec.real.dtype)
     return kernels.mel_energy(spec, sparse, power, out=out)
 
 
-def _contiguous_or_none(out: Optional[Tensor]) -> Optional[Tensor]:
-    """``out`` where a CPU kernel can write into it (contiguous float32), else None (the kernel returns a new one)."""
-    return out if out is not None and out.is_contiguous() and out.dtype == torch.float32 else None
+def _writable(out: Optional[Tensor], shape: tuple, dtype: torch.dtype) -> Optional[Tensor]:
+    """``out`` where a CPU kernel can write its result into it (contiguous, that shape and dtype), else None (the kernel
+    returns a new tensor, which the caller copies where it needs to)."""
+    ok = out is not None and out.is_contiguous() and out.dtype == dtype and tuple(out.shape) == tuple(shape)
+    return out if ok else None
 
 
 @dataclass(frozen=True)
@@ -267,9 +268,13 @@ class LogMel(nn.Module):
         self.register_buffer("window", window, persistent=False)
         self._sparse = None  # the filterbank's nonzero spans for the CPU kernel, made on first use
 
-    def _kernel_filterbank(self, device: torch.device) -> Optional[tuple]:
-        """The sparse filterbank where the power + mel projection runs in the CPU kernel on ``device``, else None."""
-        if device.type != "cpu" or not kernels.use_kernels(self.backend, device):
+    def _kernel_filterbank(self, x: Tensor) -> Optional[tuple]:
+        """The sparse filterbank where the CPU kernels compute the log-mel of ``x`` (framing, FFT, power and mel
+        projection, or the power and mel projection alone), else None: not on a CPU, backend ``"torch"``, or ``x``
+        needs gradients (the kernels read it as NumPy: the reference keeps the graph)."""
+        if x.device.type != "cpu" or not kernels.use_kernels(self.backend, x.device):
+            return None
+        if torch.is_grad_enabled() and x.requires_grad:
             return None
         if self._sparse is None:
             self._sparse = kernels.sparse_filterbank(self.filterbank)
@@ -316,11 +321,12 @@ class LogMel(nn.Module):
         c = self.config
         x = x.to(work_dtype(x.dtype))
         win = self.window.to(x.dtype)
-        sparse = self._kernel_filterbank(x.device)
-        if sparse is not None and kernels.fused_mel(c.n_fft, x.dtype) and x.ndim == 2:
-            K = max((x.shape[-1] - win.shape[-1]) // c.hop_length + 1, 0)
+        sparse = self._kernel_filterbank(x)
+        if sparse is not None and kernels.fused_mel(c.n_fft, x.dtype) and x.ndim == 2 and x.shape[-1] >= win.shape[-1]:
+            K = (x.shape[-1] - win.shape[-1]) // c.hop_length + 1
             first = (torch.arange(K) * c.hop_length).expand(x.shape[0], K)
-            return kernels.mel_at(x, first, win, c.n_fft, sparse, c.power, out=_contiguous_or_none(out))
+            out = _writable(out, (x.shape[0], c.n_mels, K), torch.float32)
+            return kernels.mel_at(x, first, win, c.n_fft, sparse, c.power, out=out)
         return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
                              sparse, out)
 
@@ -328,7 +334,7 @@ class LogMel(nn.Module):
         """``(B, K, win_length)`` frames already multiplied by the window -> their mel energies ``(B, n_mels, K)`` (into
         ``out`` where the CPU kernels run)."""
         c = self.config
-        return _mel_windowed(frames, self.filterbank, c.n_fft, c.power, self._kernel_filterbank(frames.device), out)
+        return _mel_windowed(frames, self.filterbank, c.n_fft, c.power, self._kernel_filterbank(frames), out)
 
     def mel_at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
                     lengths: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
@@ -338,7 +344,7 @@ class LogMel(nn.Module):
         valid samples per clip, those past it read as zeros; ``out``: where the CPU kernels may write the result."""
         c = self.config
         width = self.window.shape[-1]
-        sparse = self._kernel_filterbank(x.device)
+        sparse = self._kernel_filterbank(x)
         if sparse is not None:  # the CPU kernels: gather, mask and window in one pass (and the FFT and mel with it)
             rate = rate.to(torch.float64)
             if max_rate is not None:
@@ -347,7 +353,7 @@ class LogMel(nn.Module):
             starts = stretched_starts(rate, first, frames, c.hop_length, width // 2)
             if kernels.fused_mel(c.n_fft, x.dtype):
                 return kernels.mel_at(x, starts, self.window, c.n_fft, sparse, c.power, lengths,
-                                      _contiguous_or_none(out))
+                                      _writable(out, (x.shape[0], c.n_mels, frames), torch.float32))
             f = kernels.frames_at(x, starts, self.window.to(x.dtype), lengths)
             return _mel_windowed(f, self.filterbank, c.n_fft, c.power, sparse, out)
         f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)

@@ -148,7 +148,7 @@ class Branch(nn.Module):
         noise = self.noise
         return (noise is not None and noise.config.kind == "white" and noise.config.std is None
                 and self.segment.stretch is None and self.rir is None and self.gain is None and not len(self.extra)
-                and x.dtype == torch.float32 and self.mel._kernel_filterbank(x.device) is not None
+                and x.dtype == torch.float32 and self.mel._kernel_filterbank(x) is not None
                 and kernels.use_kernels(noise.backend, x.device) and self.mel.config.center)
 
     @property
@@ -193,10 +193,13 @@ class Branch(nn.Module):
         if self._fused_noise(x):  # the CPU kernels: crop and noise in one pass, then the fused log-mel (or frames)
             mel, seg = self.mel, self.segment
             c = mel.config
-            if kernels.fused_mel(c.n_fft, x.dtype):
-                y = kernels.noisy_segments(x, params["start"] - seg.context, seg.output_samples, params["noise_seed"],
+            if kernels.fused_mel(c.n_fft, x.dtype):  # this branch's frames of the noisy segments, as noisy_frames
+                n = (self.frames - 1) * c.hop_length + mel.window.shape[-1]
+                y = kernels.noisy_segments(x, params["start"] - seg.context, n, params["noise_seed"],
                                            params["snr_db"], params["noise_applied"], lengths)
-                return mel.mel_from_context(y, out=into).unsqueeze(1)
+                first = (torch.arange(self.frames) * c.hop_length).expand(x.shape[0], self.frames)
+                return kernels.mel_at(y, first, mel.window, c.n_fft, mel._kernel_filterbank(x), c.power,
+                                      out=into).unsqueeze(1)
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
                 params["snr_db"], params["noise_applied"], lengths)

@@ -245,7 +245,7 @@ def _bins(n_fft: int) -> tuple:
 
 
 @pytest.mark.parametrize("n_fft", [400, 512, 256, 1024, 320, 96, 30, 6, 2])
-@pytest.mark.parametrize("width_less", [0, 3])
+@pytest.mark.parametrize("width_less", [0, 2, 3])
 @pytest.mark.parametrize("power", [2.0, 1.0, 1.5])
 def test_fused_fft_is_numpys_float64_power_spectrum(n_fft, width_less, power):
     """The kernel's own real FFT (radix 4/2/3/5 Stockham across a tile's frames, then the real-FFT split) against
@@ -288,8 +288,8 @@ def test_fused_mel_at_equals_the_gather_window_fft_and_mel(B, T, K, lo, step, se
     lm = LogMel()
     x = torch.randn(B, T, generator=g)
     first = lo + torch.arange(K) * step + torch.randint(-5, 6, (B, K), generator=g)
-    limit = torch.randint(1, T + 1, (B,), generator=g) if limited else None
-    frames = AF._gather_samples(x, first, 400, limit) * lm.window
+    limit = torch.randint(1, T + 50, (B,), generator=g) if limited else None  # past T too: clipped to T
+    frames = AF._gather_samples(x, first, 400, None if limit is None else limit.clamp_max(T)) * lm.window
     ref = _spectrum_mel(torch.fft.rfft(frames).transpose(-1, -2), lm.filterbank, 2.0)
     got = kernels.mel_at(x, first, lm.window, 400, kernels.sparse_filterbank(lm.filterbank), 2.0, limit)
     assert got.shape == ref.shape == (B, 64, K)
@@ -311,7 +311,7 @@ def test_fused_mel_writes_into_out_and_agrees_with_the_frames_path():
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-6 * float(ref.max()))
 
 
-def test_the_slp_switch_is_put_back():
+def test_the_slp_switch_is_put_back_and_the_kernel_has_one_signature():
     import numba
 
     before = numba.config.SLP_VECTORIZE
@@ -320,6 +320,56 @@ def test_the_slp_switch_is_put_back():
             assert numba.config.SLP_VECTORIZE == 1
             raise RuntimeError
     assert numba.config.SLP_VECTORIZE == before
+    lm = LogMel()
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    x = torch.randn(2, 3000, generator=cpu_generator(0))
+    first = torch.arange(5).expand(2, 5) * 160  # not contiguous, and float64 clips below: brought to the one signature
+    kernels.mel_at(x, first, lm.window, 400, sparse, 2.0)
+    fft_cpu.run(x.double().numpy(), first.numpy(), np.array([3000, 3000]), lm.window.double().numpy(), 400, sparse, 2.0)
+    assert numba.config.SLP_VECTORIZE == before and len(fft_cpu.mel_at.signatures) == 1
+
+
+def test_fused_mel_refuses_an_out_of_another_shape_and_mel_from_context_makes_its_own():
+    """The kernel never writes past ``out``: a wrong shape is refused (it once wrote 5 floats past a view); callers that
+    hold a buffer of another shape or layout get a new tensor."""
+    lm = LogMel()
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    x = torch.randn(2, 16400, generator=cpu_generator(1))
+    first = torch.arange(101).expand(2, 101) * 160
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.mel_at(x, first, lm.window, 400, sparse, 2.0, out=torch.empty(2, 64, 96))
+    buf = torch.full((2 * 64 * 96 + 8,), 7.0)
+    got = lm.mel_from_context(x, out=buf[:2 * 64 * 96].view(2, 64, 96))  # 101 frames: the buffer is not used
+    assert got.shape == (2, 64, 101) and bool((buf == 7.0).all())
+    strided = torch.empty(2, 101, 64).transpose(1, 2)
+    ref = LogMel(backend="torch").mel_from_context(x)
+    torch.testing.assert_close(lm.mel_from_context(x, out=strided), ref, rtol=2e-5, atol=1e-6 * float(ref.max()))
+
+
+def test_inputs_that_need_gradients_keep_them_on_the_kernel_backends():
+    x = torch.randn(2, 8000, generator=cpu_generator(2), requires_grad=True)
+    out = LogMel()(x)
+    assert out.requires_grad
+    out.sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    spec = torch.randn(2, 1, 64, 96, requires_grad=True)
+    aug = SpecAugment()
+    masked = aug.apply(spec, aug.sample(2, 64, 96, cpu_generator(3)), inplace=True)
+    assert masked.requires_grad and masked.data_ptr() != spec.data_ptr()
+
+
+def test_the_torch_backend_runs_no_kernel(monkeypatch, impulse_bank):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel ran on backend='torch'")
+
+    for name in ("mel_at", "noisy_segments", "row_norms", "fill_masks", "mel_energy", "frames_at", "noisy_frames",
+                 "white_noise", "time_stretch_segment", "vocoder_phase"):
+        monkeypatch.setattr(kernels, name, refuse)
+    x = torch.randn(3, 24000, generator=cpu_generator(4)) * 0.1
+    for preset in PRESETS:
+        kw = {"rir_bank": impulse_bank} if PRESETS[preset](16000).positive.rir is not None else {}
+        PairAugmenter.from_preset(preset, backend="torch", **kw)(x, generator=cpu_generator(5))
+    LogMel(backend="torch")(x)
 
 
 @pytest.mark.parametrize("with_lengths", [False, True])

@@ -1,9 +1,9 @@
-"""The log-mel's real FFT, power and mel projection fused in one Numba kernel on the CPU (parallel over tiles of
-frames).
+"""The log-mel's framing, real FFT, power and mel projection fused in one Numba kernel on the CPU (parallel over
+clips, 16 frames of a clip at a time).
 
 Replaces the frames, ``torch.fft.rfft`` and :func:`.mel_cpu.mel_energy` on float32: a B=128 batch's 24,576 windowed
 frames (39 MB) and their complex spectrum (40 MB) no longer go through memory. A tile of 16 frames stays in the core's
-cache from the clip's samples to the mel energies, and tiles split evenly over the threads.
+cache from the clip's samples to the mel energies.
 
 The FFT of ``n_fft`` real samples is the complex FFT of ``n_fft / 2`` points ``z[n] = x[2n] + i x[2n + 1]``, then
 ``X[k] = (Z[k] + conj Z[H - k]) / 2 - i W^k (Z[k] - conj Z[H - k]) / 2`` (``W = exp(-2 pi i / n_fft)``, ``H =
@@ -357,7 +357,7 @@ def plan(n_fft: int) -> Optional[tuple]:
         return None
     H, radices = n_fft // 2, []
     for r in RADICES:
-        while H % r == 0 and (r != 4 or H % 4 == 0):
+        while H % r == 0:
             radices.append(r)
             H //= r
     if H != 1:
@@ -393,18 +393,24 @@ def _slp():
 
 def run(x: np.ndarray, first: np.ndarray, limit: np.ndarray, window: np.ndarray, n_fft: int, sparse: tuple,
         power: float, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """:func:`mel_at` on C-contiguous float32 ``x`` ``(B, T)`` and ``window``, int64 ``first`` ``(B, K)`` and
-    ``limit`` ``(B,)``; returns ``(B, M, K)`` (``out`` if given). ``plan(n_fft)`` must not be None. The first call
-    in a process without Numba's cache of this module compiles it with the SLP vectoriser on (about a minute)."""
+    """:func:`mel_at` on ``x`` ``(B, T)``, ``first`` ``(B, K)``, ``limit`` ``(B,)`` and ``window``; returns ``(B, M, K)``
+    float32 (``out`` if given: it must be C-contiguous float32 of that shape). ``plan(n_fft)`` must not be None.
+
+    The arguments are brought to the one signature the kernel is compiled for (C-contiguous float32 / int64), so a
+    process compiles it once, with the SLP vectoriser on (:func:`_slp`; about a minute here, then Numba's cache)."""
     band_first, band_offsets, weights = sparse
     B, K = first.shape
+    M = len(band_first)
     if out is None:
-        out = np.empty((B, len(band_first), K), np.float32)
-    args = (x, first, limit, window, *plan(n_fft), band_first, band_offsets, weights.astype(np.float32), float(power),
-            out)
+        out = np.empty((B, M, K), np.float32)
+    elif out.dtype != np.float32 or out.shape != (B, M, K) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {(B, M, K)}, got "
+                         f"{out.dtype} {out.shape}")
+    c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
+    args = (c32(x), c64(first), c64(limit), c32(window), *plan(n_fft), c64(band_first), c64(band_offsets),
+            c32(weights), float(power), out)
     if not mel_at.signatures:
         with _slp():
-            mel_at(*args)
-        return out
+            mel_at.compile(tuple(numba.typeof(a) for a in args))
     mel_at(*args)
     return out
