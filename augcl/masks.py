@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .core import Params, Transform, _coin, _randint_below, cpu_branch, draw_device
+from .core import Params, Transform, _coin, _randint_below, draw_device
 
 
 def mask_along_axis(spec: Tensor, start: Tensor, width: Tensor, axis: int, fill: Union[float, Tensor] = 0.0) -> Tensor:
@@ -134,7 +134,7 @@ class SpecAugment(Transform):
         """Mask ``spec`` ``(B, ..., n_mels, frames)``; ``lengths`` ``(B,)``: valid frames, for the mean fill.
         ``inplace``: the caller owns ``spec`` and may have it masked in place (the CPU kernel writes only the masked
         cells of a contiguous float32 ``spec`` without ``lengths``; the values are the same either way)."""
-        if (inplace and lengths is None and spec.device.type == "cpu" and cpu_branch(spec.device)
+        if (inplace and lengths is None and spec.device.type == "cpu"
                 and spec.dtype == torch.float32 and spec.is_contiguous() and kernels.use_kernels("auto", spec.device)
                 and not (torch.is_grad_enabled() and spec.requires_grad)):
             fill = (spec.mean(dim=tuple(range(1, spec.ndim))) if self.config.fill == "mean"

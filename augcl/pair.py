@@ -193,13 +193,11 @@ class Branch(nn.Module):
         if self._fused_noise(x):  # the CPU kernels: crop and noise in one pass, then the fused log-mel (or frames)
             mel, seg = self.mel, self.segment
             c = mel.config
-            if kernels.fused_mel(c.n_fft, x.dtype):  # this branch's frames of the noisy segments, as noisy_frames
+            if kernels.fused_mel(c.n_fft, x.dtype):  # segments of exactly this branch's frames, as noisy_frames
                 n = (self.frames - 1) * c.hop_length + mel.window.shape[-1]
                 y = kernels.noisy_segments(x, params["start"] - seg.context, n, params["noise_seed"],
                                            params["snr_db"], params["noise_applied"], lengths)
-                first = (torch.arange(self.frames) * c.hop_length).expand(x.shape[0], self.frames)
-                return kernels.mel_at(y, first, mel.window, c.n_fft, mel._kernel_filterbank(x), c.power,
-                                      out=into).unsqueeze(1)
+                return mel.mel_from_context(y, out=into).unsqueeze(1)
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
                 params["snr_db"], params["noise_applied"], lengths)
