@@ -142,12 +142,7 @@ def log_of_mel(mel: Tensor, log_eps: float = 1e-6, log_mode: str = "offset", log
     divided by a power of two ``s`` (:func:`power_of_two_scale`) and its energies' log taken with ``power * log(s)``.
     """
     _check_log_mode(log_mode)
-    gained = None
-    if log_gain is not None:
-        g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
-        floor = mel.new_full((), math.log(log_eps))  # filled on the device (new_tensor would copy from the host)
-        scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
-        gained = torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
+    g, gained = _gained_log(mel, log_eps, log_mode, log_gain)
     if inplace:
         out = (mel.add_(log_eps) if log_mode == "offset" else mel.clamp_min_(log_eps)).log_()
     else:
@@ -155,6 +150,17 @@ def log_of_mel(mel: Tensor, log_eps: float = 1e-6, log_mode: str = "offset", log
     if gained is None:
         return out
     return out.copy_(torch.where(g != 0, gained, out)) if inplace else torch.where(g != 0, gained, out)
+
+
+def _gained_log(mel: Tensor, log_eps: float, log_mode: str, log_gain: Optional[Tensor]) -> tuple:
+    """``(g, gained)``: :func:`log_of_mel`'s ``log_gain`` reshaped to broadcast on ``mel``, and the log of ``mel`` times
+    ``exp(g)`` (both None without ``log_gain``); computed before the log of ``mel`` overwrites it."""
+    if log_gain is None:
+        return None, None
+    g = log_gain.to(device=mel.device, dtype=mel.dtype).reshape([-1] + [1] * (mel.ndim - 1))
+    floor = mel.new_full((), math.log(log_eps))  # filled on the device (new_tensor would copy from the host)
+    scaled = torch.log(mel) + g  # -inf where mel is 0: then the floor
+    return g, torch.logaddexp(scaled, floor) if log_mode == "offset" else torch.maximum(scaled, floor)
 
 
 def mel_energy_frames(frames: Tensor, filterbank: Tensor, window: Tensor, *, n_fft: int, power: float = 2.0) -> Tensor:
@@ -307,17 +313,34 @@ class LogMel(nn.Module):
 
     def log(self, mel: Tensor, log_gain: Optional[Tensor] = None) -> Tensor:
         """The log of mel energies ``(B, ...)`` in place, with this config's ``log_eps`` and ``log_mode``; ``log_gain``
-        ``(B,)``: as in :func:`augcl.functional.log_of_mel`."""
-        return log_of_mel(mel, self.config.log_eps, self.config.log_mode, log_gain, inplace=True)
+        ``(B,)``: as in :func:`augcl.functional.log_of_mel`. Where the CPU kernels run (contiguous float32), the log is
+        theirs (:func:`augcl.kernels.log_mel_`, the one the fused log-mel takes: a row's log-mels are the same bits
+        whichever route they take)."""
+        c = self.config
+        if not (mel.dtype == torch.float32 and mel.is_contiguous() and mel.ndim >= 1 and mel.numel() > 0
+                and self._kernel_filterbank(mel) is not None):
+            return log_of_mel(mel, c.log_eps, c.log_mode, log_gain, inplace=True)
+        _check_log_mode(c.log_mode)
+        g, gained = _gained_log(mel, c.log_eps, c.log_mode, log_gain)
+        out = kernels.log_mel_(mel, c.log_eps, c.log_mode)
+        return out if gained is None else out.copy_(torch.where(g != 0, gained, out))
 
     def from_context(self, x: Tensor) -> Tensor:
         """``(B, T + 2 * context)`` -> ``(B, n_mels, frames)``: the log-mels of segments that carry their context (no
-        padding added): the log of :meth:`mel_from_context`."""
-        return self.log(self.mel_from_context(x))
+        padding added): the log of :meth:`mel_from_context` (taken in the CPU kernel where it runs)."""
+        return self.mel_from_context(x, log=True)
 
-    def mel_from_context(self, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    def _kernel_log(self, log: bool) -> Optional[tuple]:
+        """``log=`` of :func:`augcl.kernels.mel_at`: this config's ``(log_eps, log_mode)`` if ``log``, else None."""
+        if not log:
+            return None
+        _check_log_mode(self.config.log_mode)
+        return self.config.log_eps, self.config.log_mode
+
+    def mel_from_context(self, x: Tensor, out: Optional[Tensor] = None, log: bool = False) -> Tensor:
         """The mel energies ``(B, n_mels, frames)`` of :meth:`from_context` (``center=False`` framing of ``x``; the
-        framing, FFT, power and mel projection in the CPU kernels where they run, written into ``out`` there)."""
+        framing, FFT, power and mel projection in the CPU kernels where they run, written into ``out`` there);
+        ``log``: their log (:meth:`log`, without ``log_gain``), in the same kernel."""
         c = self.config
         x = x.to(work_dtype(x.dtype))
         win = self.window.to(x.dtype)
@@ -326,9 +349,10 @@ class LogMel(nn.Module):
             K = (x.shape[-1] - win.shape[-1]) // c.hop_length + 1
             first = (torch.arange(K) * c.hop_length).expand(x.shape[0], K)
             out = _writable(out, (x.shape[0], c.n_mels, K), torch.float32)
-            return kernels.mel_at(x, first, win, c.n_fft, sparse, c.power, out=out)
-        return _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
-                             sparse, out)
+            return kernels.mel_at(x, first, win, c.n_fft, sparse, c.power, out=out, log=self._kernel_log(log))
+        mel = _mel_windowed(x.unfold(-1, win.shape[-1], c.hop_length) * win, self.filterbank, c.n_fft, c.power,
+                            sparse, out)
+        return self.log(mel) if log else mel
 
     def windowed_mel(self, frames: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """``(B, K, win_length)`` frames already multiplied by the window -> their mel energies ``(B, n_mels, K)`` (into
@@ -337,11 +361,12 @@ class LogMel(nn.Module):
         return _mel_windowed(frames, self.filterbank, c.n_fft, c.power, self._kernel_filterbank(frames), out)
 
     def mel_at_rate(self, x: Tensor, rate: Tensor, first: Tensor, frames: int, max_rate: float,
-                    lengths: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+                    lengths: Optional[Tensor] = None, out: Optional[Tensor] = None, log: bool = False) -> Tensor:
         """``(B, n_mels, frames)`` mel energies of clip ``x`` time-stretched by ``rate``, frame 0 starting at stretched
         position ``first`` (:func:`augcl.functional.stretched_frames`): with ``rate == 1`` they equal
         :meth:`mel_from_context` of the segment ``x[first : first + (frames - 1) * hop + width]``. ``lengths`` ``(B,)``:
-        valid samples per clip, those past it read as zeros; ``out``: where the CPU kernels may write the result."""
+        valid samples per clip, those past it read as zeros; ``out``: where the CPU kernels may write the result;
+        ``log``: their log (:meth:`log`, without ``log_gain``; in the fused kernel where it runs)."""
         c = self.config
         width = self.window.shape[-1]
         sparse = self._kernel_filterbank(x)
@@ -353,12 +378,15 @@ class LogMel(nn.Module):
             starts = stretched_starts(rate, first, frames, c.hop_length, width // 2)
             if kernels.fused_mel(c.n_fft, x.dtype):
                 return kernels.mel_at(x, starts, self.window, c.n_fft, sparse, c.power, lengths,
-                                      _writable(out, (x.shape[0], c.n_mels, frames), torch.float32))
+                                      _writable(out, (x.shape[0], c.n_mels, frames), torch.float32),
+                                      self._kernel_log(log))
             f = kernels.frames_at(x, starts, self.window.to(x.dtype), lengths)
-            return _mel_windowed(f, self.filterbank, c.n_fft, c.power, sparse, out)
-        f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
-        f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
-        return _mel_windowed(f, self.filterbank, c.n_fft, c.power)
+            mel = _mel_windowed(f, self.filterbank, c.n_fft, c.power, sparse, out)
+        else:
+            f = stretched_frames(x, rate, first, frames, c.hop_length, width, max_rate, lengths=lengths)
+            f = f.mul_(self.window.to(f.dtype))  # the frames are a fresh copy: window them in place
+            mel = _mel_windowed(f, self.filterbank, c.n_fft, c.power)
+        return self.log(mel) if log else mel
 
     def extra_repr(self) -> str:
         c = self.config

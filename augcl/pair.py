@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import functional as AF
 from . import kernels
 from .banks import NoiseBank, RIRBank
+from .mel import _writable
 from .core import check_generator, check_traceable_draw, draw_device
 from .transforms import (AddNoise, ApplyImpulseResponse, Gain, GainConfig, LogMel, MaskConfig, MelConfig, NoiseConfig,
                          RandomSegment, RIRConfig, SpecAugment, StretchConfig)
@@ -169,13 +170,14 @@ class Branch(nn.Module):
     def apply(self, x: Tensor, params: dict) -> Tensor:
         """The branch's log-mels ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params``, masked: the log of
         :meth:`mel_energy`, then the masks. (Clips too loud for float32 powers are :class:`PairAugmenter`'s to rescue.)"""
-        spec = self.mel.log(self.mel_energy(x, params))
+        spec = self.mel_energy(x, params, log=True)
         return self.mask.apply(spec, params) if self.mask is not None else spec
 
     def mel_energy(self, x: Tensor, params: dict, scale: Optional[Tensor] = None,
-                   out: Optional[Tensor] = None) -> Tensor:
+                   out: Optional[Tensor] = None, log: bool = False) -> Tensor:
         """The branch's mel energies ``(B, 1, n_mels, frames)`` of clips ``x`` with ``params`` (before the log and the
-        masks). ``out``: where the CPU kernels may write them (returned then; otherwise a new tensor).
+        masks). ``out``: where the CPU kernels may write them (returned then; otherwise a new tensor). ``log``: their
+        log instead (:meth:`LogMel.log` without ``log_gain``), taken in the fused CPU kernel where it runs.
 
         ``params["lengths"]`` ``(B,)`` (optional): valid samples per clip; samples of ``x`` past them are read as zeros
         (whatever they hold), and the noise is measured over and added to the samples of the segment inside the clip
@@ -185,23 +187,27 @@ class Branch(nn.Module):
         lengths = params.get("lengths")
         into = None if out is None else out[:, 0]
         if self.spectral:
-            mel = self.segment.stretched_mel(x, params, self.mel, self.frames, lengths=lengths, out=into)
+            fused_log = log and self.gain is None
+            mel = self.segment.stretched_mel(x, params, self.mel, self.frames, lengths=lengths, out=into, log=fused_log)
             if self.gain is not None:  # a per-row scale commutes with the stretch: scale the energies
                 factor = self.gain.factor(params).to(device=mel.device, dtype=mel.dtype)
                 mel = mel.mul_(factor.pow(self.mel.config.power).reshape(-1, 1, 1))
-            return mel.unsqueeze(1)
+            return (self.mel.log(mel) if log and not fused_log else mel).unsqueeze(1)
         if self._fused_noise(x):  # the CPU kernels: crop and noise in one pass, then the fused log-mel (or frames)
             mel, seg = self.mel, self.segment
             c = mel.config
-            if kernels.fused_mel(c.n_fft, x.dtype):  # segments of exactly this branch's frames, as noisy_frames
-                n = (self.frames - 1) * c.hop_length + mel.window.shape[-1]
-                y = kernels.noisy_segments(x, params["start"] - seg.context, n, params["noise_seed"],
-                                           params["snr_db"], params["noise_applied"], lengths)
-                return mel.mel_from_context(y, out=into).unsqueeze(1)
+            if kernels.fused_mel(c.n_fft, x.dtype):  # segments of exactly this branch's frames, made in the cache
+                got = kernels.noisy_mel(x, params["start"] - seg.context, self.frames, c.hop_length, mel.window,
+                                        params["noise_seed"], params["snr_db"], params["noise_applied"], c.n_fft,
+                                        mel._kernel_filterbank(x), c.power, lengths,
+                                        _writable(into, (x.shape[0], c.n_mels, self.frames), torch.float32),
+                                        mel._kernel_log(log))
+                return got.unsqueeze(1)
             frames = kernels.noisy_frames(
                 x, params["start"] - seg.context, self.frames, c.hop_length, mel.window, params["noise_seed"],
                 params["snr_db"], params["noise_applied"], lengths)
-            return mel.windowed_mel(frames, out=into).unsqueeze(1)
+            energy = mel.windowed_mel(frames, out=into)
+            return (mel.log(energy) if log else energy).unsqueeze(1)
         y = self.segment.apply(x, params, lengths=lengths)
         if self.gain is not None:
             y = self.gain.apply(y, params)
@@ -213,7 +219,7 @@ class Branch(nn.Module):
         if self.noise is not None:
             valid = self.segment.valid_mask(params, lengths) if lengths is not None else None
             y = self.noise.apply(y, params, valid, scale=scale)
-        return self.mel.mel_from_context(y).unsqueeze(1)
+        return self.mel.mel_from_context(y, log=log).unsqueeze(1)
 
 
 class PairAugmenter(nn.Module):
@@ -410,24 +416,27 @@ class PairAugmenter(nn.Module):
             prefix = name + "."
             p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             p["lengths"] = valid
-            spec = self._mel_energies(branch, x, p, scale)
-            spec = branch.mel.log(spec, log_gain)  # after the branches: the log, with the rescued rows' scale back
+            if log_gain is None:  # the log in the branch (in the fused kernel, with the energies still in the cache)
+                spec = self._mel_energies(branch, x, p, scale, log=True)
+            else:  # after the branches: the log, with the rescued rows' scale back
+                spec = branch.mel.log(self._mel_energies(branch, x, p, scale), log_gain)
             if branch.mask is not None:  # then the masks, once for the batch (in place: spec is ours)
                 spec = branch.mask.apply(spec, p, inplace=fast)
             specs.append(spec)
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params, finite)
 
-    def _mel_energies(self, branch: Branch, x: Tensor, params: dict, scale: Optional[Tensor]) -> Tensor:
-        """``branch``'s mel energies of the batch, chunk by chunk (:meth:`chunks`). On the CPU branch the chunks' energies
-        go straight into the batch's (the kernels write there: no concatenation); elsewhere they are concatenated."""
+    def _mel_energies(self, branch: Branch, x: Tensor, params: dict, scale: Optional[Tensor], log: bool = False) -> Tensor:
+        """``branch``'s mel energies of the batch (``log``: their log), chunk by chunk (:meth:`chunks`). On the CPU branch
+        the chunks' go straight into the batch's (the kernels write there: no concatenation); elsewhere they are
+        concatenated."""
         parts = self.chunks(x, params, scale)
         if not AF.cpu_branch(x.device):
-            return torch.cat([branch.mel_energy(*chunk) for chunk in parts])
+            return torch.cat([branch.mel_energy(*chunk, log=log) for chunk in parts])
         spec = x.new_empty(x.shape[0], 1, self.config.mel.n_mels, self.config.segment_frames)
         i = 0
         for chunk in parts:
             part = spec[i:i + chunk[0].shape[0]]
-            got = branch.mel_energy(*chunk, out=part)
+            got = branch.mel_energy(*chunk, out=part, log=log)
             if got.data_ptr() != part.data_ptr():  # the reference made a new tensor
                 part.copy_(got)
             i += chunk[0].shape[0]

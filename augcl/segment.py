@@ -134,11 +134,11 @@ class RandomSegment(Transform):
         return (pos >= 0) & (pos < lengths.reshape(-1, 1))
 
     def stretched_mel(self, x: Tensor, params: Params, mel: "LogMel", frames: int, lengths: Optional[Tensor] = None,
-                      out: Optional[Tensor] = None) -> Tensor:
+                      out: Optional[Tensor] = None, log: bool = False) -> Tensor:
         """The mel energies of the stretched segment, without resynthesis (``method="spectral"``); ``lengths`` ``(B,)``:
-        valid samples per clip (as in :meth:`apply`); ``out``: as in :meth:`LogMel.mel_at_rate`."""
+        valid samples per clip (as in :meth:`apply`); ``out``, ``log``: as in :meth:`LogMel.mel_at_rate`."""
         return mel.mel_at_rate(x, params["stretch_rate"], params["start"] - self.context, frames,
-                               self.stretch.rate_bound, lengths=lengths, out=out)
+                               self.stretch.rate_bound, lengths=lengths, out=out, log=log)
 
     def extra_repr(self) -> str:
         return f"segment_samples={self.segment_samples}, context={self.context}, " + super().extra_repr()

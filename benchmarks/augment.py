@@ -304,21 +304,33 @@ def breakdown(aug: PairAugmenter, wave: torch.Tensor, repeats: int) -> dict:
 def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
     """``{"anchor": f, ["anchor masks": f,] "positive": f, ["positive masks": f]}``: the calls ``aug(x, params=params)``
     makes, bound to the arguments that forward pass gave them (recorded by wrapping the methods on these instances for
-    one call): a branch's log-mels are its ``PairAugmenter._mel_energies`` (``Branch.mel_energy`` chunk by chunk) and
-    then their log (``LogMel.log``, with the overflow rescue's gain, if any), its masks ``mask.apply`` (in place: on a
-    copy of their input made in each replay)."""
-    energies, logs, calls = {}, [], {}
+    one call): a branch's log-mels are its ``PairAugmenter._mel_energies`` (``Branch.mel_energy`` chunk by chunk, the
+    log taken inside, in the fused kernel where it runs) and, where forward takes the log after it (the overflow
+    rescue's gain), that ``LogMel.log``; its masks ``mask.apply`` (in place: on a copy of their input made in each
+    replay)."""
+    events, calls, inside = [], {}, [False]
     names = {id(aug.anchor): "anchor", id(aug.positive): "positive"}
 
-    def recording(method, store):
+    def recording_energies(method):
         def record(*args, **kwargs):
-            store(args, partial(method, *args, **kwargs))
+            events.append(("energies", names[id(args[0])], partial(method, *args, **kwargs)))
+            inside[0] = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside[0] = False
+        return record
+
+    def recording_log(method, mel):
+        def record(*args, **kwargs):
+            if not inside[0]:  # a log of forward's own, after a branch's energies
+                events.append(("log", mel, (args, kwargs)))
             return method(*args, **kwargs)
         return record
 
     masks = {name: b.mask for name, b in (("anchor", aug.anchor), ("positive", aug.positive)) if b.mask is not None}
     mels = {id(b.mel): b.mel for b in (aug.anchor, aug.positive)}  # one LogMel the two branches share
-    aug._mel_energies = recording(aug._mel_energies, lambda args, f: energies.__setitem__(names[id(args[0])], f))
+    aug._mel_energies = recording_energies(aug._mel_energies)
     def masking(method, name):  # masks written in place are replayed on a fresh copy of their input (timed with them)
         def record(spec, *args, **kwargs):
             if kwargs.get("inplace"):
@@ -332,7 +344,7 @@ def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
     for name, mask in masks.items():  # instance attributes: the classes' methods stay as they are
         mask.apply = masking(mask.apply, name)
     for mel in mels.values():
-        mel.log = recording(mel.log, lambda args, f, mel=mel: logs.append((mel, args[1:])))
+        mel.log = recording_log(mel.log, mel)
     try:
         aug(x, params=params)
     finally:
@@ -341,10 +353,16 @@ def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
             del mask.apply
         for mel in mels.values():
             del mel.log
-    if len(logs) != 2:
-        raise RuntimeError(f"expected one LogMel.log call per branch, recorded {len(logs)}")
-    for name, (mel, rest) in zip(("anchor", "positive"), logs):  # forward takes the anchor's log first
-        calls[name] = partial(lambda e, m, r: m.log(e(), *r), energies[name], mel, rest)
+    branches = {}
+    for kind, a, b in events:
+        if kind == "energies":
+            branches[a] = last = b
+        else:  # the log applies to the energies just computed
+            name = next(n for n, f in branches.items() if f is last)
+            branches[name] = partial(lambda e, m, r: m.log(e(), *r[0][1:], **r[1]), last, a, b)
+    if sorted(branches) != ["anchor", "positive"]:
+        raise RuntimeError(f"expected one PairAugmenter._mel_energies call per branch, recorded {sorted(branches)}")
+    calls.update(branches)
     return {k: calls[k] for k in ("anchor", "anchor masks", "positive", "positive masks") if k in calls}
 
 

@@ -155,6 +155,21 @@ def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_ban
     assert torch.equal(aug(x, params=params).positive, ref.positive)
 
 
+def test_augment_breakdown_replays_the_overflow_rescues_log_too(impulse_bank):
+    """A batch with a row too loud for float32 powers takes the log after the branches (with the rescue's gain): the
+    breakdown replays that log with each branch's energies and still returns the pipeline's pair exactly."""
+    from benchmarks import augment
+
+    from .conftest import cpu_generator, make
+
+    aug = make("ts+mask", impulse_bank)
+    x = torch.randn(3, 32000, generator=cpu_generator(0)) * torch.tensor([[2.0 ** 35], [0.1], [0.1]])
+    params = aug.sample(3, 32000, cpu_generator(1))
+    ref = aug(x, params=params)
+    calls = augment.pipeline_calls(aug, x, params)
+    assert torch.equal(calls["anchor"](), ref.anchor) and torch.equal(calls["positive masks"](), ref.positive)
+
+
 def test_train_benchmark_quick_splits_the_step(tmp_path):
     from benchmarks import train
 

@@ -325,7 +325,8 @@ def test_the_slp_switch_is_put_back_and_the_kernel_has_one_signature():
     x = torch.randn(2, 3000, generator=cpu_generator(0))
     first = torch.arange(5).expand(2, 5) * 160  # not contiguous, and float64 clips below: brought to the one signature
     kernels.mel_at(x, first, lm.window, 400, sparse, 2.0)
-    fft_cpu.run(x.double().numpy(), first.numpy(), np.array([3000, 3000]), lm.window.double().numpy(), 400, sparse, 2.0)
+    fft_cpu.run(x.double().numpy(), first.numpy(), np.array([3000, 3000]), lm.window.double().numpy(), 400, sparse, 2.0,
+                log=(1e-6, "clamp"))
     assert numba.config.SLP_VECTORIZE == before and len(fft_cpu.mel_at.signatures) == 1
 
 
@@ -362,8 +363,8 @@ def test_the_torch_backend_runs_no_kernel(monkeypatch, impulse_bank):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel ran on backend='torch'")
 
-    for name in ("mel_at", "noisy_segments", "row_norms", "fill_masks", "mel_energy", "frames_at", "noisy_frames",
-                 "white_noise", "time_stretch_segment", "vocoder_phase"):
+    for name in ("mel_at", "noisy_segments", "noisy_mel", "log_mel_", "row_norms", "fill_masks", "mel_energy",
+                 "frames_at", "noisy_frames", "white_noise", "time_stretch_segment", "vocoder_phase"):
         monkeypatch.setattr(kernels, name, refuse)
     x = torch.randn(3, 24000, generator=cpu_generator(4)) * 0.1
     for preset in PRESETS:
@@ -391,6 +392,73 @@ def test_noisy_segments_kernel_equals_crop_and_noise(with_lengths):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)  # the erfinv's 2e-6 times the gain, as below
     window = LogMel().window
     assert torch.equal(got.unfold(-1, 400, 160) * window, kernels.noisy_frames(x, start, 96, 160, window, *args))
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("log", [None, (1e-6, "offset"), (1e-3, "clamp")])
+def test_noisy_mel_is_the_noisy_segments_then_the_fused_log_mel(with_lengths, log):
+    """The anchor's one kernel (segment and noise in the cache, then the log-mel) gives the very numbers of its two
+    kernels one after the other, into ``out`` where given."""
+    B, T, K = 5, 30000, 96
+    lm = LogMel()
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    noise = AddNoise(p=1.0, backend="torch")
+    x = torch.randn(B, T, generator=cpu_generator(7)) * 0.1
+    start = torch.tensor([-200, 0, 5000, T - 15600, T - 100])
+    lengths = torch.tensor([T, 9000, 20000, 1, T]) if with_lengths else None
+    params = noise.sample(B, 15600, cpu_generator(8))
+    params["noise_applied"][2] = False
+    args = (params["noise_seed"], params["snr_db"], params["noise_applied"])
+    seg = kernels.noisy_segments(x, start, (K - 1) * 160 + 400, *args, lengths)
+    ref = kernels.mel_at(seg, (torch.arange(K) * 160).expand(B, K), lm.window, 400, sparse, 2.0, log=log)
+    out = torch.full((B, 64, K), float("nan"))
+    got = kernels.noisy_mel(x, start, K, 160, lm.window, *args, 400, sparse, 2.0, lengths, out=out, log=log)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got, ref)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.noisy_mel(x, start, K, 160, lm.window, *args, 400, sparse, 2.0, out=torch.empty(B, 64, K - 1))
+
+
+def _ulps(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|got - exact| in units of float32's spacing at the exact value."""
+    return np.abs(got.astype(np.float64) - exact) / np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+
+
+@pytest.mark.parametrize("mode", ["offset", "clamp"])
+def test_the_kernels_log_is_within_one_ulp_of_the_exact_log(mode):
+    """The fused log-mel's own log (vectorised: exponent, then the atanh series of the mantissa) against float64's log
+    of the same float32 argument, over float32's whole normal range; the arguments it cannot split (0, subnormal,
+    inf, NaN, negative) give libm's values."""
+    rng = np.random.default_rng(0)
+    v = np.concatenate([10.0 ** rng.uniform(-37, 38, 200_000), rng.uniform(0.5, 2.0, 100_000),
+                        1.0 + rng.uniform(-1e-6, 1e-6, 1000)]).astype(np.float32)
+    eps = np.float32(1e-6)
+    got = kernels.log_mel_(torch.from_numpy(v.copy())[None], 1e-6, mode).numpy()[0]
+    arg = (v + eps) if mode == "offset" else np.maximum(v, eps)
+    assert _ulps(got, np.log(arg.astype(np.float64))).max() < 1.0  # torch.log: 0.86 here
+    special = np.array([0.0, 1e-45, 1e-39, np.inf, np.nan, -1.0, 2.0], np.float32)
+    got = kernels.log_mel_(torch.from_numpy(special.copy())[None], 0.0, mode).numpy()[0]
+    arg = special if mode == "offset" else np.where(special < 0, np.float32(0.0), special)  # max(v, 0), NaN kept
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log(arg.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(got, want)  # -inf, the subnormals' logs, inf, NaN, NaN or -inf (and log 2)
+    nan_clamped = kernels.log_mel_(torch.tensor([[float("nan"), 0.0]]), 1e-6, "clamp")
+    assert bool(torch.isnan(nan_clamped[0, 0])) and float(nan_clamped[0, 1]) == pytest.approx(math.log(1e-6))
+
+
+def test_logmel_log_on_the_kernels_equals_the_reference_with_gain():
+    """``LogMel.log`` takes the kernels' log on the CPU (the fused log-mel's, so a row's values are the same bits on
+    every route): the reference's values to float32 rounding, with and without the overflow rescue's gain."""
+    mel = torch.rand(4, 1, 64, 96, generator=cpu_generator(9)) * torch.tensor([1e-9, 1.0, 1e6, 3e30]).reshape(4, 1, 1, 1)
+    gain = torch.tensor([0.0, 3.0, 0.0, 80.0])
+    for mode in ("offset", "clamp"):
+        lm = LogMel(MelConfig(log_mode=mode))
+        for g in (None, gain):
+            ref = log_of_mel(mel.clone(), 1e-6, mode, g)
+            got = lm.log(mel.clone(), g)
+            torch.testing.assert_close(got, ref, rtol=0, atol=2 * float(torch.finfo(torch.float32).eps) * 80)
+            assert torch.equal(lm.log(mel.clone(), g), got)
+    plain = lm.log(mel.clone())
+    assert torch.equal(lm.log(mel.clone(), gain)[[0, 2]], plain[[0, 2]])  # rows without gain: the plain log's bits
 
 
 def test_row_norms_equal_float64_norms_and_carry_nan_and_inf():

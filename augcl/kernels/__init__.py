@@ -15,9 +15,9 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   memory per B=128 batch with MKL's rfft between them, are never written.
   Where the kernel has no plan (an ``n_fft`` whose half has a prime factor above 5, or float64), the FFTs stay in
   torch and the power and mel projection are :mod:`.mel_cpu`.
-* The anchor: crop and white noise at an SNR over the valid samples in one pass (:func:`noisy_segments`), the noise
-  from each row's seed (:mod:`.noise_cpu`, the counter-based generator of :func:`augcl.noise.white_noise`), then the
-  fused log-mel; the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
+* The anchor: crop and white noise at an SNR over the valid samples (the noise from each row's seed:
+  :mod:`.noise_cpu`, the counter-based generator of :func:`augcl.noise.white_noise`), then the fused log-mel, all in
+  one kernel (:func:`noisy_mel`; the segment lives in the cache; :func:`noisy_segments` gives the segments alone); the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
   windowed in one pass, :func:`frames_at`, where it has no plan).
 * The input check's row norms (:func:`row_norms`) and SpecAugment's masks written in place (:func:`fill_masks`).
 
@@ -176,20 +176,33 @@ def fused_mel(n_fft: int, dtype: torch.dtype) -> bool:
 
 
 def mel_at(wave: Tensor, first: Tensor, window: Tensor, n_fft: int, sparse: tuple, power: float,
-           limit: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+           limit: Optional[Tensor] = None, out: Optional[Tensor] = None, log: Optional[tuple] = None) -> Tensor:
     """The mel energies ``(B, M, K)`` of the windowed frames ``wave[b, first[b, k] + i] * window[i]`` (zeros outside
     ``[0, min(T, limit[b]))``, zero-padded to ``n_fft``): framing, real FFT, power and mel projection in one CPU kernel
     (:func:`.fft_cpu.mel_at`), nothing of the frames' or the spectrum's size written. The reference:
     :func:`augcl.core._gather_windows` times the window, then :func:`augcl.mel._mel_windowed`. float32 ``wave``
-    ``(B, T)`` where :func:`fused_mel`; ``out`` (contiguous float32 ``(B, M, K)``): where to write them."""
+    ``(B, T)`` where :func:`fused_mel`; ``out`` (contiguous float32 ``(B, M, K)``): where to write them. ``log``
+    ``(log_eps, log_mode)``: their log instead, as :func:`augcl.functional.log_of_mel` (without ``log_gain``)."""
     _follow_torch_threads()
     from . import fft_cpu
 
     B, T = wave.shape
     lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
     res = fft_cpu.run(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, torch.float32), n_fft,
-                      sparse, power, None if out is None else out.numpy())
+                      sparse, power, None if out is None else out.numpy(), log)
     return out if out is not None else torch.from_numpy(res)
+
+
+def log_mel_(mel: Tensor, log_eps: float, log_mode: str) -> Tensor:
+    """In place on contiguous float32 CPU ``mel`` ``(B, ...)``: ``log(mel + log_eps)`` (``log_mode="offset"``) or
+    ``log(max(mel, log_eps))`` (``"clamp"``), the log of the fused log-mel (:func:`.fft_cpu.log_inplace`: within 1 ulp
+    of the correctly rounded log), parallel over rows; returns ``mel``. The reference:
+    :func:`augcl.functional.log_of_mel` (without ``log_gain``)."""
+    _follow_torch_threads()
+    from . import fft_cpu
+
+    fft_cpu.log_rows(mel.detach().numpy().reshape(mel.shape[0], -1), fft_cpu.LOG_MODES[log_mode], np.float32(log_eps))
+    return mel
 
 
 def white_noise(seed: Tensor, length: int) -> Tensor:
@@ -272,6 +285,26 @@ def noisy_segments(wave: Tensor, start: Tensor, length: int, seed: Tensor, snr_d
                               _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64),
                               _np(applied, torch.bool), out.numpy())
     return out
+
+
+def noisy_mel(wave: Tensor, start: Tensor, frames: int, hop_length: int, window: Tensor, seed: Tensor, snr_db: Tensor,
+              applied: Tensor, n_fft: int, sparse: tuple, power: float, limit: Optional[Tensor] = None,
+              out: Optional[Tensor] = None, log: Optional[tuple] = None) -> Tensor:
+    """The mel energies ``(B, M, frames)`` (``log`` ``(log_eps, log_mode)``: their log) of :func:`noisy_segments`'
+    segments of ``(frames - 1) * hop_length + len(window)`` samples, framed at ``hop_length``, in one CPU kernel
+    (:func:`.fft_cpu.noisy_mel`): each segment is made in the cache and goes straight to the fused log-mel; the same
+    numbers as :func:`noisy_segments` then :func:`mel_at`. CPU, float32 ``wave`` ``(B, T)``, where :func:`fused_mel`;
+    ``out`` (contiguous float32 ``(B, M, frames)``): where to write them."""
+    _follow_torch_threads()
+    from . import fft_cpu
+
+    B, T = wave.shape
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
+    res = fft_cpu.run_noisy(_np(wave, torch.float32), _np(start, torch.long), _np(lim, torch.long),
+                            _np(seed, torch.long).view(np.uint64), _np(snr_db, torch.float64), _np(applied, torch.bool),
+                            hop_length, _np(window, torch.float32), n_fft, sparse, power, frames,
+                            None if out is None else out.numpy(), log)
+    return out if out is not None else torch.from_numpy(res)
 
 
 def row_norms(wave: Tensor) -> Tensor:

@@ -1,15 +1,15 @@
-"""The log-mel's framing, real FFT, power and mel projection fused in one Numba kernel on the CPU (parallel over
-clips, 16 frames of a clip at a time).
+"""The log-mel's framing, real FFT, power, mel projection and log fused in one Numba kernel on the CPU (parallel over
+clips, 8 frames of a clip at a time).
 
 Replaces the frames, ``torch.fft.rfft`` and :func:`.mel_cpu.mel_energy` on float32: a B=128 batch's 24,576 windowed
-frames (39 MB) and their complex spectrum (40 MB) no longer go through memory. A tile of 16 frames stays in the core's
+frames (39 MB) and their complex spectrum (40 MB) no longer go through memory. A tile of 8 frames stays in the core's
 cache from the clip's samples to the mel energies.
 
 The FFT of ``n_fft`` real samples is the complex FFT of ``n_fft / 2`` points ``z[n] = x[2n] + i x[2n + 1]``, then
 ``X[k] = (Z[k] + conj Z[H - k]) / 2 - i W^k (Z[k] - conj Z[H - k]) / 2`` (``W = exp(-2 pi i / n_fft)``, ``H =
 n_fft / 2``). The complex FFT is a mixed-radix Stockham autosort FFT (radices 4, 2, 3, 5; Govindaraju et al.,
 "High performance discrete Fourier transforms on graphics processors", SC 2008) computed *across* the frames of a
-tile: every butterfly is the same few operations on the 16 frames' values, written as operations on tuples of
+tile: every butterfly is the same few operations on the 8 frames' values, written as operations on tuples of
 :data:`V` lanes that LLVM's SLP vectoriser turns into one vector instruction each (one AVX2 register of float32).
 Numba leaves the SLP vectoriser off by default; :func:`run` compiles the kernel with it on (:func:`_slp`), and nothing
 else: the setting is put back at once. Sizes whose half has a prime factor above 5 have no plan
@@ -30,10 +30,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-#: frames per tile: one vector of V lanes
-TILE = 16
+from .frames_cpu import _noisy_segment
 
-#: lanes of one vector: one AVX2 register of float32. A tile's TILE = 16 frames are two vectors
+#: frames per tile: one vector of V lanes. A tile's four FFT buffers and its power spectrum (n_fft 400: 5 x 200 x 8
+#: float32, 32 KB) stay in a core's L1 cache; tiles of 16 frames (64 KB) spilled to L2 and were ~10 % slower
+TILE = 8
+
+#: lanes of one vector: one AVX2 register of float32
 V = 8
 FM = {"contract", "nsz"}
 U0 = np.uint64(0)
@@ -157,8 +160,31 @@ def _radix3(sr, si, dr, di, NR, Ns, twr, twi, toff):
             _st(di, d0 + 2 * Ns, c, _add(mi, qr))
 
 
+@njit(inline="always", fastmath=FM)
+def _radix4_butterfly(dr, di, d0, Ns, c, a0r, a0i, a1r, a1i, a2r, a2i, a3r, a3i):
+    b0r, b0i = _add(a0r, a2r), _add(a0i, a2i)
+    b1r, b1i = _sub(a0r, a2r), _sub(a0i, a2i)
+    b2r, b2i = _add(a1r, a3r), _add(a1i, a3i)
+    b3r, b3i = _sub(a1r, a3r), _sub(a1i, a3i)
+    _st(dr, d0, c, _add(b0r, b2r))
+    _st(di, d0, c, _add(b0i, b2i))
+    _st(dr, d0 + Ns, c, _add(b1r, b3i))  # b1 - i b3
+    _st(di, d0 + Ns, c, _sub(b1i, b3r))
+    _st(dr, d0 + 2 * Ns, c, _sub(b0r, b2r))
+    _st(di, d0 + 2 * Ns, c, _sub(b0i, b2i))
+    _st(dr, d0 + 3 * Ns, c, _sub(b1r, b3i))  # b1 + i b3
+    _st(di, d0 + 3 * Ns, c, _add(b1i, b3r))
+
+
 @njit(cache=True, fastmath=FM)
 def _radix4(sr, si, dr, di, NR, Ns, twr, twi, toff):
+    if Ns == 1:  # the first stage: every twiddle is 1
+        for j in range(NR):
+            for c in range(0, TILE, V):
+                _radix4_butterfly(dr, di, j * 4, 1, c, _ld(sr, j, c), _ld(si, j, c), _ld(sr, j + NR, c),
+                                  _ld(si, j + NR, c), _ld(sr, j + 2 * NR, c), _ld(si, j + 2 * NR, c),
+                                  _ld(sr, j + 3 * NR, c), _ld(si, j + 3 * NR, c))
+        return
     for j in range(NR):
         jm = j % Ns
         d0 = (j - jm) * 4 + jm
@@ -168,18 +194,7 @@ def _radix4(sr, si, dr, di, NR, Ns, twr, twi, toff):
             a1r, a1i = _twiddled(sr, si, j + NR, c, twr[t + 1], twi[t + 1])
             a2r, a2i = _twiddled(sr, si, j + 2 * NR, c, twr[t + 2], twi[t + 2])
             a3r, a3i = _twiddled(sr, si, j + 3 * NR, c, twr[t + 3], twi[t + 3])
-            b0r, b0i = _add(a0r, a2r), _add(a0i, a2i)
-            b1r, b1i = _sub(a0r, a2r), _sub(a0i, a2i)
-            b2r, b2i = _add(a1r, a3r), _add(a1i, a3i)
-            b3r, b3i = _sub(a1r, a3r), _sub(a1i, a3i)
-            _st(dr, d0, c, _add(b0r, b2r))
-            _st(di, d0, c, _add(b0i, b2i))
-            _st(dr, d0 + Ns, c, _add(b1r, b3i))  # b1 - i b3
-            _st(di, d0 + Ns, c, _sub(b1i, b3r))
-            _st(dr, d0 + 2 * Ns, c, _sub(b0r, b2r))
-            _st(di, d0 + 2 * Ns, c, _sub(b0i, b2i))
-            _st(dr, d0 + 3 * Ns, c, _sub(b1r, b3i))  # b1 + i b3
-            _st(di, d0 + 3 * Ns, c, _add(b1i, b3r))
+            _radix4_butterfly(dr, di, d0, Ns, c, a0r, a0i, a1r, a1i, a2r, a2i, a3r, a3i)
 
 
 @njit(cache=True, fastmath=FM)
@@ -241,21 +256,29 @@ def fft_tile(ar, ai, br, bi, radices, offsets, twr, twi):
 @njit(cache=True, fastmath=FM)
 def _real_power(zr, zi, post_r, post_i, lo_bin, hi_bin, power, pw):
     """``pw[k] = |X[k]| ** power`` for bins ``lo_bin <= k < hi_bin`` of the real FFT whose half-length complex FFT
-    is ``zr + i zi`` ``(H, TILE)``."""
+    is ``zr + i zi`` ``(H, TILE)``. Bins ``k`` and ``H - k`` read the same two values ``Z[k]``, ``Z[H - k]``: with
+    ``E = (Z[k] + conj Z[H-k]) / 2``, ``D = Z[k] - conj Z[H-k]`` and ``W^(H-k) = -conj W^k``, ``X[k] = E + (W^k / 2)
+    (-i D)`` and ``X[H-k] = conj E - conj((W^k / 2) (-i D))``: one pass computes both."""
     H = zr.shape[0]
     half = np.float32(0.5)
     for k in range(lo_bin, hi_bin):
-        k1, k2 = k % H, (H - k) % H
+        k2 = H - k  # the partner bin
+        pair = k2 != k and lo_bin <= k2 < hi_bin
+        if pair and k2 < k:  # done with its partner
+            continue
+        k1, kq = k % H, k2 % H
         wr, wi = post_r[k] * half, post_i[k] * half
         for c in range(0, TILE, V):
-            pr, pi, qr, qi = _ld(zr, k1, c), _ld(zi, k1, c), _ld(zr, k2, c), _ld(zi, k2, c)
-            er, ei = _lin(pr, half, qr, half), _lin(pi, half, qi, -half)  # (Z[k] + conj Z[H-k]) / 2
-            dr, di = _sub(pr, qr), _add(pi, qi)  # Z[k] - conj Z[H-k]
-            # X = E + W (-i D) / 2 = E + (W / 2) (di - i dr)
-            xr = _lin3(er, di, wr, dr, wi)
-            xi = _lin3(ei, dr, -wr, di, wi)
-            _st(pw, k, c, _energy(xr, xi))
-        if power != 2.0:
+            pr, pi, qr, qi = _ld(zr, k1, c), _ld(zi, k1, c), _ld(zr, kq, c), _ld(zi, kq, c)
+            er, ei = _lin(pr, half, qr, half), _lin(pi, half, qi, -half)  # E
+            dr, di = _sub(pr, qr), _add(pi, qi)  # D
+            ar = _lin(di, wr, dr, wi)  # (W / 2) (-i D) = (W / 2) (di - i dr)
+            ai = _lin(di, wi, dr, -wr)
+            _st(pw, k, c, _energy(_add(er, ar), _add(ei, ai)))
+            if pair:
+                _st(pw, k2, c, _energy(_sub(er, ar), _sub(ai, ei)))
+    if power != 2.0:
+        for k in range(lo_bin, hi_bin):
             for kk in range(U0, np.uint64(TILE)):
                 e = pw[k, kk]
                 pw[k, kk] = math.sqrt(e) if power == 1.0 else e ** (0.5 * power)
@@ -296,57 +319,151 @@ def _gather_tile(row, starts, n_l, end, window, ar, ai):
 @njit(cache=True, fastmath=FM)
 def _bands(pw, band_first, band_offsets, weights, out, k0, n_l):
     """``out[m, k0 + l] = sum_j weights[offsets[m] + j] pw[first[m] + j, l]`` for each band ``m`` and ``l < n_l``: its
-    nonzero span only, the TILE frames' sums in registers."""
-    zero = _zeros()
-    for m in range(band_first.shape[0]):
-        lo, o0 = band_first[m], band_offsets[m]
-        a0, a1 = zero, zero
-        for j in range(band_offsets[m + 1] - o0):
-            w = weights[o0 + j]
-            a0 = _madd(a0, _ld(pw, lo + j, 0), w)
-            a1 = _madd(a1, _ld(pw, lo + j, V), w)
-        if n_l == TILE:
-            _st(out, m, k0, a0)
-            _st(out, m, k0 + V, a1)
-        else:
-            for l in range(min(n_l, V)):
-                out[m, k0 + l] = a0[l]
-            for l in range(V, n_l):
-                out[m, k0 + l] = a1[l - V]
+    nonzero span only, the tile's sums in registers."""
+    for c in range(0, TILE, V):
+        for m in range(band_first.shape[0]):
+            lo, o0 = band_first[m], band_offsets[m]
+            a = _zeros()
+            for j in range(band_offsets[m + 1] - o0):
+                a = _madd(a, _ld(pw, lo + j, c), weights[o0 + j])
+            if c + V <= n_l:
+                _st(out, m, k0 + c, a)
+            else:
+                for l in range(max(n_l - c, 0)):
+                    out[m, k0 + c + l] = a[l]
+
+
+#: fdlibm's split of log(2): LN2_HI has trailing zero bits, so ``e * LN2_HI`` is exact for every float32 exponent
+LN2_HI = np.float32(6.9313812256e-01)
+LN2_LO = np.float32(9.0580006145e-06)
+FLT_MIN = np.float32(1.1754943508222875e-38)
+FLT_MAX = np.float32(3.4028234663852886e+38)
+SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
+
+
+#: fdlibm's logf (e_logf.c): log(2) split so that ``e * LN2_HI`` is exact, and the series of ``log((1 + s) / (1 - s))``
+LN2_HI = np.float32(6.9313812256e-01)
+LN2_LO = np.float32(9.0580006145e-06)
+LG = (np.float32(6.6666668653e-01), np.float32(4.0000000596e-01), np.float32(2.8571429849e-01),
+      np.float32(2.2222198546e-01), np.float32(1.8183572590e-01), np.float32(1.5313838422e-01),
+      np.float32(1.4798198640e-01))
+FLT_MIN = np.float32(1.1754943508222875e-38)
+FLT_MAX = np.float32(3.4028234663852886e+38)
+SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
+
+
+@njit(cache=True, fastmath=FM)
+def log_inplace(v, mode, eps, expo):
+    """``v`` (1-D float32) := ``log(v + eps)`` (``mode`` 1) or ``log(max(v, eps))`` (``mode`` 2; NaN stays NaN), within
+    1 ulp of the exact log (tests/test_kernels_cpu.py): fdlibm's ``logf`` (``v = (1 + f) 2 ** e`` with ``1 + f`` in
+    [0.71, 1.41), ``log(1 + f) = f - (f² / 2 - s (f² / 2 + R(s²)))``, ``s = f / (2 + f)``), written as three loops that
+    vectorise (libm's ``logf`` does not). A ``v`` that is 0, subnormal, infinite or NaN sends the whole array to libm's
+    ``log`` (its exact special values). ``expo``: int32 scratch of ``v``'s length."""
+    n = v.shape[0]
+    special = False
+    for i in range(n):
+        a = v[i] + eps if mode == 1 else (eps if v[i] < eps else v[i])
+        v[i] = a
+        special |= not (a >= FLT_MIN and a <= FLT_MAX)
+    if special:
+        for i in range(n):
+            v[i] = np.log(v[i])
+        return
+    bits = v.view(np.int32)
+    for i in range(n):  # split v = (1 + f) * 2 ** exponent, 1 + f in [0.71, 1.41)
+        ib = bits[i]
+        e = (ib >> 23) - 127
+        mb = (ib & 0x007FFFFF) | 0x3F800000
+        if mb > SQRT2_BITS:
+            mb -= 0x00800000
+            e += 1
+        expo[i] = e
+        bits[i] = mb
+    half = np.float32(0.5)
+    for i in range(n):
+        f = v[i] - np.float32(1.0)
+        s = f / (np.float32(2.0) + f)
+        z = s * s
+        w = z * z
+        r = z * (LG[0] + w * (LG[2] + w * (LG[4] + w * LG[6]))) + w * (LG[1] + w * (LG[3] + w * LG[5]))
+        hfsq = half * f * f
+        e = np.float32(expo[i])
+        v[i] = e * LN2_HI - ((hfsq - (s * (hfsq + r) + e * LN2_LO)) - f)
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
-def mel_at(x, first, limit, window, radices, offsets, twr, twi, post_r, post_i, band_first, band_offsets, weights,
-           power, out):
-    """``out[b, m, k] = sum_f w[m, f] |rfft(frame, n_fft)[f]| ** power`` over band ``m``'s span only, where ``frame =
-    x[b, first[b, k] + i] * window[i]`` (zeros outside ``[0, min(T, limit[b]))``, zero-padded to ``n_fft = 2 H``).
+def log_rows(v, mode, eps):
+    """:func:`log_inplace` of each row of ``v`` ``(B, n)`` float32, parallel over rows."""
+    for b in prange(v.shape[0]):
+        log_inplace(v[b], mode, eps, np.empty(v.shape[1], np.int32))
 
-    ``x`` ``(B, T)`` float32; ``first`` ``(B, K)`` int64; the plan (:func:`plan`) of ``n_fft``; the sparse filterbank
-    (:func:`.mel_cpu.sparse_filterbank`); ``out`` ``(B, M, K)`` float32."""
-    B, K = first.shape
-    T = x.shape[1]
-    H = post_r.shape[0] - 1
-    M = band_first.shape[0]
+
+@njit(cache=True)
+def _bin_span(band_first, band_offsets, H):
+    """``(lo, hi)``: the bins any band reads."""
     lo_bin, hi_bin = H + 1, 0
-    for m in range(M):  # the bins any band reads
+    for m in range(band_first.shape[0]):
         n = band_offsets[m + 1] - band_offsets[m]
         if n > 0:
             lo_bin = min(lo_bin, band_first[m])
             hi_bin = max(hi_bin, band_first[m] + n)
-    hi_bin = max(hi_bin, lo_bin)
-    for b in prange(B):
-        ar, ai = np.empty((H, TILE), np.float32), np.empty((H, TILE), np.float32)
-        br, bi = np.empty((H, TILE), np.float32), np.empty((H, TILE), np.float32)
-        pw = np.zeros((H + 1, TILE), np.float32)
-        end = min(limit[b], T)
-        for k0 in range(0, K, TILE):
-            n_l = min(TILE, K - k0)
-            _gather_tile(x[b], first[b, k0:k0 + n_l], n_l, end, window, ar, ai)
-            if fft_tile(ar, ai, br, bi, radices, offsets, twr, twi) == 0:
-                _real_power(ar, ai, post_r, post_i, lo_bin, hi_bin, power, pw)
-            else:
-                _real_power(br, bi, post_r, post_i, lo_bin, hi_bin, power, pw)
-            _bands(pw, band_first, band_offsets, weights, out[b], k0, n_l)
+    return lo_bin, max(hi_bin, lo_bin)
+
+
+@njit(cache=True, fastmath=FM)
+def _mel_row(row, starts, end, window, radices, offsets, twr, twi, post_r, post_i, band_first, band_offsets, weights,
+             power, log_mode, log_eps, out):
+    """One clip of :func:`mel_at`: ``out`` ``(M, K)`` from ``row``'s frames at ``starts`` ``(K,)`` (zeros outside ``[0,
+    end)``), tile by tile in a scratch that stays in the cache."""
+    K = out.shape[1]
+    H = post_r.shape[0] - 1
+    lo_bin, hi_bin = _bin_span(band_first, band_offsets, H)
+    ar, ai = np.empty((H, TILE), np.float32), np.empty((H, TILE), np.float32)
+    br, bi = np.empty((H, TILE), np.float32), np.empty((H, TILE), np.float32)
+    pw = np.zeros((H + 1, TILE), np.float32)
+    for k0 in range(0, K, TILE):
+        n_l = min(TILE, K - k0)
+        _gather_tile(row, starts[k0:k0 + n_l], n_l, end, window, ar, ai)
+        if fft_tile(ar, ai, br, bi, radices, offsets, twr, twi) == 0:
+            _real_power(ar, ai, post_r, post_i, lo_bin, hi_bin, power, pw)
+        else:
+            _real_power(br, bi, post_r, post_i, lo_bin, hi_bin, power, pw)
+        _bands(pw, band_first, band_offsets, weights, out, k0, n_l)
+    if log_mode != 0:  # the clip's mel energies, still in the cache
+        log_inplace(out.reshape(-1), log_mode, np.float32(log_eps), np.empty(out.size, np.int32))
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def mel_at(x, first, limit, window, radices, offsets, twr, twi, post_r, post_i, band_first, band_offsets, weights,
+           power, log_mode, log_eps, out):
+    """``out[b, m, k] = sum_f w[m, f] |rfft(frame, n_fft)[f]| ** power`` over band ``m``'s span only, where ``frame =
+    x[b, first[b, k] + i] * window[i]`` (zeros outside ``[0, min(T, limit[b]))``, zero-padded to ``n_fft = 2 H``);
+    ``log_mode`` 1 or 2: its log instead, ``log(out + log_eps)`` or ``log(max(out, log_eps))`` (:func:`log_inplace`).
+
+    ``x`` ``(B, T)`` float32; ``first`` ``(B, K)`` int64; the plan (:func:`plan`) of ``n_fft``; the sparse filterbank
+    (:func:`.mel_cpu.sparse_filterbank`); ``out`` ``(B, M, K)`` float32."""
+    T = x.shape[1]
+    for b in prange(first.shape[0]):
+        _mel_row(x[b], first[b], min(limit[b], T), window, radices, offsets, twr, twi, post_r, post_i, band_first,
+                 band_offsets, weights, power, log_mode, log_eps, out[b])
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def noisy_mel(x, start, limit, seeds, snr_db, applied, hop, window, radices, offsets, twr, twi, post_r, post_i,
+              band_first, band_offsets, weights, power, log_mode, log_eps, out):
+    """:func:`mel_at` of the frames ``k * hop`` of :func:`.frames_cpu.noisy_segments`' segment of row ``b`` (``n = (K -
+    1) * hop + len(window)`` samples from ``start[b]``, white noise of stream ``seeds[b]`` at ``snr_db[b]`` where
+    ``applied[b]``), the segment made in a per-row scratch that stays in the cache: the same numbers as the two
+    kernels one after the other, without the batch's segments going through memory (a B=128 batch's 8 MB, which the
+    allocator maps afresh on every call)."""
+    K = out.shape[2]
+    n = (K - 1) * hop + window.shape[0]
+    starts = np.arange(K) * hop
+    for b in prange(out.shape[0]):
+        seg = np.zeros(n, np.float32)
+        _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
+        _mel_row(seg, starts, n, window, radices, offsets, twr, twi, post_r, post_i, band_first, band_offsets, weights,
+                 power, log_mode, log_eps, out[b])
 
 
 @functools.lru_cache(maxsize=None)
@@ -391,10 +508,16 @@ def _slp():
             numba.config.SLP_VECTORIZE = before
 
 
+#: ``log=`` of :func:`run`: the log_mode of :class:`augcl.MelConfig` -> mel_at's ``log_mode``
+LOG_MODES = {"offset": 1, "clamp": 2}
+
+
 def run(x: np.ndarray, first: np.ndarray, limit: np.ndarray, window: np.ndarray, n_fft: int, sparse: tuple,
-        power: float, out: Optional[np.ndarray] = None) -> np.ndarray:
+        power: float, out: Optional[np.ndarray] = None, log: Optional[tuple] = None) -> np.ndarray:
     """:func:`mel_at` on ``x`` ``(B, T)``, ``first`` ``(B, K)``, ``limit`` ``(B,)`` and ``window``; returns ``(B, M, K)``
     float32 (``out`` if given: it must be C-contiguous float32 of that shape). ``plan(n_fft)`` must not be None.
+    ``log`` ``(log_eps, log_mode)`` (``"offset"`` or ``"clamp"``): the log-mels of :func:`augcl.functional.log_of_mel`
+    instead of the energies.
 
     The arguments are brought to the one signature the kernel is compiled for (C-contiguous float32 / int64), so a
     process compiles it once, with the SLP vectoriser on (:func:`_slp`; about a minute here, then Numba's cache)."""
@@ -406,11 +529,39 @@ def run(x: np.ndarray, first: np.ndarray, limit: np.ndarray, window: np.ndarray,
     elif out.dtype != np.float32 or out.shape != (B, M, K) or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"out must be a writable C-contiguous float32 array of shape {(B, M, K)}, got "
                          f"{out.dtype} {out.shape}")
+    log_eps, log_mode = (0.0, 0) if log is None else (float(log[0]), LOG_MODES[log[1]])
     c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
     args = (c32(x), c64(first), c64(limit), c32(window), *plan(n_fft), c64(band_first), c64(band_offsets),
-            c32(weights), float(power), out)
-    if not mel_at.signatures:
+            c32(weights), float(power), log_mode, log_eps, out)
+    _call(mel_at, args)
+    return out
+
+
+def _call(kernel, args) -> None:
+    """``kernel(*args)``, compiled for these arguments' types with SLP (:func:`_slp`) on its first call."""
+    if not kernel.signatures:
         with _slp():
-            mel_at.compile(tuple(numba.typeof(a) for a in args))
-    mel_at(*args)
+            kernel.compile(tuple(numba.typeof(a) for a in args))
+    kernel(*args)
+
+
+def run_noisy(x: np.ndarray, start: np.ndarray, limit: np.ndarray, seeds: np.ndarray, snr_db: np.ndarray,
+              applied: np.ndarray, hop: int, window: np.ndarray, n_fft: int, sparse: tuple, power: float, frames: int,
+              out: Optional[np.ndarray] = None, log: Optional[tuple] = None) -> np.ndarray:
+    """:func:`noisy_mel` ``(B, M, frames)`` float32 (into ``out`` if given, as in :func:`run`): ``x`` ``(B, T)``,
+    ``start``, ``limit`` ``(B,)`` int64, ``seeds`` uint64, ``snr_db`` float64, ``applied`` bool; ``log`` as in
+    :func:`run`. One signature, compiled once with SLP."""
+    band_first, band_offsets, weights = sparse
+    B, M = x.shape[0], len(band_first)
+    if out is None:
+        out = np.empty((B, M, frames), np.float32)
+    elif out.dtype != np.float32 or out.shape != (B, M, frames) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {(B, M, frames)}, got "
+                         f"{out.dtype} {out.shape}")
+    log_eps, log_mode = (0.0, 0) if log is None else (float(log[0]), LOG_MODES[log[1]])
+    c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
+    args = (c32(x), c64(start), c64(limit), np.ascontiguousarray(seeds, np.uint64), np.ascontiguousarray(snr_db, np.float64),
+            np.ascontiguousarray(applied, np.bool_), int(hop), c32(window), *plan(n_fft), c64(band_first),
+            c64(band_offsets), c32(weights), float(power), log_mode, log_eps, out)
+    _call(noisy_mel, args)
     return out
