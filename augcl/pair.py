@@ -100,10 +100,10 @@ SCALE_ABOVE = 2.0 ** 40
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
-#: the same with the CPU kernels (``backend="auto"`` with Numba). The fused log-mel writes no frames or spectra, so
-#: chunks only bound the vocoder's and the RIR's temporaries (``all``) and the anchor's noisy segments; fewer, larger
-#: chunks cost less Python. Chunks of 32: ts+mask 30 ms (128: 29, 16: 33, 8: 43), all 111 ms (64: 112, 16: 123,
-#: 128: 150) at 2 threads (docs/benchmarks/chunks.md: ``python -m benchmarks.throughput --presets ts+mask all
+#: the same with the CPU kernels (``backend="auto"`` with Numba). The fused log-mel writes no frames or spectra and the
+#: anchor's kernel no segments, so chunks only bound the vocoder's and the RIR's temporaries (``all``); fewer, larger
+#: chunks cost less Python. Measured before the anchor's kernel was fused, chunks of 32: ts+mask 30 ms (128: 29, 16:
+#: 33, 8: 43), all 111 ms (64: 112, 16: 123, 128: 150) at 2 threads (docs/benchmarks/chunks.md: ``python -m benchmarks.throughput --presets ts+mask all
 #: --repeats 9 --chunk-sizes 8 16 32 64 128``)
 KERNEL_CHUNK = 32
 
