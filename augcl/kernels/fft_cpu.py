@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from .frames_cpu import _noisy_segment
+from .noise_cpu import split_exponent
 
 #: frames per tile: one vector of V lanes. A tile's four FFT buffers and its power spectrum (n_fft 400: 5 x 200 x 8
 #: float32, 32 KB) stay in a core's L1 cache; tiles of 16 frames (64 KB) spilled to L2 and were ~10 % slower
@@ -338,7 +339,6 @@ LN2_HI = np.float32(6.9313812256e-01)
 LN2_LO = np.float32(9.0580006145e-06)
 FLT_MIN = np.float32(1.1754943508222875e-38)
 FLT_MAX = np.float32(3.4028234663852886e+38)
-SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
 
 
 #: fdlibm's logf (e_logf.c): log(2) split so that ``e * LN2_HI`` is exact, and the series of ``log((1 + s) / (1 - s))``
@@ -349,7 +349,6 @@ LG = (np.float32(6.6666668653e-01), np.float32(4.0000000596e-01), np.float32(2.8
       np.float32(1.4798198640e-01))
 FLT_MIN = np.float32(1.1754943508222875e-38)
 FLT_MAX = np.float32(3.4028234663852886e+38)
-SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
 
 
 @njit(cache=True, fastmath=FM)
@@ -369,16 +368,7 @@ def log_inplace(v, mode, eps, expo):
         for i in range(n):
             v[i] = np.log(v[i])
         return
-    bits = v.view(np.int32)
-    for i in range(n):  # split v = (1 + f) * 2 ** exponent, 1 + f in [0.71, 1.41)
-        ib = bits[i]
-        e = (ib >> 23) - 127
-        mb = (ib & 0x007FFFFF) | 0x3F800000
-        if mb > SQRT2_BITS:
-            mb -= 0x00800000
-            e += 1
-        expo[i] = e
-        bits[i] = mb
+    split_exponent(v.view(np.int32), expo, n)  # v = (1 + f) * 2 ** exponent, 1 + f in [0.71, 1.41)
     half = np.float32(0.5)
     for i in range(n):
         f = v[i] - np.float32(1.0)
@@ -523,18 +513,23 @@ def run(x: np.ndarray, first: np.ndarray, limit: np.ndarray, window: np.ndarray,
     process compiles it once, with the SLP vectoriser on (:func:`_slp`; about a minute here, then Numba's cache)."""
     band_first, band_offsets, weights = sparse
     B, K = first.shape
-    M = len(band_first)
-    if out is None:
-        out = np.empty((B, M, K), np.float32)
-    elif out.dtype != np.float32 or out.shape != (B, M, K) or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {(B, M, K)}, got "
-                         f"{out.dtype} {out.shape}")
-    log_eps, log_mode = (0.0, 0) if log is None else (float(log[0]), LOG_MODES[log[1]])
+    out, log_mode, log_eps = _out_and_log(out, (B, len(band_first), K), log)
     c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
     args = (c32(x), c64(first), c64(limit), c32(window), *plan(n_fft), c64(band_first), c64(band_offsets),
             c32(weights), float(power), log_mode, log_eps, out)
     _call(mel_at, args)
     return out
+
+
+def _out_and_log(out: Optional[np.ndarray], shape: tuple, log: Optional[tuple]) -> tuple:
+    """``(out, log_mode, log_eps)`` for a kernel writing ``shape`` float32: ``out`` checked (a writable C-contiguous
+    float32 array of that shape; the kernel never writes past it) or made; ``log`` ``(log_eps, log_mode)`` or None."""
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {shape}, got "
+                         f"{out.dtype} {out.shape}")
+    return (out, 0, 0.0) if log is None else (out, LOG_MODES[log[1]], float(log[0]))
 
 
 def _call(kernel, args) -> None:
@@ -552,13 +547,7 @@ def run_noisy(x: np.ndarray, start: np.ndarray, limit: np.ndarray, seeds: np.nda
     ``start``, ``limit`` ``(B,)`` int64, ``seeds`` uint64, ``snr_db`` float64, ``applied`` bool; ``log`` as in
     :func:`run`. One signature, compiled once with SLP."""
     band_first, band_offsets, weights = sparse
-    B, M = x.shape[0], len(band_first)
-    if out is None:
-        out = np.empty((B, M, frames), np.float32)
-    elif out.dtype != np.float32 or out.shape != (B, M, frames) or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {(B, M, frames)}, got "
-                         f"{out.dtype} {out.shape}")
-    log_eps, log_mode = (0.0, 0) if log is None else (float(log[0]), LOG_MODES[log[1]])
+    out, log_mode, log_eps = _out_and_log(out, (x.shape[0], len(band_first), frames), log)
     c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
     args = (c32(x), c64(start), c64(limit), np.ascontiguousarray(seeds, np.uint64), np.ascontiguousarray(snr_db, np.float64),
             np.ascontiguousarray(applied, np.bool_), int(hop), c32(window), *plan(n_fft), c64(band_first),

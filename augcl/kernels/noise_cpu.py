@@ -22,6 +22,22 @@ SQRT2 = np.float32(1.4142135623730951)
 SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
 
 
+@njit(inline="always")
+def split_exponent(bits, expo, n):
+    """The first ``n`` positive normal float32 ``v = m 2 ** e`` (their bits ``bits``, int32) split in place: ``bits``
+    := those of the mantissa ``m`` in [0.71, 1.41) (one above sqrt(2) is halved: a log's series in ``m`` then converges
+    fast), ``expo`` := ``e``. A loop that vectorises."""
+    for t in range(n):
+        ib = bits[t]
+        e = (ib >> 23) - 127
+        mb = (ib & 0x007FFFFF) | 0x3F800000
+        if mb > SQRT2_BITS:
+            mb -= 0x00800000
+            e += 1
+        expo[t] = e
+        bits[t] = mb
+
+
 @njit(cache=True, inline="always", fastmath={"contract", "nsz"})
 def noise_row(key, out, x, arg, expo):
     """Normals ``0 ... len(out) - 1`` of stream ``key`` into ``out``; ``x``, ``arg`` (float32), ``expo`` (int32):
@@ -41,15 +57,7 @@ def noise_row(key, out, x, arg, expo):
             xv = np.float32(np.int32(v) * 2 + 1 - 16777216) * np.float32(2.0 ** -24)  # exact: |integer| < 2 ** 24
             x[t] = xv
             arg[t] = (one - xv) * (one + xv)
-        for t in range(m):  # split (1 - x)(1 + x) = mantissa * 2 ** exponent, the mantissa in [0.71, 1.41)
-            ib = bits[t]
-            e = (ib >> 23) - 127
-            mb = (ib & 0x007FFFFF) | 0x3F800000
-            if mb > SQRT2_BITS:
-                mb -= 0x00800000
-                e += 1
-            expo[t] = e
-            bits[t] = mb
+        split_exponent(bits, expo, m)  # (1 - x)(1 + x) = mantissa * 2 ** exponent, the mantissa in [0.71, 1.41)
         for t in range(m):
             mm = arg[t]
             s = (mm - one) / (mm + one)
