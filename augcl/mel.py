@@ -323,6 +323,7 @@ class LogMel(nn.Module):
         _check_log_mode(c.log_mode)
         g, gained = _gained_log(mel, c.log_eps, c.log_mode, log_gain)
         out = kernels.log_mel_(mel, c.log_eps, c.log_mode)
+        torch.autograd.graph.increment_version(mel)  # written through NumPy: tell autograd, as add_/log_ would
         return out if gained is None else out.copy_(torch.where(g != 0, gained, out))
 
     def from_context(self, x: Tensor) -> Tensor:

@@ -103,8 +103,8 @@ CPU_CHUNK = 32
 #: the same with the CPU kernels (``backend="auto"`` with Numba). The fused log-mel writes no frames or spectra and the
 #: anchor's kernel no segments, so chunks only bound the vocoder's and the RIR's temporaries (``all``); fewer, larger
 #: chunks cost less Python. Measured before the anchor's kernel was fused, chunks of 32: ts+mask 30 ms (128: 29, 16:
-#: 33, 8: 43), all 111 ms (64: 112, 16: 123, 128: 150) at 2 threads (docs/benchmarks/chunks.md: ``python -m benchmarks.throughput --presets ts+mask all
-#: --repeats 9 --chunk-sizes 8 16 32 64 128``)
+#: 33, 8: 43), all 111 ms (64: 112, 16: 123, 128: 150) at 2 threads (docs/benchmarks/chunks.md:
+#: ``python -m benchmarks.throughput --presets ts+mask all --repeats 9 --chunk-sizes 8 16 32 64 128``)
 KERNEL_CHUNK = 32
 
 
@@ -425,7 +425,8 @@ class PairAugmenter(nn.Module):
             specs.append(spec)
         return Pair(specs[0].to(out_dtype), specs[1].to(out_dtype), params, finite)
 
-    def _mel_energies(self, branch: Branch, x: Tensor, params: dict, scale: Optional[Tensor], log: bool = False) -> Tensor:
+    def _mel_energies(self, branch: Branch, x: Tensor, params: dict, scale: Optional[Tensor],
+                      log: bool = False) -> Tensor:
         """``branch``'s mel energies of the batch (``log``: their log), chunk by chunk (:meth:`chunks`). On the CPU branch
         the chunks' go straight into the batch's (the kernels write there: no concatenation); elsewhere they are
         concatenated."""

@@ -41,7 +41,8 @@ def _convolve_spectrum(wave: Tensor, ir_spectrum: Tensor, n: int, N: int, delay:
     T = wave.shape[-1]
     spec = torch.fft.rfft(wave.to(work_dtype(wave.dtype)), n=n)
     # in place where no gradient needs the product's factors: one batch-sized complex temporary (B=128: 16 MB) fewer
-    in_place = not (torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad))
+    in_place = (not (torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad))
+                and torch.broadcast_shapes(spec.shape, ir_spectrum.shape) == spec.shape)
     full = torch.fft.irfft(spec.mul_(ir_spectrum) if in_place else spec * ir_spectrum, n=n)
     if delay is None:
         return full[..., :T]

@@ -135,7 +135,8 @@ def test_augment_crop_first_torchaudio_chain_equals_the_whole_clip_chain_where_t
 
 @pytest.mark.parametrize("preset", ["noise", "ts+mask", "all"])
 def test_augment_breakdown_times_the_calls_the_forward_makes(preset, impulse_bank):
-    """The breakdown's stages are the forward pass's own calls (``_mel_energies`` and ``mel.log`` per branch, ``mask.apply``) on the
+    """The breakdown's stages are the forward pass's own calls (``_mel_energies`` per branch, the log inside it,
+    ``mask.apply``) on the
     arguments it gave them: replayed, they return the pipeline's anchor and positive exactly; the augmenter is left
     as it was (no recording attribute stays on it)."""
     from benchmarks import augment

@@ -128,6 +128,16 @@ def test_fft_convolve_has_the_gradients_of_both_factors():
     torch.testing.assert_close(AF.fft_convolve(w, h).detach(), AF.fft_convolve(w.detach(), h.detach()), rtol=0, atol=0)
 
 
+def test_fft_convolve_broadcasts_the_irs_over_one_clip():
+    """One clip against a batch of IRs (the product's shape is the IRs'): each row is that IR's convolution."""
+    w = torch.randn(40, generator=torch.Generator().manual_seed(2))
+    h = torch.randn(3, 9, generator=torch.Generator().manual_seed(3))
+    got = AF.fft_convolve(w, h)
+    assert got.shape == (3, 40)
+    for i in range(3):
+        np.testing.assert_allclose(got[i].numpy(), np.convolve(w.numpy(), h[i].numpy())[:40], rtol=1e-4, atol=1e-5)
+
+
 def test_fft_convolve_unit_impulse_returns_input():
     x = torch.randn(4, 16000)
     ir = torch.zeros(4, 8000)

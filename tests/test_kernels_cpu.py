@@ -459,6 +459,20 @@ def test_logmel_log_on_the_kernels_equals_the_reference_with_gain():
             assert torch.equal(lm.log(mel.clone(), g), got)
     plain = lm.log(mel.clone())
     assert torch.equal(lm.log(mel.clone(), gain)[[0, 2]], plain[[0, 2]])  # rows without gain: the plain log's bits
+    # the fused log-mel's log (compiled inside mel_at, with SLP) and LogMel.log's (log_rows) are the same bits
+    x = torch.randn(3, 16000, generator=cpu_generator(10))
+    first = (torch.arange(96) * 160).expand(3, 96)
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    for log in ((1e-6, "offset"), (1e-6, "clamp")):
+        fused = kernels.mel_at(x, first, lm.window, 400, sparse, 2.0, log=log)
+        assert torch.equal(fused, kernels.log_mel_(kernels.mel_at(x, first, lm.window, 400, sparse, 2.0), *log))
+    # written through NumPy, the log still tells autograd: a tensor saved for backward is not silently changed
+    a = torch.rand(2, 64, 96, requires_grad=True)
+    mel = torch.rand(2, 64, 96)
+    y = a * mel
+    LogMel().log(mel)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 def test_row_norms_equal_float64_norms_and_carry_nan_and_inf():

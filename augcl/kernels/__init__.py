@@ -17,7 +17,8 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   torch and the power and mel projection are :mod:`.mel_cpu`.
 * The anchor: crop and white noise at an SNR over the valid samples (the noise from each row's seed:
   :mod:`.noise_cpu`, the counter-based generator of :func:`augcl.noise.white_noise`), then the fused log-mel, all in
-  one kernel (:func:`noisy_mel`; the segment lives in the cache; :func:`noisy_segments` gives the segments alone); the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
+  one kernel (:func:`noisy_mel`; the segment lives in the cache; :func:`noisy_segments` gives the segments alone);
+  the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
   windowed in one pass, :func:`frames_at`, where it has no plan).
 * The input check's row norms (:func:`row_norms`) and SpecAugment's masks written in place (:func:`fill_masks`).
 
@@ -196,7 +197,7 @@ def mel_at(wave: Tensor, first: Tensor, window: Tensor, n_fft: int, sparse: tupl
 def log_mel_(mel: Tensor, log_eps: float, log_mode: str) -> Tensor:
     """In place on contiguous float32 CPU ``mel`` ``(B, ...)``: ``log(mel + log_eps)`` (``log_mode="offset"``) or
     ``log(max(mel, log_eps))`` (``"clamp"``), the log of the fused log-mel (:func:`.fft_cpu.log_inplace`: within 1 ulp
-    of the correctly rounded log), parallel over rows; returns ``mel``. The reference:
+    of the exact log), parallel over rows; returns ``mel``. The reference:
     :func:`augcl.functional.log_of_mel` (without ``log_gain``)."""
     _follow_torch_threads()
     from . import fft_cpu

@@ -334,13 +334,6 @@ def _bands(pw, band_first, band_offsets, weights, out, k0, n_l):
                     out[m, k0 + c + l] = a[l]
 
 
-#: fdlibm's split of log(2): LN2_HI has trailing zero bits, so ``e * LN2_HI`` is exact for every float32 exponent
-LN2_HI = np.float32(6.9313812256e-01)
-LN2_LO = np.float32(9.0580006145e-06)
-FLT_MIN = np.float32(1.1754943508222875e-38)
-FLT_MAX = np.float32(3.4028234663852886e+38)
-
-
 #: fdlibm's logf (e_logf.c): log(2) split so that ``e * LN2_HI`` is exact, and the series of ``log((1 + s) / (1 - s))``
 LN2_HI = np.float32(6.9313812256e-01)
 LN2_LO = np.float32(9.0580006145e-06)
@@ -549,8 +542,8 @@ def run_noisy(x: np.ndarray, start: np.ndarray, limit: np.ndarray, seeds: np.nda
     band_first, band_offsets, weights = sparse
     out, log_mode, log_eps = _out_and_log(out, (x.shape[0], len(band_first), frames), log)
     c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
-    args = (c32(x), c64(start), c64(limit), np.ascontiguousarray(seeds, np.uint64), np.ascontiguousarray(snr_db, np.float64),
-            np.ascontiguousarray(applied, np.bool_), int(hop), c32(window), *plan(n_fft), c64(band_first),
+    args = (c32(x), c64(start), c64(limit), np.ascontiguousarray(seeds, np.uint64),
+            np.ascontiguousarray(snr_db, np.float64), np.ascontiguousarray(applied, np.bool_), int(hop), c32(window), *plan(n_fft), c64(band_first),
             c64(band_offsets), c32(weights), float(power), log_mode, log_eps, out)
     _call(noisy_mel, args)
     return out
