@@ -353,13 +353,12 @@ def pipeline_calls(aug: PairAugmenter, x: torch.Tensor, params: dict) -> dict:
             del mask.apply
         for mel in mels.values():
             del mel.log
-    branches = {}
+    branches, name = {}, None
     for kind, a, b in events:
         if kind == "energies":
-            branches[a] = last = b
+            name, branches[a] = a, b
         else:  # the log applies to the energies just computed
-            name = next(n for n, f in branches.items() if f is last)
-            branches[name] = partial(lambda e, m, r: m.log(e(), *r[0][1:], **r[1]), last, a, b)
+            branches[name] = partial(lambda e, m, r: m.log(e(), *r[0][1:], **r[1]), branches[name], a, b)
     if sorted(branches) != ["anchor", "positive"]:
         raise RuntimeError(f"expected one PairAugmenter._mel_energies call per branch, recorded {sorted(branches)}")
     calls.update(branches)

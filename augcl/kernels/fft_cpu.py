@@ -34,7 +34,7 @@ from .frames_cpu import _noisy_segment
 from .noise_cpu import split_exponent
 
 #: frames per tile: one vector of V lanes. A tile's four FFT buffers and its power spectrum (n_fft 400: 5 x 200 x 8
-#: float32, 32 KB) stay in a core's L1 cache; tiles of 16 frames (64 KB) spilled to L2 and were ~10 % slower
+#: float32, 32 KB) stay in a core's L1 cache; tiles of 16 frames (64 KB) spilled to L2 and were slower
 TILE = 8
 
 #: lanes of one vector: one AVX2 register of float32
@@ -504,14 +504,25 @@ def run(x: np.ndarray, first: np.ndarray, limit: np.ndarray, window: np.ndarray,
 
     The arguments are brought to the one signature the kernel is compiled for (C-contiguous float32 / int64), so a
     process compiles it once, with the SLP vectoriser on (:func:`_slp`; about a minute here, then Numba's cache)."""
-    band_first, band_offsets, weights = sparse
     B, K = first.shape
-    out, log_mode, log_eps = _out_and_log(out, (B, len(band_first), K), log)
-    c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
-    args = (c32(x), c64(first), c64(limit), c32(window), *plan(n_fft), c64(band_first), c64(band_offsets),
-            c32(weights), float(power), log_mode, log_eps, out)
-    _call(mel_at, args)
+    out, log_mode, log_eps = _out_and_log(out, (B, len(sparse[0]), K), log)
+    _call(mel_at, (_f32(x), _i64(first), _i64(limit), _f32(window), *_tables(n_fft, sparse), float(power), log_mode,
+                   log_eps, out))
     return out
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.int64)
+
+
+def _tables(n_fft: int, sparse: tuple) -> tuple:
+    """The kernels' plan (:func:`plan`) and sparse filterbank arguments, in their one signature's types."""
+    band_first, band_offsets, weights = sparse
+    return (*plan(n_fft), _i64(band_first), _i64(band_offsets), _f32(weights))
 
 
 def _out_and_log(out: Optional[np.ndarray], shape: tuple, log: Optional[tuple]) -> tuple:
@@ -539,11 +550,8 @@ def run_noisy(x: np.ndarray, start: np.ndarray, limit: np.ndarray, seeds: np.nda
     """:func:`noisy_mel` ``(B, M, frames)`` float32 (into ``out`` if given, as in :func:`run`): ``x`` ``(B, T)``,
     ``start``, ``limit`` ``(B,)`` int64, ``seeds`` uint64, ``snr_db`` float64, ``applied`` bool; ``log`` as in
     :func:`run`. One signature, compiled once with SLP."""
-    band_first, band_offsets, weights = sparse
-    out, log_mode, log_eps = _out_and_log(out, (x.shape[0], len(band_first), frames), log)
-    c32, c64 = (lambda a: np.ascontiguousarray(a, np.float32)), (lambda a: np.ascontiguousarray(a, np.int64))
-    args = (c32(x), c64(start), c64(limit), np.ascontiguousarray(seeds, np.uint64),
-            np.ascontiguousarray(snr_db, np.float64), np.ascontiguousarray(applied, np.bool_), int(hop), c32(window), *plan(n_fft), c64(band_first),
-            c64(band_offsets), c32(weights), float(power), log_mode, log_eps, out)
-    _call(noisy_mel, args)
+    out, log_mode, log_eps = _out_and_log(out, (x.shape[0], len(sparse[0]), frames), log)
+    _call(noisy_mel, (_f32(x), _i64(start), _i64(limit), np.ascontiguousarray(seeds, np.uint64),
+                      np.ascontiguousarray(snr_db, np.float64), np.ascontiguousarray(applied, np.bool_), int(hop),
+                      _f32(window), *_tables(n_fft, sparse), float(power), log_mode, log_eps, out))
     return out
