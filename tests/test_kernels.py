@@ -139,6 +139,54 @@ def test_cpu_kernel_in_float32_is_as_accurate_as_the_reference(kind, batch, n_ff
     assert err_ker <= 2 * err_ref + 2e-5, (err_ker, err_ref)
 
 
+@needs_numba
+@given(**case)
+@settings(max_examples=30)
+def test_cpu_kernel_phase_step_in_float32_is_as_accurate_as_the_reference(kind, batch, n_fft, hop_div, length, rate,
+                                                                         start, seed):
+    """The float32 phase step alone (complex64 spectra): within the float32 reference's own error of the float64
+    truth (_check_float32), as the CUDA kernel's test asks."""
+    _, _, s0, s1 = _spectra(kind, batch, n_fft, hop_div, length, rate, start, seed)
+    hop = n_fft // hop_div
+    c0, c1 = s0.to(torch.complex64), s1.to(torch.complex64)
+    out = kernels.vocoder_phase(c0, c1, n_fft, hop)
+    assert out.dtype == torch.complex64
+    _check_float32(out, AF._vocoder_phase(c0, c1, n_fft, hop), AF._vocoder_phase(s0, s1, n_fft, hop), s0)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_cpu_kernel_locks_each_bin_to_its_nearest_peak_ties_to_the_left(dtype):
+    """Designed magnitudes: peaks at both edges, runs of odd and even length between peaks (a bin midway between two
+    peaks goes to the left one), a single peak, and an all-zero frame (no peak). Every bin's rotation
+    ``out / spec0`` is its nearest peak's, read off the output alone; the rotations equal the float64 reference's."""
+    nb, n_fft, hop = 33, 64, 16
+    peaks_of = [[1], [0, 6, 12, 17, 32], [], [2, 31]]  # frame 0: every rotation is 1 (no advance yet)
+    g = cpu_generator(4)
+    mag = torch.full((1, len(peaks_of), nb), 0.5, dtype=torch.float64)
+    for k, peaks in enumerate(peaks_of):
+        if peaks:
+            dist = (torch.arange(nb).reshape(-1, 1) - torch.tensor(peaks)).abs().amin(1)
+            mag[0, k] = 2.0 - 0.05 * dist + 1e-3 * torch.rand(nb, generator=g, dtype=torch.float64) * (dist > 0)
+        else:
+            mag[0, k] = 0.0
+    phase = (torch.rand(mag.shape, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    s0 = torch.polar(mag, phase)
+    s1 = s0 * torch.polar(torch.ones_like(mag), torch.rand(mag.shape, generator=g, dtype=torch.float64))
+    out = kernels.vocoder_phase(s0.to(dtype), s1.to(dtype), n_fft, hop)
+    truth = AF._vocoder_phase(s0, s1, n_fft, hop)
+    for k, peaks in enumerate(peaks_of):
+        if not peaks:
+            assert bool((out[0, k] == 0).all())
+            continue
+        rot = out[0, k].to(torch.complex128) / s0[0, k]
+        for f in range(nb):
+            dist = [abs(f - p) for p in peaks]
+            nearest = peaks[dist.index(min(dist))]  # the first of equals: the left one
+            assert abs(rot[f] - rot[nearest]) < 1e-6, (k, f, nearest)
+        assert float((rot - truth[0, k] / s0[0, k]).abs().max()) < (1e-5 if dtype == torch.complex64 else 1e-12)
+
+
 def _with_signed_zeros(z: torch.Tensor, real: float, imag: float) -> torch.Tensor:
     """``z`` with its exact zeros replaced by ``complex(real, imag)`` (+-0.0 each)."""
     zero = z == 0

@@ -184,11 +184,16 @@ def _cis(x):
 
 @njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
 def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
-    """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes, both phases
-    and the phase advance for every bin of a frame at once (the polynomial atan2, no branch), then the accumulation;
-    the rare bins the reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The
-    same arithmetic as :func:`phase_lock` with ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to
-    rounding: only a tie of two magnitudes can pick another peak)."""
+    """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes and the phase
+    advance for every bin of a frame at once (the polynomial atan2, no branch; silent cross-spectra flagged in an
+    array: counting them in that loop kept it scalar), then the accumulation and the peaks; the rare bins the
+    reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The analysis phase and
+    the rotation ``exp(i (synthesis - analysis phase))`` are computed at the peaks only (their values gathered first,
+    so that loop vectorises too), and each run of bins up to the midpoint of two peaks is multiplied by its peak's
+    rotation (no per-bin nearest-peak index, no gather). The same arithmetic as :func:`phase_lock` with
+    ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to rounding: only a tie of two magnitudes can
+    pick another peak). Against the previous version of this kernel (every bin's rotation, gathered by a nearest-peak
+    index), the outputs differ by an ulp where the compiler contracts the last product differently."""
     B, K, nb = spec0.shape
     d = max(n_fft // 8, 1)
     inv_d = 1.0 / d
@@ -198,17 +203,19 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     two_pi = 2.0 * math.pi
     for b in prange(B):
         mag = np.empty(nb, np.float32)
-        pa = np.empty(nb, np.float32)  # the frame's analysis phases
         adv = np.empty(nb, np.float32)
         omega_prev = np.empty(nb, np.float32)
         acc = np.zeros(nb, np.float64)
         pa0 = np.empty(nb, np.float32)
-        nearest = np.empty(nb, np.int64)
+        silent = np.empty(nb, np.bool_)
         peak = np.empty(nb, np.bool_)
-        rot = np.empty(nb, np.complex64)
+        peaks = np.empty(nb, np.int64)  # the frame's peak bins, in order
+        rot = np.empty(nb, np.complex64)  # their rotations
+        peak_re = np.empty(nb, np.float32)
+        peak_im = np.empty(nb, np.float32)
+        peak_phase = np.empty(nb, np.float64)  # first analysis phase + accumulated advance
         for k in range(K):
             z0, z1, o = spec0[b, k], spec1[b, k], out[b, k]
-            silent = 0
             for f in range(u0, unb):
                 re0, im0, re1, im1 = z0[f].real, z0[f].imag, z1[f].real, z1[f].imag
                 mag[f] = math.sqrt(re0 * re0 + im0 * im0)
@@ -217,27 +224,26 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                 c2r, c2i = cr * rr - ci * ri, cr * ri + ci * rr
                 a = _atan2_poly(c2i, c2r)
                 adv[f] = -math.pi if a >= math.pi else a
-                pa[f] = _atan2_poly(im0, re0)
-                silent += 1 if (c2r == 0.0 and c2i == 0.0) else 0
+                silent[f] = (c2r == 0.0) & (c2i == 0.0)
+            n_silent = 0
+            for f in range(u0, unb):
+                n_silent += silent[f]
             adv[0] = 0.0  # real bins advance at their bin frequency, as in the reference
             if nyquist >= 0:
                 adv[nyquist] = 0.0
-            if silent:  # a silent frame: angle(0) = 0 whatever the zeros' signs, as the reference's _angle
+            if n_silent:  # a silent frame: angle(0) = 0 whatever the zeros' signs, as the reference's _angle
                 for f in range(1, nb):
-                    if f != nyquist:
+                    if f != nyquist and silent[f]:
                         z, w = z0[f], z1[f]
-                        cr, ci = w.real * z.real + w.imag * z.imag, w.imag * z.real - w.real * z.imag
-                        rr, ri = rot_d[f].real, rot_d[f].imag
-                        if cr * rr - ci * ri == 0.0 and cr * ri + ci * rr == 0.0:
-                            adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real)
-                                           - omega_bin[f] * d, False)
+                        adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, False)
             mx = np.float32(0.0)
+            for f in range(u0, unb):
+                mx = max(mx, mag[f])
             if k == 0:
                 for f in range(u0, unb):
                     om = omega_bin[f] + adv[f] * inv_d
                     omega_prev[f] = om
-                    pa0[f] = pa[f]
-                    mx = max(mx, mag[f])
+                    pa0[f] = _atan2_poly(z0[f].imag, z0[f].real)
             else:
                 for f in range(u0, unb):
                     om = omega_bin[f] + adv[f] * inv_d
@@ -246,32 +252,42 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                     m = m - two_pi if m >= two_pi else m
                     acc[f] += m - math.pi
                     omega_prev[f] = om
-                    mx = max(mx, mag[f])
             floor = mx * np.float32(1e-6)
-            for f in range(u0, unb):  # every bin's rotation exp(i (synthesis - analysis phase)): used at peaks
-                th = pa0[f] + acc[f] - pa[f]
-                rot[f] = _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
             # peaks: a bin not exceeded by its two neighbours on either side, above the floor (comparisons combined
-            # without branches: a spectrum's peaks are unpredictable); the edges' missing neighbours count as lower
-            for f in range(nb):
+            # without branches: a spectrum's peaks are unpredictable); the edges' missing neighbours count as lower,
+            # so the two bins at each edge are tested apart and the interior's loop reads its neighbours unguarded
+            for f in range(2, nb - 2):
                 m = mag[f]
-                left1 = mag[f - 1] if f >= 1 else m
-                left2 = mag[f - 2] if f >= 2 else m
-                right1 = mag[f + 1] if f + 1 < nb else m
-                right2 = mag[f + 2] if f + 2 < nb else m
-                peak[f] = (m > floor) & (left1 <= m) & (left2 <= m) & (right1 <= m) & (right2 <= m)
-            # nearest peak: a left-to-right pass records the last peak, a right-to-left pass picks the closer one
-            # (ties go left), as selects
-            last = -1
-            for f in range(nb):
-                last = f if peak[f] else last
-                nearest[f] = last
-            nxt = -1
-            for f in range(nb - 1, -1, -1):
-                left = nearest[f]
-                nxt = f if peak[f] else nxt
-                right_closer = (nxt >= 0) & ((left < 0) | (nxt - f < f - left))
-                chosen = nxt if right_closer else left
-                nearest[f] = f if chosen < 0 else chosen  # no peak in the frame: the bin keeps its own phase
-            for f in range(u0, unb):
-                o[f] = z0[f] * rot[nearest[f]]
+                peak[f] = (m > floor) & (mag[f - 1] <= m) & (mag[f - 2] <= m) & (mag[f + 1] <= m) & (mag[f + 2] <= m)
+            for f in (0, 1, nb - 2, nb - 1):
+                if 0 <= f < nb:
+                    m = mag[f]
+                    left1 = mag[f - 1] if f >= 1 else m
+                    left2 = mag[f - 2] if f >= 2 else m
+                    right1 = mag[f + 1] if f + 1 < nb else m
+                    right2 = mag[f + 2] if f + 2 < nb else m
+                    peak[f] = (m > floor) & (left1 <= m) & (left2 <= m) & (right1 <= m) & (right2 <= m)
+            n_peaks = 0
+            for f in range(nb):  # the peaks' bins in order, without a branch
+                peaks[n_peaks] = f
+                n_peaks += peak[f]
+            if n_peaks == 0:  # no peak in the frame: every bin keeps its own synthesis phase
+                for f in range(u0, unb):
+                    th = pa0[f] + acc[f] - np.float32(_atan2_poly(z0[f].imag, z0[f].real))
+                    o[f] = z0[f] * _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
+                continue
+            for j in range(n_peaks):  # the peaks' values, gathered contiguous so that the next loop vectorises
+                p = peaks[j]
+                peak_re[j], peak_im[j], peak_phase[j] = z0[p].real, z0[p].imag, pa0[p] + acc[p]
+            for j in range(n_peaks):  # each peak's rotation exp(i (synthesis - analysis phase))
+                th = peak_phase[j] - np.float32(_atan2_poly(peak_im[j], peak_re[j]))
+                rot[j] = _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
+            # each bin takes its nearest peak's rotation, ties to the left: the bins up to the midpoint of two
+            # successive peaks take the left one's; those before the first peak (after the last) take its
+            lo = 0
+            for j in range(n_peaks):
+                hi = (peaks[j] + peaks[j + 1]) // 2 + 1 if j + 1 < n_peaks else nb
+                r = rot[j]
+                for f in range(lo, hi):
+                    o[f] = z0[f] * r
+                lo = hi
