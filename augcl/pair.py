@@ -100,12 +100,14 @@ SCALE_ABOVE = 2.0 ** 40
 #: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
 #: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
 CPU_CHUNK = 32
-#: the same with the CPU kernels (``backend="auto"`` with Numba). The fused log-mel writes no frames or spectra and the
-#: anchor's kernel no segments, so chunks only bound the vocoder's and the RIR's temporaries (``all``); fewer, larger
-#: chunks cost less Python. Measured before the anchor's kernel was fused, chunks of 32: ts+mask 30 ms (128: 29, 16:
-#: 33, 8: 43), all 111 ms (64: 112, 16: 123, 128: 150) at 2 threads (docs/benchmarks/chunks.md:
-#: ``python -m benchmarks.throughput --presets ts+mask all --repeats 9 --chunk-sizes 8 16 32 64 128``)
-KERNEL_CHUNK = 32
+#: the same with the CPU kernels (``backend="auto"`` with Numba), for a branch with waveform stages (the vocoder, RIR,
+#: noise other than the fused white noise, extra transforms): chunks bound their temporaries. A branch the fused
+#: kernels compute whole (the anchor's crop + noise + log-mel, the positive's stretched frames + log-mel: no frames,
+#: spectra or segments written) runs the whole batch at once: fewer, larger kernel calls cost less Python and fewer
+#: thread wake-ups. ``python -m benchmarks.throughput --presets ts+mask all --repeats 15 --chunk-sizes 32 48 64 128``
+#: (docs/benchmarks/chunks.md) on a 2-core CPU: ts+mask (both branches fused) 28 ms a B=128 batch at 128, 30-33 ms at
+#: 32-64; all 99 ms at 48 and 64, 102 at 32, 121 at 128 (its vocoder's and RIR's temporaries outrun the caches).
+KERNEL_CHUNK = 64
 
 
 class Pair(NamedTuple):
@@ -143,6 +145,14 @@ class Branch(nn.Module):
         self.mel = mel
         self.mask = SpecAugment.from_config(config.mask) if config.mask is not None else None
         self.frames = pair.segment_frames
+
+    def fused(self, x: Tensor) -> bool:
+        """Whether the CPU kernels compute this branch's mel energies of ``x`` whole, in one fused kernel (crop + white
+        noise + log-mel, or stretched frames + log-mel), writing no frames, spectra or segments."""
+        n_fft = self.mel.config.n_fft
+        if self.spectral:
+            return self.mel._kernel_filterbank(x) is not None and kernels.fused_mel(n_fft, AF.work_dtype(x.dtype))
+        return self._fused_noise(x) and kernels.fused_mel(n_fft, x.dtype)
 
     def _fused_noise(self, x: Tensor) -> bool:
         """Whether this branch is a plain segment + white noise at an SNR -> log-mel, run by the CPU kernels."""
@@ -255,9 +265,10 @@ class PairAugmenter(nn.Module):
             device-side assert (docs/guide.md, "torch.compile"). Finite input of any magnitude
             gives finite output: rows too loud for float32 powers are augmented divided by a power of two
             (:data:`SCALE_ABOVE`).
-        chunk_size: clips each branch processes at a time. Default (None): on a CPU :data:`KERNEL_CHUNK` with the
-            kernels, :data:`CPU_CHUNK` without, the whole batch elsewhere. Parameters are drawn for the whole batch first either way, and the output does
-            not depend on it; it only bounds the size of the temporaries.
+        chunk_size: clips each branch processes at a time. Default (None): on a CPU with the kernels, the whole batch
+            for a branch the fused kernels compute whole and :data:`KERNEL_CHUNK` for one with waveform stages;
+            :data:`CPU_CHUNK` without the kernels; the whole batch elsewhere. Parameters are drawn for the whole batch
+            first either way, and the output does not depend on it; it only bounds the size of the temporaries.
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
             are installed and measured faster on that device, else torch). The CPU kernels: the whole log-mel
@@ -430,7 +441,7 @@ class PairAugmenter(nn.Module):
         """``branch``'s mel energies of the batch (``log``: their log), chunk by chunk (:meth:`chunks`). On the CPU branch
         the chunks' go straight into the batch's (the kernels write there: no concatenation); elsewhere they are
         concatenated."""
-        parts = self.chunks(x, params, scale)
+        parts = self.chunks(x, params, scale, branch)
         if not AF.cpu_branch(x.device):
             return torch.cat([branch.mel_energy(*chunk, log=log) for chunk in parts])
         spec = x.new_empty(x.shape[0], 1, self.config.mel.n_mels, self.config.segment_frames)
@@ -443,11 +454,18 @@ class PairAugmenter(nn.Module):
             i += chunk[0].shape[0]
         return spec
 
-    def chunks(self, x: Tensor, params: dict, scale: Optional[Tensor] = None):
-        """``(x[i:j], params[i:j], scale[i:j])`` for the row chunks a branch is applied to (see ``chunk_size``)."""
+    def chunks(self, x: Tensor, params: dict, scale: Optional[Tensor] = None, branch: Optional[Branch] = None):
+        """``(x[i:j], params[i:j], scale[i:j])`` for the row chunks ``branch`` is applied to (see ``chunk_size``; no
+        ``branch``: those of a branch with waveform stages)."""
         B = x.shape[0]
-        size = self.chunk_size or (B if not AF.cpu_branch(x.device) else
-                                   KERNEL_CHUNK if kernels.use_kernels(self.backend, x.device) else CPU_CHUNK)
+        size = self.chunk_size
+        if not size:
+            if not AF.cpu_branch(x.device):
+                size = B
+            elif kernels.use_kernels(self.backend, x.device):
+                size = B if branch is not None and branch.fused(x) else KERNEL_CHUNK
+            else:
+                size = CPU_CHUNK
         if size >= B:
             yield x, params, scale
             return

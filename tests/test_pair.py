@@ -78,13 +78,36 @@ def test_each_example_depends_only_on_its_own_row_and_params(impulse_bank):
 @pytest.mark.parametrize("preset", FAST_PRESETS + ["all"])
 def test_chunked_output_equals_the_whole_batch(preset, backend, impulse_bank):
     """chunk_size changes only how many rows go through a branch at a time, never the pair (chunks of 3 of a
-    batch of 7: uneven last chunk; CPU default chunk is 32)."""
+    batch of 7: uneven last chunk)."""
     pytest.importorskip("numba") if backend == "kernels" else None
     x = torch.randn(7, 40000, generator=cpu_generator(8)) * 0.1
     whole = make(preset, impulse_bank, backend=backend, chunk_size=64)(x, generator=cpu_generator(2))
     chunked = make(preset, impulse_bank, backend=backend, chunk_size=3)(x, params=whole.params)
     torch.testing.assert_close(chunked.anchor, whole.anchor, atol=1e-5, rtol=0)
     torch.testing.assert_close(chunked.positive, whole.positive, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset, fused", [("ts+mask", (True, True)), ("all", (True, False)), ("mask", (True, False))])
+def test_default_chunks_on_the_cpu_kernels(preset, fused, impulse_bank):
+    """Without chunk_size, a branch the fused kernels compute whole (the anchor's crop + noise + log-mel, the
+    positive's stretched log-mel) takes the batch in one chunk; one with waveform stages (vocoder, RIR, a plain crop)
+    KERNEL_CHUNK rows at a time; chunk_size= overrides both; without the kernels every branch takes CPU_CHUNK."""
+    from augcl.pair import CPU_CHUNK, KERNEL_CHUNK
+
+    pytest.importorskip("numba")
+    B = KERNEL_CHUNK + 5
+    x = torch.zeros(B, 32000)
+    aug = make(preset, impulse_bank, backend="kernels")
+    params = aug.sample(B, x.shape[-1], cpu_generator(0))
+    for branch, whole in zip((aug.anchor, aug.positive), fused):
+        assert branch.fused(x) is whole
+        sizes = [chunk[0].shape[0] for chunk in aug.chunks(x, params, None, branch)]
+        assert sizes == ([B] if whole else [KERNEL_CHUNK, 5])
+    assert [c[0].shape[0] for c in make(preset, impulse_bank, backend="kernels", chunk_size=16).chunks(
+        x, params, None, aug.anchor)] == [16] * (B // 16) + [B % 16]
+    reference = make(preset, impulse_bank, backend="torch")
+    assert [c[0].shape[0] for c in reference.chunks(x, params, None, reference.anchor)] == (
+        [CPU_CHUNK] * (B // CPU_CHUNK) + ([B % CPU_CHUNK] if B % CPU_CHUNK else []))
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
