@@ -97,16 +97,19 @@ SCALE_ABOVE = 2.0 ** 40
 
 #: Clips a branch processes at a time on a CPU. The whole batch's temporaries (B=128: ~20 MB each) outrun the
 #: caches and make the allocator map fresh pages on every call; chunks of 32 were the fastest of 8-128 for
-#: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...``,
-#: docs/benchmarks/chunks.md: ts+mask 58 -> 41 ms a B=128 batch).
+#: ``ts+mask`` and ``all`` on a 2-core CPU (``python -m benchmarks.throughput --chunk-sizes ...`` before the kernels:
+#: ts+mask 58 -> 41 ms a B=128 batch; docs/guide.md, "Chunks"; chunks.md now holds a run with the kernels).
 CPU_CHUNK = 32
-#: the same with the CPU kernels (``backend="auto"`` with Numba), for a branch with waveform stages (the vocoder, RIR,
-#: noise other than the fused white noise, extra transforms): chunks bound their temporaries. A branch the fused
+#: the same with the CPU kernels (``backend="auto"`` with Numba, or ``"kernels"``) for every branch but those the fused
+#: kernels compute whole (:meth:`Branch.fused`): the vocoder's, RIR's, a plain crop's, other noises', extra
+#: transforms' temporaries, or frames where the fused log-mel has no plan (float64, other ``n_fft``). A branch the fused
 #: kernels compute whole (the anchor's crop + noise + log-mel, the positive's stretched frames + log-mel: no frames,
 #: spectra or segments written) runs the whole batch at once: fewer, larger kernel calls cost less Python and fewer
 #: thread wake-ups. ``python -m benchmarks.throughput --presets ts+mask all --repeats 15 --chunk-sizes 32 48 64 128``
-#: (docs/benchmarks/chunks.md) on a 2-core CPU: ts+mask (both branches fused) 28 ms a B=128 batch at 128, 30-33 ms at
-#: 32-64; all 99 ms at 48 and 64, 102 at 32, 121 at 128 (its vocoder's and RIR's temporaries outrun the caches).
+#: (docs/benchmarks/chunks.md; one size for both branches) on a 2-core CPU: ts+mask (both branches fused) 28 ms a
+#: B=128 batch at 128, 30-33 ms at 32-64; all 99 ms at 48 and 64, 102 at 32 (within the runs' spread), 121 at 128
+#: (its vocoder's and RIR's temporaries outrun the caches). The default mix (all's anchor whole, its positive in 64s)
+#: is what ``python -m benchmarks.augment`` times.
 KERNEL_CHUNK = 64
 
 
@@ -266,7 +269,7 @@ class PairAugmenter(nn.Module):
             gives finite output: rows too loud for float32 powers are augmented divided by a power of two
             (:data:`SCALE_ABOVE`).
         chunk_size: clips each branch processes at a time. Default (None): on a CPU with the kernels, the whole batch
-            for a branch the fused kernels compute whole and :data:`KERNEL_CHUNK` for one with waveform stages;
+            for a branch the fused kernels compute whole (:meth:`Branch.fused`) and :data:`KERNEL_CHUNK` for the others;
             :data:`CPU_CHUNK` without the kernels; the whole batch elsewhere. Parameters are drawn for the whole batch
             first either way, and the output does not depend on it; it only bounds the size of the temporaries.
         backend: ``"torch"`` (the :mod:`augcl.functional` reference), ``"kernels"`` (the fused kernels of
@@ -386,6 +389,8 @@ class PairAugmenter(nn.Module):
         x = x.to(AF.work_dtype(x.dtype))
         # one pass: the rows' norms find the rows too loud for float32 powers, and NaN/Inf (the check's sum before)
         fast = on_cpu and x.dtype == torch.float32 and kernels.use_kernels(self.backend, x.device)
+        if fast:  # the kernels read NumPy views: one contiguous copy here, not one per kernel call (a no-op if it is)
+            x = x.contiguous()
         row_norm = kernels.row_norms(x) if fast else torch.linalg.vector_norm(x, dim=-1)
         if check and (torch.compiler.is_compiling() or not bool(torch.isfinite(row_norm).all())):
             AF.check_finite(x)  # raises on NaN/Inf (traced: asserts); finite rows whose squares overflow pass

@@ -84,7 +84,8 @@ def peaks(device: torch.device, matmul_n: int = 2048, copy_mb: int = 256, repeat
 
 def floor(batch: int, device: torch.device, repeats: int = 5) -> float:
     """Seconds for the batch's FFTs, powers and dense mel matmuls alone (both branches), in torch, chunk by chunk as
-    augcl runs them (``CPU_CHUNK`` clips on a CPU, the whole batch elsewhere): no crop, noise, window, log or mask."""
+    augcl's reference runs them (``CPU_CHUNK`` clips on a CPU, the whole batch elsewhere): no crop, noise, window,
+    log or mask."""
     cfg = PRESETS["ts+mask"](16000).mel
     chunk = CPU_CHUNK if device.type == "cpu" else batch
     frames = torch.randn(2 * batch, 96, cfg.win_length, device=device)

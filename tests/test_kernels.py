@@ -40,14 +40,14 @@ def _signal(kind: str, batch: int, length: int, seed: int, dtype=torch.float64) 
     return (0.1 * x).to(dtype)
 
 
-def _tie_frames(spec0: torch.Tensor) -> torch.Tensor:
-    """``(B, K)``: frames where picking peaks is a tie at float64 rounding, equal magnitudes within two bins (e.g.
-    the flat spectrum of a frame that holds one sample of the clip), which torch's vectorised abs, libm's and
-    CUDA's hypot round differently: peaks, and so the locked phases, may differ there."""
+def _tie_frames(spec0: torch.Tensor, rel: float = 1e-12) -> torch.Tensor:
+    """``(B, K)``: frames where picking peaks is a tie at float64 rounding (``rel``: at that relative tolerance), equal
+    magnitudes within two bins (e.g. the flat spectrum of a frame that holds one sample of the clip), which torch's
+    vectorised abs, libm's and CUDA's hypot round differently: peaks, and so the locked phases, may differ there."""
     mag = spec0.abs()
     close = torch.zeros(mag.shape[:-1], dtype=torch.bool)
     for lag in (1, 2):
-        near = (mag[..., lag:] - mag[..., :-lag]).abs() <= 1e-12 * mag.amax(-1, keepdim=True)
+        near = (mag[..., lag:] - mag[..., :-lag]).abs() <= rel * mag.amax(-1, keepdim=True)
         close |= near.any(-1)
     return close
 
@@ -151,17 +151,25 @@ def test_cpu_kernel_phase_step_in_float32_is_as_accurate_as_the_reference(kind, 
     c0, c1 = s0.to(torch.complex64), s1.to(torch.complex64)
     out = kernels.vocoder_phase(c0, c1, n_fft, hop)
     assert out.dtype == torch.complex64
-    _check_float32(out, AF._vocoder_phase(c0, c1, n_fft, hop), AF._vocoder_phase(s0, s1, n_fft, hop), s0)
+    truth = AF._vocoder_phase(s0, s1, n_fft, hop)
+    # frames whose peaks tie at float32 rounding (the kernel's sqrt(re² + im²) and torch's hypot may break a tie
+    # either way) are left out: there a kernel and the reference may each lock to another peak
+    tie = _tie_frames(s0, 1e-6)
+    out = torch.where(tie.unsqueeze(-1), truth.to(out.dtype), out)
+    _check_float32(out, AF._vocoder_phase(c0, c1, n_fft, hop), truth, s0)
 
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_cpu_kernel_locks_each_bin_to_its_nearest_peak_ties_to_the_left(dtype):
     """Designed magnitudes: peaks at both edges, runs of odd and even length between peaks (a bin midway between two
-    peaks goes to the left one), a single peak, and an all-zero frame (no peak). Every bin's rotation
-    ``out / spec0`` is its nearest peak's, read off the output alone; the rotations equal the float64 reference's."""
+    peaks goes to the left one), a single peak, and an all-zero frame (no peak; its output is zero whatever the
+    rotation). Every bin's rotation ``out / spec0`` is its nearest peak's, read off the output alone; the rotations
+    equal the float64 reference's. (Each listed peak is 2.0, every other bin within two of it at most 1.951, and a
+    non-peak bin has a neighbour 0.05 larger: the jitter, < 1e-3, moves no peak.)"""
     nb, n_fft, hop = 33, 64, 16
-    peaks_of = [[1], [0, 6, 12, 17, 32], [], [2, 31]]  # frame 0: every rotation is 1 (no advance yet)
+    # frame 0 (every rotation is 1: no advance yet) only starts the phases; then a single peak next to the edge
+    peaks_of = [[3, 20], [1], [0, 6, 12, 17, 32], [], [2, 31]]
     g = cpu_generator(4)
     mag = torch.full((1, len(peaks_of), nb), 0.5, dtype=torch.float64)
     for k, peaks in enumerate(peaks_of):

@@ -90,8 +90,9 @@ def test_chunked_output_equals_the_whole_batch(preset, backend, impulse_bank):
 @pytest.mark.parametrize("preset, fused", [("ts+mask", (True, True)), ("all", (True, False)), ("mask", (True, False))])
 def test_default_chunks_on_the_cpu_kernels(preset, fused, impulse_bank):
     """Without chunk_size, a branch the fused kernels compute whole (the anchor's crop + noise + log-mel, the
-    positive's stretched log-mel) takes the batch in one chunk; one with waveform stages (vocoder, RIR, a plain crop)
-    KERNEL_CHUNK rows at a time; chunk_size= overrides both; without the kernels every branch takes CPU_CHUNK."""
+    positive's stretched log-mel) takes the batch in one chunk; every other branch (vocoder, RIR, a plain crop,
+    float64) KERNEL_CHUNK rows at a time; chunk_size= overrides both; without the kernels every branch takes
+    CPU_CHUNK."""
     from augcl.pair import CPU_CHUNK, KERNEL_CHUNK
 
     pytest.importorskip("numba")
@@ -99,15 +100,24 @@ def test_default_chunks_on_the_cpu_kernels(preset, fused, impulse_bank):
     x = torch.zeros(B, 32000)
     aug = make(preset, impulse_bank, backend="kernels")
     params = aug.sample(B, x.shape[-1], cpu_generator(0))
+
+    def split(size):
+        return [size] * (B // size) + ([B % size] if B % size else [])
+
     for branch, whole in zip((aug.anchor, aug.positive), fused):
         assert branch.fused(x) is whole
         sizes = [chunk[0].shape[0] for chunk in aug.chunks(x, params, None, branch)]
-        assert sizes == ([B] if whole else [KERNEL_CHUNK, 5])
-    assert [c[0].shape[0] for c in make(preset, impulse_bank, backend="kernels", chunk_size=16).chunks(
-        x, params, None, aug.anchor)] == [16] * (B // 16) + [B % 16]
+        assert sizes == ([B] if whole else split(KERNEL_CHUNK))
+    x64 = x.double()  # float64: no fused kernel (the kernels' FFT is float32), so every branch is chunked
+    for branch in (aug.anchor, aug.positive):
+        assert not branch.fused(x64)
+        assert [c[0].shape[0] for c in aug.chunks(x64, params, None, branch)] == split(KERNEL_CHUNK)
+    given = make(preset, impulse_bank, backend="kernels", chunk_size=16)
+    for branch in (given.anchor, given.positive):
+        assert [c[0].shape[0] for c in given.chunks(x, params, None, branch)] == split(16)
     reference = make(preset, impulse_bank, backend="torch")
-    assert [c[0].shape[0] for c in reference.chunks(x, params, None, reference.anchor)] == (
-        [CPU_CHUNK] * (B // CPU_CHUNK) + ([B % CPU_CHUNK] if B % CPU_CHUNK else []))
+    for branch in (reference.anchor, reference.positive):
+        assert [c[0].shape[0] for c in reference.chunks(x, params, None, branch)] == split(CPU_CHUNK)
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])

@@ -187,13 +187,13 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes and the phase
     advance for every bin of a frame at once (the polynomial atan2, no branch; silent cross-spectra flagged in an
     array: counting them in that loop kept it scalar), then the accumulation and the peaks; the rare bins the
-    reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The analysis phase and
-    the rotation ``exp(i (synthesis - analysis phase))`` are computed at the peaks only (their values gathered first,
-    so that loop vectorises too), and each run of bins up to the midpoint of two peaks is multiplied by its peak's
-    rotation (no per-bin nearest-peak index, no gather). The same arithmetic as :func:`phase_lock` with
-    ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to rounding: only a tie of two magnitudes can
-    pick another peak). Against the previous version of this kernel (every bin's rotation, gathered by a nearest-peak
-    index), the outputs differ by an ulp where the compiler contracts the last product differently."""
+    reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The analysis phase is
+    computed for every bin in the first frame (it starts the synthesis phases) and, after it, at the peaks only, with
+    the rotation ``exp(i (synthesis - analysis phase))`` (the peaks' values gathered first, so that loop vectorises;
+    a frame without a peak, all zeros, takes every bin's own). Each run of bins up to the midpoint of two peaks is
+    multiplied by its peak's rotation (ties to the left: no per-bin nearest-peak index, no gather). The same
+    arithmetic as :func:`phase_lock` with ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to
+    rounding: only a tie of two magnitudes can pick another peak)."""
     B, K, nb = spec0.shape
     d = max(n_fft // 8, 1)
     inv_d = 1.0 / d
