@@ -142,7 +142,8 @@ class Branch(nn.Module):
                              f"{', '.join(waveform_blocks)} after the stretch; use method='vocoder' or 'auto'")
         #: the stretched segment goes straight to the log-mel: read its frames at the stretched positions
         self.spectral = method in ("auto", "spectral") and not waveform_blocks
-        self.rir = ApplyImpulseResponse.from_config(config.rir, rir_bank, sr) if config.rir is not None else None
+        self.rir = (ApplyImpulseResponse.from_config(config.rir, rir_bank, sr, backend)
+                    if config.rir is not None else None)
         self.noise = AddNoise.from_config(config.noise, noise_bank, sr, backend) if config.noise is not None else None
         self.gain = Gain.from_config(config.gain) if config.gain is not None else None
         self.mel = mel
@@ -276,8 +277,9 @@ class PairAugmenter(nn.Module):
             :mod:`augcl.kernels`; an error if none runs on the input's device) or ``"auto"`` (kernels where they
             are installed and measured faster on that device, else torch). The CPU kernels: the whole log-mel
             (framing, its own real FFT, power, mel projection), the anchor's crop + white noise, the stretched
-            frames, the whole vocoder, the input check's row norms and the masks (in place); RIRs, gains and the
-            vocoder's and RIR's FFTs are the reference on every backend (the CPU kernels are host code: on an
+            frames, the whole vocoder, the input check's row norms, the masks (in place) and the RIR's spectral
+            product (in place, the bank's rows not gathered); gains and the vocoder's and RIR's FFTs are the
+            reference on every backend (the CPU kernels are host code: on an
             accelerator ``auto`` is the reference). Under ``torch.compile`` every backend traces the reference
             (:func:`augcl.kernels.use_kernels`).
     """

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from . import kernels
 from .banks import RIRBank, RoomSimConfig
 from .core import Params, Transform, _coin, _select, draw_device, valid_mask, work_dtype
 
@@ -36,14 +37,28 @@ def fft_convolve(wave: Tensor, ir: Tensor, delay: Optional[Tensor] = None) -> Te
     return _convolve_spectrum(wave, torch.fft.rfft(ir.to(dtype), n=n), n, N, delay)
 
 
-def _convolve_spectrum(wave: Tensor, ir_spectrum: Tensor, n: int, N: int, delay: Optional[Tensor] = None) -> Tensor:
-    """:func:`fft_convolve` with the IRs' spectra ``rfft(ir, n)`` given (``N``: the IRs' length)."""
+def _convolve_spectrum(wave: Tensor, ir_spectrum: Tensor, n: int, N: int, delay: Optional[Tensor] = None,
+                       rows: Optional[Tensor] = None, backend: str = "torch") -> Tensor:
+    """:func:`fft_convolve` with the IRs' spectra ``rfft(ir, n)`` given (``N``: the IRs' length). ``rows`` ``(B,)``:
+    ``ir_spectrum`` is a table of spectra and row ``b`` of ``wave`` ``(B, ..., T)`` takes its row ``rows[b]``
+    (multiplied without gathering them, by the CPU kernel, where ``backend`` runs it and no gradient is needed)."""
     T = wave.shape[-1]
     spec = torch.fft.rfft(wave.to(work_dtype(wave.dtype)), n=n)
+    grad = torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad)
+    if (rows is not None and not grad and spec.ndim == 2 and spec.dtype == ir_spectrum.dtype
+            and spec.device.type == "cpu" and kernels.use_kernels(backend, spec.device)):
+        full = torch.fft.irfft(kernels.mul_rows_(spec, ir_spectrum, rows), n=n)
+        return _read_from(full, T, N, delay)
+    if rows is not None:
+        ir_spectrum = ir_spectrum[rows].reshape((spec.shape[0],) + (1,) * (spec.ndim - 2) + (-1,))
     # in place where no gradient needs the product's factors: one batch-sized complex temporary (B=128: 16 MB) fewer
-    in_place = (not (torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad))
-                and torch.broadcast_shapes(spec.shape, ir_spectrum.shape) == spec.shape)
+    in_place = not grad and torch.broadcast_shapes(spec.shape, ir_spectrum.shape) == spec.shape
     full = torch.fft.irfft(spec.mul_(ir_spectrum) if in_place else spec * ir_spectrum, n=n)
+    return _read_from(full, T, N, delay)
+
+
+def _read_from(full: Tensor, T: int, N: int, delay: Optional[Tensor]) -> Tensor:
+    """``full[..., :T]``, or row ``b`` from ``delay[b]`` on (clamped to the IR's ``N`` samples)."""
     if delay is None:
         return full[..., :T]
     shape = (full.shape[0],) + (1,) * (full.ndim - 1)
@@ -75,7 +90,9 @@ class ApplyImpulseResponse(Transform):
     ``lengths`` are padding: they are zeroed before the convolution and the reverberant tail is cut there, as it is at
     ``T``. ``compensate_for_propagation_delay``: read the convolution from each IR's direct path (its peak) on, so
     the output stays aligned with the input (torch-audiomentations' option of that name); banks loaded with
-    ``align=True`` (the default) are aligned already. Params: ``rir_index``, ``rir_applied``.
+    ``align=True`` (the default) are aligned already. ``backend``: on the CPU, ``"auto"``/``"kernels"`` multiply the
+    clips' spectra by their IRs' in place, without gathering the bank's rows (:func:`augcl.kernels.mul_rows_`, within
+    an ulp of the reference's product); ``"torch"`` gathers them. Params: ``rir_index``, ``rir_applied``.
     """
 
     param_keys = ("rir_applied", "rir_index")
@@ -83,8 +100,10 @@ class ApplyImpulseResponse(Transform):
     def __init__(self, bank: Union[RIRBank, str, Path, None] = None, *, p: float = 0.5,
                  compensate_for_propagation_delay: bool = False, max_seconds: float = 1.0,
                  sim: Optional[RoomSimConfig] = None, mode: str = "per_example", sample_rate: Optional[int] = None,
-                 output_type: str = "tensor"):
+                 output_type: str = "tensor", backend: str = "auto"):
         super().__init__(p, mode, sample_rate, output_type)
+        kernels.check_backend(backend)
+        self.backend = backend
         if not isinstance(bank, RIRBank):
             if sample_rate is None:
                 raise ValueError("ApplyImpulseResponse needs sample_rate= to load or simulate its bank at the "
@@ -100,12 +119,13 @@ class ApplyImpulseResponse(Transform):
         self.register_buffer("delays", bank.irs.abs().argmax(dim=-1), persistent=False)
 
     @classmethod
-    def from_config(cls, config: RIRConfig, bank: Optional[RIRBank] = None, sample_rate: int = 16000
-                    ) -> "ApplyImpulseResponse":
+    def from_config(cls, config: RIRConfig, bank: Optional[RIRBank] = None, sample_rate: int = 16000,
+                    backend: str = "auto") -> "ApplyImpulseResponse":
         """The block a :class:`RIRConfig` describes (PairAugmenter's)."""
         if bank is None:
             bank = config.folder
-        return cls(bank, p=config.p, max_seconds=config.max_seconds, sim=config.sim, sample_rate=sample_rate)
+        return cls(bank, p=config.p, max_seconds=config.max_seconds, sim=config.sim, sample_rate=sample_rate,
+                   backend=backend)
 
     def sample(self, batch: int, length: int, generator=None, device=None, lengths: Optional[Tensor] = None) -> Params:
         device = draw_device(generator, device)
@@ -120,10 +140,12 @@ class ApplyImpulseResponse(Transform):
         index = params["rir_index"]
         N = self.bank.irs.shape[-1]
         n = _fft_size(x.shape[-1] + N - 1)
-        spectrum = self._bank_spectrum(n, work_dtype(x.dtype))[index]
-        spectrum = spectrum.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (-1,))
-        wet = _convolve_spectrum(x, spectrum, n, N, self.delays[index] if self.compensate else None)
-        return _select(params["rir_applied"], wet, x)
+        wet = _convolve_spectrum(x, self._bank_spectrum(n, work_dtype(x.dtype)), n, N,
+                                 self.delays[index] if self.compensate else None, rows=index, backend=self.backend)
+        applied = params["rir_applied"]
+        if not wet.requires_grad and not torch.compiler.is_compiling():  # wet is ours: keep the dry rows in it
+            return torch.where(applied.reshape([-1] + [1] * (wet.ndim - 1)), wet, x.to(wet.dtype), out=wet)
+        return _select(applied, wet, x)
 
     def _bank_spectrum(self, n: int, dtype: torch.dtype) -> Tensor:
         """``rfft(bank.irs, n)`` ``(len(bank), n // 2 + 1)``, kept until the bank's tensor, ``n`` or the dtype changes
@@ -145,4 +167,5 @@ class ApplyImpulseResponse(Transform):
         return _select(params["rir_applied"], wet, x), lengths  # an example left alone keeps its padding as it was
 
     def extra_repr(self) -> str:
-        return f"bank={len(self.bank)} IRs, compensate={self.compensate}, " + super().extra_repr()
+        return (f"bank={len(self.bank)} IRs, compensate={self.compensate}, backend={self.backend!r}, "
+                + super().extra_repr())

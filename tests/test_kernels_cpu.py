@@ -363,7 +363,7 @@ def test_the_torch_backend_runs_no_kernel(monkeypatch, impulse_bank):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel ran on backend='torch'")
 
-    for name in ("mel_at", "noisy_segments", "noisy_mel", "log_mel_", "row_norms", "fill_masks", "mel_energy",
+    for name in ("mel_at", "noisy_segments", "noisy_mel", "log_mel_", "row_norms", "fill_masks", "mul_rows_", "mel_energy",
                  "frames_at", "noisy_frames", "white_noise", "time_stretch_segment", "vocoder_phase"):
         monkeypatch.setattr(kernels, name, refuse)
     x = torch.randn(3, 24000, generator=cpu_generator(4)) * 0.1
@@ -554,3 +554,65 @@ def test_the_kernels_leave_torchs_thread_count_as_set():
             "assert torch.get_num_threads() == 1, 'all'; import numba; assert numba.get_num_threads() == 1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("F", [1, 7, 16385])
+def test_mul_rows_is_the_gathered_product_correctly_rounded(dtype, F):
+    """The RIR's spectral product in place against the exact product (float64 of float32 factors, or exact rationals
+    for float64 through ``fractions``): each part ``ac - bd``, ``ad + bc`` with every operation rounded once, within
+    an ulp of the parts' magnitudes; and within that of torch's ``spec.mul_(table[index])`` (whose elements outside
+    its vector loop round through fused multiply-adds). Repeated and out-of-order rows, an uneven split over threads."""
+    g = cpu_generator(11)
+    table = torch.randn(5, F, dtype=dtype, generator=g)
+    spec = torch.randn(9, F, dtype=dtype, generator=g)
+    index = torch.tensor([4, 0, 0, 3, 1, 4, 2, 2, 0])
+    a, b = spec.clone(), table[index]
+    got = kernels.mul_rows_(spec, table, index)
+    assert got is spec
+    eps = torch.finfo(got.real.dtype).eps
+    scale = (a.real.abs() * b.real.abs() + a.imag.abs() * b.imag.abs()).double()
+    scale_i = (a.real.abs() * b.imag.abs() + a.imag.abs() * b.real.abs()).double()
+    if dtype == torch.complex64:  # float32 factors: their products and sums are exact in float64 to 2^-48
+        ar, ai, br, bi = (t.double() for t in (a.real, a.imag, b.real, b.imag))
+        exact_r, exact_i = ar * br - ai * bi, ar * bi + ai * br
+    else:  # float64: rounded to float64 once, from exact rationals (a sample of rows: Fractions are slow)
+        from fractions import Fraction
+        rows = slice(0, 2) if F > 100 else slice(None)
+        a, b, got, scale, scale_i = a[rows], b[rows], got[rows], scale[rows], scale_i[rows]
+        fr = lambda t: [[Fraction(float(v)) for v in row] for row in t.tolist()]
+        ar, ai, br, bi = fr(a.real), fr(a.imag), fr(b.real), fr(b.imag)
+        exact_r = torch.tensor([[float(p * q - r * s) for p, q, r, s in zip(*c)] for c in zip(ar, br, ai, bi)],
+                               dtype=torch.float64)
+        exact_i = torch.tensor([[float(p * s + r * q) for p, q, r, s in zip(*c)] for c in zip(ar, br, ai, bi)],
+                               dtype=torch.float64)
+    assert bool(((got.real.double() - exact_r).abs() <= 1.5 * eps * scale).all())
+    assert bool(((got.imag.double() - exact_i).abs() <= 1.5 * eps * scale_i).all())
+    want = a.clone().mul_(b)
+    assert bool(((got - want).abs().double() <= 3 * eps * (scale + scale_i)).all())
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.mul_rows_(torch.randn(9, 2 * F, dtype=dtype)[:, ::2], table, index)
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.mul_rows_(spec.to(torch.complex128 if dtype == torch.complex64 else torch.complex64), table, index)
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_rir_kernel_product_equals_the_reference_and_keeps_the_dry_rows(compensate, impulse_bank):
+    """ApplyImpulseResponse on the kernels (the product without the gather, the dry rows written into the wet
+    output) against backend='torch' on the same draws: to float32 rounding (the product's rounding differs by an ulp
+    at most: test above); rows not applied are the input exactly; with a gradient the reference's route runs."""
+    from augcl import ApplyImpulseResponse
+
+    x = torch.randn(6, 3000, generator=cpu_generator(12)) * 0.1
+    ref = ApplyImpulseResponse(impulse_bank, p=0.5, compensate_for_propagation_delay=compensate, backend="torch")
+    ker = ApplyImpulseResponse(impulse_bank, p=0.5, compensate_for_propagation_delay=compensate, backend="kernels")
+    params = ref.sample(6, 3000, cpu_generator(13))
+    params["rir_applied"] = torch.tensor([True, False, True, True, False, True])
+    want = ref.apply(x, params)
+    got = ker.apply(x, params)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
+    assert torch.equal(got[~params["rir_applied"]], x[~params["rir_applied"]])
+    xg = x.clone().requires_grad_(True)
+    out = ker.apply(xg, params)
+    out.sum().backward()
+    assert torch.equal(out.detach(), want) and xg.grad is not None

@@ -20,7 +20,8 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   one kernel (:func:`noisy_mel`; the segment lives in the cache; :func:`noisy_segments` gives the segments alone);
   the positive's stretched frames read straight from the clip by the fused log-mel (or gathered and
   windowed in one pass, :func:`frames_at`, where it has no plan).
-* The input check's row norms (:func:`row_norms`) and SpecAugment's masks written in place (:func:`fill_masks`).
+* The input check's row norms (:func:`row_norms`), SpecAugment's masks written in place (:func:`fill_masks`) and the
+  RIR's spectral product in place, without gathering the bank's rows (:func:`mul_rows_`).
 
 The CPU kernels are host code (NumPy views of CPU tensors): the accelerator branches (also where the tests run them
 on a CPU) run the reference.
@@ -317,6 +318,22 @@ def row_norms(wave: Tensor) -> Tensor:
     out = np.empty(wave.shape[0], np.float64)
     rows_cpu.row_norms(_np(wave), out)
     return torch.from_numpy(out).to(torch.float32)
+
+
+def mul_rows_(spec: Tensor, table: Tensor, index: Tensor) -> Tensor:
+    """``spec.mul_(table[index])`` without the gathered copy, for contiguous complex CPU ``spec`` ``(B, F)`` and
+    ``table`` ``(N, F)`` of one dtype, ``index`` ``(B,)`` in ``[0, N)`` (:func:`.rows_cpu.mul_rows`; each part rounded
+    once: within an ulp of torch's product). Returns ``spec``."""
+    _follow_torch_threads()
+    from . import rows_cpu
+
+    if spec.ndim != 2 or table.ndim != 2 or spec.shape[1] != table.shape[1] or spec.dtype != table.dtype:
+        raise ValueError(f"mul_rows_ needs spec (B, F) and table (N, F) of one dtype, got {tuple(spec.shape)} "
+                         f"{spec.dtype} and {tuple(table.shape)} {table.dtype}")
+    if not spec.is_contiguous():
+        raise ValueError("mul_rows_ writes spec in place: it must be contiguous")
+    rows_cpu.mul_rows(spec.numpy(), _np(table), _np(index, torch.long))
+    return spec
 
 
 def fill_masks(spec: Tensor, params: dict, fill: Tensor) -> Tensor:
