@@ -45,8 +45,8 @@ def _convolve_spectrum(wave: Tensor, ir_spectrum: Tensor, n: int, N: int, delay:
     T = wave.shape[-1]
     spec = torch.fft.rfft(wave.to(work_dtype(wave.dtype)), n=n)
     grad = torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad)
-    if (rows is not None and not grad and spec.ndim == 2 and spec.dtype == ir_spectrum.dtype
-            and spec.device.type == "cpu" and kernels.use_kernels(backend, spec.device)):
+    if (rows is not None and not grad and spec.ndim == 2 and spec.device.type == "cpu"
+            and kernels.use_kernels(backend, spec.device)):
         full = torch.fft.irfft(kernels.mul_rows_(spec, ir_spectrum, rows), n=n)
         return _read_from(full, T, N, delay)
     if rows is not None:

@@ -182,6 +182,19 @@ def _cis(x):
     return complex(sign * cs, sign * sn)
 
 
+@njit(cache=True, inline="always", fastmath={"contract", "arcp", "nsz"})
+def _rotation(th):
+    """``exp(i th)`` complex64 of a float64 phase ``th``, wrapped to [-pi, pi] first (:func:`_cis`)."""
+    return _cis(np.float32(th - 2.0 * math.pi * np.round(th * (0.5 / math.pi))))
+
+
+@njit(cache=True, inline="always")
+def _is_peak(m, left1, left2, right1, right2, floor):
+    """A magnitude not exceeded by its two neighbours on either side and above ``floor``: comparisons combined
+    without branches (a spectrum's peaks are unpredictable), so a loop of it vectorises."""
+    return (m > floor) & (left1 <= m) & (left2 <= m) & (right1 <= m) & (right2 <= m)
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
 def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes and the phase
@@ -253,35 +266,28 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                     acc[f] += m - math.pi
                     omega_prev[f] = om
             floor = mx * np.float32(1e-6)
-            # peaks: a bin not exceeded by its two neighbours on either side, above the floor (comparisons combined
-            # without branches: a spectrum's peaks are unpredictable); the edges' missing neighbours count as lower,
-            # so the two bins at each edge are tested apart and the interior's loop reads its neighbours unguarded
+            # peaks (_is_peak); the edges' missing neighbours count as lower, so the two bins at each edge are tested
+            # apart and the interior's loop reads its neighbours unguarded
             for f in range(2, nb - 2):
-                m = mag[f]
-                peak[f] = (m > floor) & (mag[f - 1] <= m) & (mag[f - 2] <= m) & (mag[f + 1] <= m) & (mag[f + 2] <= m)
+                peak[f] = _is_peak(mag[f], mag[f - 1], mag[f - 2], mag[f + 1], mag[f + 2], floor)
             for f in (0, 1, nb - 2, nb - 1):
                 if 0 <= f < nb:
                     m = mag[f]
-                    left1 = mag[f - 1] if f >= 1 else m
-                    left2 = mag[f - 2] if f >= 2 else m
-                    right1 = mag[f + 1] if f + 1 < nb else m
-                    right2 = mag[f + 2] if f + 2 < nb else m
-                    peak[f] = (m > floor) & (left1 <= m) & (left2 <= m) & (right1 <= m) & (right2 <= m)
+                    peak[f] = _is_peak(m, mag[f - 1] if f >= 1 else m, mag[f - 2] if f >= 2 else m,
+                                       mag[f + 1] if f + 1 < nb else m, mag[f + 2] if f + 2 < nb else m, floor)
             n_peaks = 0
             for f in range(nb):  # the peaks' bins in order, without a branch
                 peaks[n_peaks] = f
                 n_peaks += peak[f]
             if n_peaks == 0:  # no peak in the frame: every bin keeps its own synthesis phase
                 for f in range(u0, unb):
-                    th = pa0[f] + acc[f] - np.float32(_atan2_poly(z0[f].imag, z0[f].real))
-                    o[f] = z0[f] * _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
+                    o[f] = z0[f] * _rotation(pa0[f] + acc[f] - np.float32(_atan2_poly(z0[f].imag, z0[f].real)))
                 continue
             for j in range(n_peaks):  # the peaks' values, gathered contiguous so that the next loop vectorises
                 p = peaks[j]
                 peak_re[j], peak_im[j], peak_phase[j] = z0[p].real, z0[p].imag, pa0[p] + acc[p]
             for j in range(n_peaks):  # each peak's rotation exp(i (synthesis - analysis phase))
-                th = peak_phase[j] - np.float32(_atan2_poly(peak_im[j], peak_re[j]))
-                rot[j] = _cis(np.float32(th - two_pi * np.round(th * (0.5 / math.pi))))
+                rot[j] = _rotation(peak_phase[j] - np.float32(_atan2_poly(peak_im[j], peak_re[j])))
             # each bin takes its nearest peak's rotation, ties to the left: the bins up to the midpoint of two
             # successive peaks take the left one's; those before the first peak (after the last) take its
             lo = 0
