@@ -195,6 +195,36 @@ def test_cpu_kernel_locks_each_bin_to_its_nearest_peak_ties_to_the_left(dtype):
         assert float((rot - truth[0, k] / s0[0, k]).abs().max()) < (1e-5 if dtype == torch.complex64 else 1e-12)
 
 
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_cpu_kernel_peaks_lie_above_a_millionth_of_the_frames_largest_magnitude(dtype):
+    """Designed magnitudes: a frame's largest bin (first, last or inside) sets the floor; a bump 5e-6 of it is a peak
+    and takes the bins nearest to it, a bump 5e-7 of it (and the 1e-8 background) is not and locks to a peak. Read
+    off the output as in the nearest-peak test; the rotations equal the float64 reference's."""
+    nb, n_fft, hop = 33, 64, 16
+    # (largest bin, bump above the floor, bump below it) for frames 1-4; frame 0 only starts the phases
+    designs = [(30, 15, 5), (0, 20, 10), (nb - 1, 3, 24), (16, 8, 26)]
+    g = cpu_generator(5)
+    mag = torch.full((1, len(designs) + 1, nb), 1e-8, dtype=torch.float64)
+    mag[0, 0] = 1.0
+    for k, (top, above, below) in enumerate(designs, 1):
+        mag[0, k, top], mag[0, k, above], mag[0, k, below] = 1.0, 5e-6, 5e-7
+    phase = (torch.rand(mag.shape, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    s0 = torch.polar(mag, phase)
+    s1 = s0 * torch.polar(torch.ones_like(mag), torch.rand(mag.shape, generator=g, dtype=torch.float64))
+    out = kernels.vocoder_phase(s0.to(dtype), s1.to(dtype), n_fft, hop)
+    truth = AF._vocoder_phase(s0, s1, n_fft, hop)
+    for k, (top, above, below) in enumerate(designs, 1):
+        rot = out[0, k].to(torch.complex128) / s0[0, k]
+        peaks = sorted([top, above])
+        for f in range(nb):
+            dist = [abs(f - p) for p in peaks]
+            nearest = peaks[dist.index(min(dist))]
+            assert abs(rot[f] - rot[nearest]) < 1e-6, (k, f, nearest)
+        assert float((rot - truth[0, k] / s0[0, k]).abs().max()) < (1e-5 if dtype == torch.complex64 else 1e-12)
+
+
 def _with_signed_zeros(z: torch.Tensor, real: float, imag: float) -> torch.Tensor:
     """``z`` with its exact zeros replaced by ``complex(real, imag)`` (+-0.0 each)."""
     zero = z == 0

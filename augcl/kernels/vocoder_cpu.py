@@ -203,16 +203,17 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     reference treats apart (DC, Nyquist, silent cross-spectra) are redone after, one by one. The analysis phase is
     computed for every bin in the first frame (it starts the synthesis phases) and, after it, at the peaks only, with
     the rotation ``exp(i (synthesis - analysis phase))`` (the peaks' values gathered first, so that loop vectorises;
-    a frame without a peak, all zeros, takes every bin's own). Each run of bins up to the midpoint of two peaks is
-    multiplied by its peak's rotation (ties to the left: no per-bin nearest-peak index, no gather). The same
+    a frame without a peak, all zeros, takes every bin's own). Each bin's nearest peak (ties to the left) is a running
+    count of marks at the first bin past each midpoint of two peaks, and the product gathers its rotation. The same
     arithmetic as :func:`phase_lock` with ``exact=False`` but ``|z|`` as ``sqrt(re² + im²)`` (hypot's value to
-    rounding: only a tie of two magnitudes can pick another peak)."""
+    rounding: only a tie of two magnitudes can pick another peak); the product ``spec0 * rotation``, vectorised, may
+    round its parts with or without a fused multiply-add (within an ulp either way)."""
     B, K, nb = spec0.shape
     d = max(n_fft // 8, 1)
     inv_d = 1.0 / d
     half_hop = 0.5 * hop
     nyquist = n_fft // 2 if n_fft % 2 == 0 else -1
-    u0, unb = np.uint64(0), np.uint64(nb)
+    u0, u1, u2, unb = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(nb)
     two_pi = 2.0 * math.pi
     for b in prange(B):
         mag = np.empty(nb, np.float32)
@@ -227,6 +228,10 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
         peak_re = np.empty(nb, np.float32)
         peak_im = np.empty(nb, np.float32)
         peak_phase = np.empty(nb, np.float64)  # first analysis phase + accumulated advance
+        owner = np.empty(nb, np.int64)  # each bin's nearest peak, as an index into peaks and rot
+        mag_bits = mag.view(np.int32)
+        top = np.empty(1, np.int32)  # the frame's largest magnitude, as bits
+        top_f = top.view(np.float32)
         for k in range(K):
             z0, z1, o = spec0[b, k], spec1[b, k], out[b, k]
             for f in range(u0, unb):
@@ -249,9 +254,12 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                     if f != nyquist and silent[f]:
                         z, w = z0[f], z1[f]
                         adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, False)
-            mx = np.float32(0.0)
+            # the largest magnitude: an integer max of the bits (a float32 >= +0 orders as its bits), a reduction
+            # that vectorises, where a float max is a chain of dependent maxss, one a bin
+            top[0] = 0
             for f in range(u0, unb):
-                mx = max(mx, mag[f])
+                top[0] = max(top[0], mag_bits[f])
+            mx = top_f[0]
             if k == 0:
                 for f in range(u0, unb):
                     om = omega_bin[f] + adv[f] * inv_d
@@ -267,9 +275,9 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                     omega_prev[f] = om
             floor = mx * np.float32(1e-6)
             # peaks (_is_peak); the edges' missing neighbours count as lower, so the two bins at each edge are tested
-            # apart and the interior's loop reads its neighbours unguarded
-            for f in range(2, nb - 2):
-                peak[f] = _is_peak(mag[f], mag[f - 1], mag[f - 2], mag[f + 1], mag[f + 2], floor)
+            # apart and the interior's loop reads its neighbours unguarded (unsigned indices: no wraparound test)
+            for f in range(u2, unb - u2):
+                peak[f] = _is_peak(mag[f], mag[f - u1], mag[f - u2], mag[f + u1], mag[f + u2], floor)
             for f in (0, 1, nb - 2, nb - 1):
                 if 0 <= f < nb:
                     m = mag[f]
@@ -289,11 +297,16 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             for j in range(n_peaks):  # each peak's rotation exp(i (synthesis - analysis phase))
                 rot[j] = _rotation(peak_phase[j] - np.float32(_atan2_poly(peak_im[j], peak_re[j])))
             # each bin takes its nearest peak's rotation, ties to the left: the bins up to the midpoint of two
-            # successive peaks take the left one's; those before the first peak (after the last) take its
-            lo = 0
-            for j in range(n_peaks):
-                hi = (peaks[j] + peaks[j + 1]) // 2 + 1 if j + 1 < n_peaks else nb
-                r = rot[j]
-                for f in range(lo, hi):
-                    o[f] = z0[f] * r
-                lo = hi
+            # successive peaks take the left one's, those before the first peak (after the last) take its. The
+            # first bin past each midpoint is marked, and a running count of the marks is the bin's peak (one pass
+            # over the bins; runs of ~6 bins, a loop each, cost more), then the product gathers its rotation
+            for f in range(u0, unb):
+                owner[f] = 0
+            for j in range(n_peaks - 1):
+                owner[(peaks[j] + peaks[j + 1]) // 2 + 1] = 1
+            run = 0
+            for f in range(u0, unb):
+                run += owner[f]
+                owner[f] = run
+            for f in range(u0, unb):
+                o[f] = z0[f] * rot[owner[f]]
