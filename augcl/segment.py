@@ -103,10 +103,10 @@ class RandomSegment(Transform):
         """The segments ``(B, output_samples)`` of mono rows ``x`` ``(B, T)``; ``lengths`` ``(B,)``: valid samples per
         clip, those past it read as zeros (masked in the windows read, not in the clip)."""
         start, length = params["start"] - self.context, self.output_samples
-        plain = crop_segments(x, start, length, lengths=lengths)
         if self.stretch is None:
-            return plain
-        return stretch_rows(x, params["stretch_rate"], params["stretch_applied"], start, length, plain, self.stretch,
+            return crop_segments(x, start, length, lengths=lengths)
+        # the unstretched rows are the crop (made by stretch_rows: on the CPU kernels only those rows are cropped)
+        return stretch_rows(x, params["stretch_rate"], params["stretch_applied"], start, length, None, self.stretch,
                             self.backend, lengths)
 
     def transform(self, x: Tensor, params: Params, lengths: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:

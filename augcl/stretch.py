@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .core import (Params, Transform, _coin, _select, _uniform, as_batch, cpu_branch, draw_device, pad_to_length,
-                   position_dtype, valid_mask)
+from .core import (Params, Transform, _coin, _gather_windows, _select, _uniform, as_batch, cpu_branch, draw_device,
+                   pad_to_length, position_dtype, valid_mask)
 from .vocoder import stretched_length, time_stretch_segment
 
 
@@ -104,17 +104,26 @@ def check_config(config: StretchConfig) -> None:
         raise ValueError(f"stretch p must be in [0, 1], got {config.p}")
 
 
-def stretch_rows(x: Tensor, rate: Tensor, applied: Tensor, start: Tensor, length: int, plain: Tensor,
+def stretch_rows(x: Tensor, rate: Tensor, applied: Tensor, start: Tensor, length: int, plain: Optional[Tensor],
                  config: StretchConfig, backend: str = "auto", lengths: Optional[Tensor] = None,
                  out_lengths: Optional[Tensor] = None) -> Tensor:
     """``length`` samples from ``start`` of each row of ``x`` ``(B, T)`` stretched by ``rate`` where ``applied``,
-    ``plain`` ``(B, length)`` elsewhere. On a CPU only the applied rows are computed (a host-side selection, free
-    there); elsewhere every row is, then selected (no sync). The vocoder runs on the kernels where ``backend`` says.
-    ``out_lengths`` ``(B,)``: the samples of each stretched row the caller keeps (it zeroes the rest), so that the CPU
-    kernels skip the frames past them."""
+    ``plain`` ``(B, length)`` elsewhere (None: the crop ``x[b, start[b] : start[b] + length]``, zeros outside the
+    clip and past ``lengths``, :func:`augcl.segment.crop_segments`). On a CPU only the applied rows are computed (a
+    host-side selection, free there), and with the kernels and no ``plain`` only the other rows are cropped, into the
+    same output (:func:`augcl.kernels.crop_and_stretch`); elsewhere every row is, then selected (no sync). The
+    vocoder runs on the kernels where ``backend`` says. ``out_lengths`` ``(B,)``: the samples of each stretched row
+    the caller keeps (it zeroes the rest), so that the CPU kernels skip the frames past them."""
     use = kernels.use_kernels(backend, x.device)
     stretch = kernels.time_stretch_segment if use else time_stretch_segment
     kw = dict(n_fft=config.n_fft, hop_length=config.hop_length, max_rate=config.rate_bound)
+    if plain is None:
+        if (use and cpu_branch(x.device) and x.dtype == torch.float32
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            return kernels.crop_and_stretch(x, rate, applied, start, length, lengths=lengths, out_lengths=out_lengths,
+                                            **kw)
+        limit = None if lengths is None else lengths.to(device=x.device, dtype=torch.long)
+        plain = _gather_windows(x, start.to(device=x.device, dtype=torch.long), length, limit=limit)
     if cpu_branch(x.device):
         rows = applied.nonzero().flatten()
         out = plain.clone()

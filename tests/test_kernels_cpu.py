@@ -14,6 +14,7 @@ from augcl.kernels import fft_cpu
 from augcl.masks import SpecAugment, mask_along_axis
 from augcl.mel import _mel_windowed, _spectrum_mel, log_of_mel
 from augcl.noise import AddNoise, white_noise
+from augcl.stretch import StretchConfig, stretch_rows
 
 from .conftest import cpu_generator
 
@@ -539,6 +540,42 @@ def test_vocoder_out_lengths_skip_only_frames_past_them(rates):
     part = kernels.time_stretch_segment(x, rate, start, L, out_lengths=keep)
     inside = torch.arange(L) < keep[:, None]
     assert torch.equal(full[inside], part[inside])
+
+
+
+@pytest.mark.parametrize("applied", ["some", "all", "none"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_crop_and_stretch_is_the_crop_beside_the_stretched_rows(applied, with_lengths):
+    """``kernels.crop_and_stretch``: the unstretched rows are the reference's crop (starts before the clip, past its
+    end and past ``lengths`` included), the stretched rows the vocoder's, the same bits each; and ``stretch_rows``
+    (RandomSegment's positive) takes it on the CPU kernels and the reference's crop on the torch backend."""
+    B, T, L = 9, 12000, 3000
+    g = cpu_generator(11)
+    x = torch.randn(B, T, generator=g) * 0.1
+    rate = torch.where(torch.rand(B, generator=g) < 0.5, torch.tensor(0.9, dtype=torch.float64),
+                       torch.tensor(1.1, dtype=torch.float64))
+    start = torch.tensor([-500, 0, 2000, T - 1000, T + 10, 4000, 7000, -L - 5, 100])
+    on = {"some": torch.rand(B, generator=g) < 0.5, "all": torch.ones(B, dtype=torch.bool),
+          "none": torch.zeros(B, dtype=torch.bool)}[applied]
+    if applied == "some":
+        on[:2] = torch.tensor([True, False])
+    rate = torch.where(on, rate, torch.ones_like(rate))
+    lengths = torch.randint(1000, T + 1, (B,), generator=g) if with_lengths else None
+    got = kernels.crop_and_stretch(x, rate, on, start, L, max_rate=1.1, lengths=lengths)
+    want = AF.crop_segments(x, start, L, lengths=lengths)
+    rows = on.nonzero().flatten()
+    if len(rows):
+        want[rows] = kernels.time_stretch_segment(x, rate[rows], start[rows], L, max_rate=1.1, rows=rows,
+                                                  lengths=None if lengths is None else lengths[rows])
+    assert torch.equal(got, want)
+    config = StretchConfig(p=0.5)
+    for backend in ("kernels", "torch"):
+        out = stretch_rows(x, rate, on, start, L, None, config, backend, lengths)
+        plain = AF.crop_segments(x, start, L, lengths=lengths)
+        if backend == "kernels":
+            assert torch.equal(out, got)
+        else:
+            assert torch.equal(out[~on], plain[~on])
 
 
 def test_the_kernels_leave_torchs_thread_count_as_set():

@@ -382,13 +382,40 @@ def _synthesis_tables(n_fft: int, hop: int, n_frames: int) -> tuple:
     return window.float().numpy(), inv.float().numpy()
 
 
+def crop_and_stretch(wave: Tensor, rate: Tensor, applied: Tensor, start: Tensor, length: int, *, n_fft: int = 512,
+                     hop_length: int = 128, max_rate: Optional[float] = None, lengths: Optional[Tensor] = None,
+                     out_lengths: Optional[Tensor] = None) -> Tensor:
+    """``(B, length)``: row ``b`` is :func:`time_stretch_segment` of ``wave[b]`` where ``applied[b]``, else its crop
+    ``wave[b, start[b] : start[b] + length]`` (:func:`augcl.segment.crop_segments`), both into one new tensor on the
+    CPU: the unstretched rows are copied in by :func:`.frames_cpu.crop_rows`, the vocoder's overlap-add writes the
+    stretched ones (no crop of every row, copy and overwrite). float32 CPU ``wave`` ``(B, T)``; ``lengths``,
+    ``out_lengths`` ``(B,)`` as there (``lengths`` masks both kinds of row)."""
+    _follow_torch_threads()
+    from . import frames_cpu
+
+    x = wave.detach().contiguous()
+    B, T = x.shape
+    out = torch.empty(B, length, dtype=torch.float32)
+    start = start.to(torch.long)
+    limit = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.to(torch.long)
+    rows, keep = applied.nonzero().flatten(), (~applied).nonzero().flatten()  # host-side selections: free on a CPU
+    if len(keep):
+        frames_cpu.crop_rows(x.numpy(), _np(keep), _np(start[keep]), _np(limit[keep]), _np(keep), out.numpy())
+    if len(rows):
+        _time_stretch_cpu(x, rate[rows], start[rows], length, n_fft, hop_length, max_rate, rows, limit[rows],
+                          None if out_lengths is None else out_lengths[rows], out=out)
+    return out
+
+
 def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_fft: int, hop: int,
                       max_rate: Optional[float], rows: Optional[Tensor], lengths: Optional[Tensor],
-                      out_lengths: Optional[Tensor]) -> Tensor:
+                      out_lengths: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
     """The vocoder on the CPU in chunks of about :data:`VOCODER_CHUNK_FRAMES` frames, each one's frames, spectra and
     synthesis in the caches: windowed analysis frames (Numba), two real FFTs (torch), the phase kernel, the inverse
     FFT (torch) and the overlap-add (Numba). Rows are grouped by the frames their ``out_lengths`` need, so a chunk
-    computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame)."""
+    computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame).
+    ``out`` (float32 ``(R, length)``, contiguous; with ``rows``): where to write the output, row ``rows[i]`` for the
+    ``i``-th rate (returned); default: a new ``(len(rate), length)``."""
     _follow_torch_threads()
     from . import frames_cpu, vocoder_cpu
 
@@ -410,7 +437,10 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     src_rows = torch.arange(B) if rows is None else rows.to(torch.long)
     limit = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.to(torch.long)
     window, inv_env = _synthesis_tables(n_fft, hop, n_frames)
-    out = torch.empty(B, length, dtype=torch.float32)
+    if out is None:
+        out, dst_rows = torch.empty(B, length, dtype=torch.float32), torch.arange(B)
+    else:
+        dst_rows = src_rows
     xn, outn = x.numpy(), out.numpy()
     per_chunk = max(1, VOCODER_CHUNK_FRAMES // n_frames)  # rows a chunk takes (a host-side split: free on a CPU)
     for idx in order.split(per_chunk):
@@ -421,5 +451,5 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
                                    f0.numpy(), f1.numpy())
         spec = vocoder_cpu.run(torch.fft.rfft(f0).numpy(), torch.fft.rfft(f1).numpy(), n_fft, hop)
         synth = torch.fft.irfft(torch.from_numpy(spec), n=n_fft)
-        frames_cpu.overlap_add(synth.numpy(), window, inv_env, hop, offset, _np(idx), outn)
+        frames_cpu.overlap_add(synth.numpy(), window, inv_env, hop, offset, _np(dst_rows[idx]), outn)
     return out
