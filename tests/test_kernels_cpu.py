@@ -540,6 +540,8 @@ def test_vocoder_out_lengths_skip_only_frames_past_them(rates):
     part = kernels.time_stretch_segment(x, rate, start, L, out_lengths=keep)
     inside = torch.arange(L) < keep[:, None]
     assert torch.equal(full[inside], part[inside])
+    none = torch.zeros(0, dtype=torch.long)  # no row to stretch: an empty batch, not an error
+    assert kernels.time_stretch_segment(x, rate[:0], none, L, rows=none).shape == (0, L)
 
 
 

@@ -413,7 +413,9 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     """The vocoder on the CPU in chunks of about :data:`VOCODER_CHUNK_FRAMES` frames, each one's frames, spectra and
     synthesis in the caches: windowed analysis frames (Numba), two real FFTs (torch), the phase kernel, the inverse
     FFT (torch) and the overlap-add (Numba). Rows are grouped by the frames their ``out_lengths`` need, so a chunk
-    computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame).
+    computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame); without
+    ``out_lengths`` a row needs the frames that reach its ``length`` samples (the last ``n_fft // hop - 1`` frames of
+    the reference's lie past them). The analysis frames of every chunk go into one buffer, allocated once.
     ``out`` (float32 ``(R, length)``, contiguous; with ``rows``): where to write the output, row ``rows[i]`` for the
     ``i``-th rate (returned); default: a new ``(len(rate), length)``."""
     _follow_torch_threads()
@@ -430,9 +432,10 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     d = max(n_fft // 8, 1)
     offset = pad * hop + n_fft // 2  # where the segment's first sample lies in the overlap-add
     first = AF.stretched_starts(rate, start.to(torch.long) - pad * hop - n_fft // 2, n_frames, hop, n_fft // 2)
-    need = torch.full((B,), n_frames, dtype=torch.long)
-    if out_lengths is not None:  # frame k covers overlap-add samples [k * hop, k * hop + n_fft)
-        need = (-(-(offset + out_lengths.to(torch.long)) // hop)).clamp(1, n_frames)
+    # frame k covers overlap-add samples [k * hop, k * hop + n_fft): a row needs the frames that start before its last
+    # kept sample (the later ones add nothing to it, and the phase scan runs forward)
+    kept = torch.full((B,), length, dtype=torch.long) if out_lengths is None else out_lengths.to(torch.long)
+    need = (-(-(offset + kept) // hop)).clamp(1, n_frames)
     order = torch.argsort(need, stable=True)
     src_rows = torch.arange(B) if rows is None else rows.to(torch.long)
     limit = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.to(torch.long)
@@ -441,12 +444,16 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
         out, dst_rows = torch.empty(B, length, dtype=torch.float32), torch.arange(B)
     else:
         dst_rows = src_rows
+    if B == 0:
+        return out
     xn, outn = x.numpy(), out.numpy()
     per_chunk = max(1, VOCODER_CHUNK_FRAMES // n_frames)  # rows a chunk takes (a host-side split: free on a CPU)
+    # every chunk's two analysis frames in one buffer (contiguous views of its start): allocated and mapped once, not
+    # once a chunk
+    frames = torch.empty(2 * min(per_chunk, B) * int(need.max()) * n_fft)
     for idx in order.split(per_chunk):
         k_max = int(need[idx[-1]])  # rows sorted by need: the chunk's last needs the most
-        f0 = torch.empty(len(idx), k_max, n_fft)
-        f1 = torch.empty(len(idx), k_max, n_fft)
+        f0, f1 = frames[:2 * len(idx) * k_max * n_fft].view(2, len(idx), k_max, n_fft)
         frames_cpu.analysis_frames(xn, _np(src_rows[idx]), _np(first[idx, :k_max]), _np(limit[idx]), window, d,
                                    f0.numpy(), f1.numpy())
         spec = vocoder_cpu.run(torch.fft.rfft(f0).numpy(), torch.fft.rfft(f1).numpy(), n_fft, hop)
