@@ -43,12 +43,16 @@ def _convolve_spectrum(wave: Tensor, ir_spectrum: Tensor, n: int, N: int, delay:
     ``ir_spectrum`` is a table of spectra and row ``b`` of ``wave`` ``(B, ..., T)`` takes its row ``rows[b]``
     (multiplied without gathering them, by the CPU kernel, where ``backend`` runs it and no gradient is needed)."""
     T = wave.shape[-1]
-    spec = torch.fft.rfft(wave.to(work_dtype(wave.dtype)), n=n)
-    grad = torch.is_grad_enabled() and (spec.requires_grad or ir_spectrum.requires_grad)
-    if (rows is not None and not grad and spec.ndim == 2 and spec.device.type == "cpu"
-            and kernels.use_kernels(backend, spec.device)):
-        full = torch.fft.irfft(kernels.mul_rows_(spec, ir_spectrum, rows), n=n)
+    x = wave.to(work_dtype(wave.dtype))
+    grad = torch.is_grad_enabled() and (x.requires_grad or ir_spectrum.requires_grad)
+    if (rows is not None and not grad and x.ndim == 2 and x.device.type == "cpu"
+            and kernels.use_kernels(backend, x.device)):
+        padded = x.new_empty(x.shape[0], n)  # rfft(x, n)'s zero padding, but only the tail is zeroed
+        padded[:, T:].zero_()
+        padded[:, :T] = x
+        full = torch.fft.irfft(kernels.mul_rows_(torch.fft.rfft(padded), ir_spectrum, rows), n=n)
         return _read_from(full, T, N, delay)
+    spec = torch.fft.rfft(x, n=n)
     if rows is not None:
         ir_spectrum = ir_spectrum[rows].reshape((spec.shape[0],) + (1,) * (spec.ndim - 2) + (-1,))
     # in place where no gradient needs the product's factors: one batch-sized complex temporary (B=128: 16 MB) fewer

@@ -312,6 +312,27 @@ def test_fused_mel_writes_into_out_and_agrees_with_the_frames_path():
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-6 * float(ref.max()))
 
 
+
+def test_fused_mel_reads_rows_of_a_wider_tensor_in_place_and_nothing_past_them():
+    """A ``(B, T)`` view of wider rows (the RIR's ``full[:, :T]``) is read where it lies, not copied: the same bits as
+    its contiguous copy, with NaN in the storage past each row's ``T`` samples (read, they would show), frames up to
+    the row's end and a limit past ``T``; a lone ``(T,)`` slice of a row keeps working through a copy."""
+    lm = LogMel()
+    sparse = kernels.sparse_filterbank(lm.filterbank)
+    wide = torch.full((3, 9000), float("nan"))
+    wide[:, :6000] = torch.randn(3, 6000, generator=cpu_generator(4))
+    view = wide[:, :6000]
+    assert kernels._rows_in_place(view).shape == (3, 9000)
+    first = (torch.arange(36) * 160).expand(3, 36)  # the last frame ends at sample 6000
+    for limit in (None, torch.tensor([6000, 9000, 4000])):
+        got = kernels.mel_at(view, first, lm.window, 400, sparse, 2.0, limit=limit)
+        assert torch.equal(got, kernels.mel_at(view.contiguous(), first, lm.window, 400, sparse, 2.0, limit=limit))
+        assert bool(torch.isfinite(got).all())
+    assert kernels._rows_in_place(wide[:, 100:6100][:2]).shape == (2, 9000)
+    for other in (wide[1:, ::2], wide[1:, 3000:], view.contiguous()):  # strided samples; rows whose storage would
+        assert kernels._rows_in_place(other) is other  # run past the tensor's end; contiguous: as they are
+
+
 def test_the_slp_switch_is_put_back_and_the_kernel_has_one_signature():
     import numba
 

@@ -189,10 +189,23 @@ def mel_at(wave: Tensor, first: Tensor, window: Tensor, n_fft: int, sparse: tupl
     from . import fft_cpu
 
     B, T = wave.shape
-    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit
-    res = fft_cpu.run(_np(wave), _np(first, torch.long), _np(lim, torch.long), _np(window, torch.float32), n_fft,
-                      sparse, power, None if out is None else out.numpy(), log)
+    lim = torch.full((B,), T, dtype=torch.long) if limit is None else limit.clamp_max(T)
+    res = fft_cpu.run(_np(_rows_in_place(wave)), _np(first, torch.long), _np(lim, torch.long),
+                      _np(window, torch.float32), n_fft, sparse, power, None if out is None else out.numpy(), log)
     return out if out is not None else torch.from_numpy(res)
+
+
+def _rows_in_place(wave: Tensor) -> Tensor:
+    """A float32 ``(B, T)`` view whose rows are contiguous but lie further apart (``full[:, :T]`` of the RIR's padded
+    inverse FFT): the ``(B, stride)`` rows of storage it starts, so that a kernel reads it in place, not through a
+    contiguous copy. The caller must keep the kernel to the first ``T`` samples of each row (a limit of at most
+    ``T``: the kernels read nothing at or past it). Any other tensor is returned as it is."""
+    if wave.ndim != 2 or wave.dtype != torch.float32 or wave.is_contiguous() or wave.stride(1) != 1:
+        return wave
+    B, stride = wave.shape[0], wave.stride(0)
+    if stride < wave.shape[1] or wave.storage_offset() + B * stride > wave.untyped_storage().nbytes() // 4:
+        return wave
+    return wave.as_strided((B, stride), (stride, 1))
 
 
 def log_mel_(mel: Tensor, log_eps: float, log_mode: str) -> Tensor:
