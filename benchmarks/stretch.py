@@ -305,7 +305,8 @@ def _auto_backend(device: torch.device) -> str:
 CHAINS = {  # what each chain computes, for the results page (the module docstring says the same)
     "augcl[auto]": "`augcl.TimeStretch(min_rate=0.8, max_rate=1.25, p=1.0, leave_length_unchanged=False)` "
     "(`rates=(0.8, 0.9, 1.1, 1.2, 1.25)` for `5 rates`), called with `generator=torch.Generator().manual_seed(0)`: "
-    "the phase-locked vocoder on the CPU kernels (the default backend on a CPU with Numba): chunks of ~2048 frames, "
+    "the phase-locked vocoder on the CPU kernels (the default backend on a CPU with Numba): chunks of "
+    f"~{augcl.kernels.VOCODER_CHUNK_FRAMES} frames, "
     "windowed analysis frames, phase step and overlap-add in Numba, the FFTs in torch; each row computes only the "
     "frames its own length needs.",
     "augcl[torch]": "the same with `backend=\"torch\"`: the pure-torch reference (float64 phases).",
