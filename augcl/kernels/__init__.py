@@ -462,10 +462,11 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     if B == 0:
         return out
     xn, outn = x.numpy(), out.numpy()
-    per_chunk = max(1, VOCODER_CHUNK_FRAMES // n_frames)  # rows a chunk takes (a host-side split: free on a CPU)
+    most = int(need.max())
+    per_chunk = max(1, VOCODER_CHUNK_FRAMES // most)  # rows a chunk takes (a host-side split: free on a CPU)
     # every chunk's two analysis frames in one buffer (contiguous views of its start): allocated and mapped once, not
     # once a chunk
-    frames = torch.empty(2 * min(per_chunk, B) * int(need.max()) * n_fft)
+    frames = torch.empty(2 * min(per_chunk, B) * most * n_fft)
     for idx in order.split(per_chunk):
         k_max = int(need[idx[-1]])  # rows sorted by need: the chunk's last needs the most
         f0, f1 = frames[:2 * len(idx) * k_max * n_fft].view(2, len(idx), k_max, n_fft)
