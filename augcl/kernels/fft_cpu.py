@@ -344,7 +344,9 @@ FLT_MIN = np.float32(1.1754943508222875e-38)
 FLT_MAX = np.float32(3.4028234663852886e+38)
 
 
-@njit(cache=True, fastmath=FM)
+# error_model="numpy": a float division by zero would give inf instead of raising (Python's model tests every divisor,
+# a branch that kept the series' loop scalar); the divisor here, 2 + f, is at least 1.7
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def log_inplace(v, mode, eps, expo):
     """``v`` (1-D float32) := ``log(v + eps)`` (``mode`` 1) or ``log(max(v, eps))`` (``mode`` 2; NaN stays NaN), within
     1 ulp of the exact log (tests/test_kernels_cpu.py): fdlibm's ``logf`` (``v = (1 + f) 2 ** e`` with ``1 + f`` in
