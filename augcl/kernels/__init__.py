@@ -6,7 +6,7 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
   ``(B, K, F)``. One Numba kernel on the CPU (:mod:`.vocoder_cpu`, parallel over examples; its float32 version's
   per-bin loops vectorise) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per example, numba-cuda on torch's
-  memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~2048 frames that
+  memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~1536 frames that
   stay in the caches (:func:`time_stretch_segment`): windowed analysis frames and the overlap-add in Numba
   (:mod:`.frames_cpu`), the FFTs in torch (MKL).
 * The log-mel: framing, window, real FFT, power and mel projection in one Numba kernel (:func:`mel_at`,
