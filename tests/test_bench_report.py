@@ -66,7 +66,7 @@ def _res(stem: str) -> dict:
 
 
 @pytest.mark.parametrize("stem", ["augment", "stretch", "threads", "train", "throughput", "chunks", "lengths", "data",
-                                  "roofline", "stretch_fidelity"])
+                                  "roofline", "stretch_fidelity", "vocoder_chunks"])
 def test_committed_pages_are_what_the_renderer_writes_from_their_json(stem, tmp_path):
     """Each page in docs/benchmarks/ is, to the byte, what its benchmark renders from the JSON written beside it."""
     from benchmarks import (
@@ -91,6 +91,7 @@ def test_committed_pages_are_what_the_renderer_writes_from_their_json(stem, tmp_
             "throughput": lambda: throughput.page(res, command, "cpu"),
             "chunks": lambda: throughput.page(res, command, "cpu", chunks=True),
             "lengths": lambda: throughput.page(res, command, "cpu", lengths=True),
+            "vocoder_chunks": lambda: throughput.page(res, command, "cpu", vocoder=True),
             "data": lambda: data.page(res, command),
             "roofline": lambda: roofline.page(res, command),
             "stretch_fidelity": lambda: stretch_fidelity.page(res)}[stem]()

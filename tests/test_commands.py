@@ -47,6 +47,19 @@ def test_throughput_quick_reports_every_requested_preset():
     assert all(r["clips_per_s"] > 0 for r in res["results"].values())
 
 
+def test_throughput_vocoder_chunk_sweep_sets_the_chunk_and_puts_it_back(tmp_path, monkeypatch):
+    from augcl import kernels
+
+    seen = []
+    real = kernels._time_stretch_cpu
+    monkeypatch.setattr(kernels, "_time_stretch_cpu",
+                        lambda *a, **k: seen.append(kernels.VOCODER_CHUNK_FRAMES) or real(*a, **k))
+    before = kernels.VOCODER_CHUNK_FRAMES
+    res = throughput.main(["--quick", "--presets", "all", "--vocoder-chunks", "64", "4096", "--out", str(tmp_path)])
+    assert set(res["results"]) == {"all [vocoder chunk 64]", "all [vocoder chunk 4096]"}
+    assert {64, 4096} <= set(seen) and kernels.VOCODER_CHUNK_FRAMES == before
+
+
 def test_throughput_chunk_sweep_writes_chunks_table(tmp_path):
     res = throughput.main(["--quick", "--presets", "ts+mask", "--chunk-sizes", "1", "3", "--out", str(tmp_path)])
     assert set(res["results"]) == {"ts+mask [chunk 1]", "ts+mask [chunk 3]"}

@@ -195,7 +195,6 @@ def test_cpu_kernel_locks_each_bin_to_its_nearest_peak_ties_to_the_left(dtype):
         assert float((rot - truth[0, k] / s0[0, k]).abs().max()) < (1e-5 if dtype == torch.complex64 else 1e-12)
 
 
-
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_cpu_kernel_peaks_lie_above_a_millionth_of_the_frames_largest_magnitude(dtype):
@@ -223,6 +222,35 @@ def test_cpu_kernel_peaks_lie_above_a_millionth_of_the_frames_largest_magnitude(
             nearest = peaks[dist.index(min(dist))]
             assert abs(rot[f] - rot[nearest]) < 1e-6, (k, f, nearest)
         assert float((rot - truth[0, k] / s0[0, k]).abs().max()) < (1e-5 if dtype == torch.complex64 else 1e-12)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_cpu_kernel_on_tiny_spectra_and_a_nan_bin_follows_the_reference(dtype):
+    """Spectra of 1 to 4 bins (n_fft 1 to 6: the peak test's interior loop is empty) run and equal the reference; a
+    frame holding one NaN bin (of either sign) has no peak, as the reference's (its amax is NaN): its other bins keep
+    their own synthesis phases, NaN exactly where the reference's are and equal to them elsewhere."""
+    g = cpu_generator(6)
+    for n_fft in (1, 2, 4, 6):
+        nb = n_fft // 2 + 1
+        s0 = torch.randn(2, 4, nb, generator=g, dtype=torch.complex128)
+        s1 = torch.randn(2, 4, nb, generator=g, dtype=torch.complex128)
+        out = kernels.vocoder_phase(s0.to(dtype), s1.to(dtype), n_fft, 1)
+        truth = AF._vocoder_phase(s0, s1, n_fft, 1)
+        assert float((out.to(torch.complex128) - truth).abs().max()) < (1e-4 if dtype == torch.complex64 else 1e-12)
+    s0 = torch.randn(1, 3, 33, generator=g, dtype=torch.complex128)
+    turn = torch.rand(1, 3, 33, generator=g, dtype=torch.float64)
+    s1 = s0 * torch.polar(torch.ones_like(turn), turn)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    # a NaN of either sign (a magnitude's sign bit may be set)
+    s0[0, 2, 7] = torch.complex(nan, torch.zeros((), dtype=torch.float64))
+    s0[0, 1, 20] = torch.complex(-nan, -nan)
+    out = kernels.vocoder_phase(s0.to(dtype), s1.to(dtype), 64, 16).to(torch.complex128)
+    truth = AF._vocoder_phase(s0, s1, 64, 16)
+    assert bool(truth[0, 2, 7].isnan()) and bool(truth[0, 1, 20].isnan())
+    assert torch.equal(out.isnan(), truth.isnan())  # where the reference's is NaN (a NaN advance carries on)
+    keep = ~truth.isnan()
+    assert float((out[keep] - truth[keep]).abs().max()) < (1e-4 if dtype == torch.complex64 else 1e-12)
 
 
 def _with_signed_zeros(z: torch.Tensor, real: float, imag: float) -> torch.Tensor:

@@ -312,11 +312,10 @@ def test_fused_mel_writes_into_out_and_agrees_with_the_frames_path():
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-6 * float(ref.max()))
 
 
-
 def test_fused_mel_reads_rows_of_a_wider_tensor_in_place_and_nothing_past_them():
     """A ``(B, T)`` view of wider rows (the RIR's ``full[:, :T]``) is read where it lies, not copied: the same bits as
     its contiguous copy, with NaN in the storage past each row's ``T`` samples (read, they would show), frames up to
-    the row's end and a limit past ``T``; a lone ``(T,)`` slice of a row keeps working through a copy."""
+    the row's end and a limit past ``T``; other layouts are left to the contiguous copy."""
     lm = LogMel()
     sparse = kernels.sparse_filterbank(lm.filterbank)
     wide = torch.full((3, 9000), float("nan"))
@@ -563,12 +562,15 @@ def test_vocoder_out_lengths_skip_only_frames_past_them(rates):
     assert torch.equal(full[inside], part[inside])
     none = torch.zeros(0, dtype=torch.long)  # no row to stretch: an empty batch, not an error
     assert kernels.time_stretch_segment(x, rate[:0], none, L, rows=none).shape == (0, L)
-
+    # without out_lengths a row computes only the frames that reach its L samples: the same bits as every frame (an
+    # out_lengths past L keeps them all)
+    every = kernels.time_stretch_segment(x, rate, start, L, out_lengths=torch.full((7,), L + 10 * 512))
+    assert torch.equal(full, every)
 
 
 @pytest.mark.parametrize("applied", ["some", "all", "none"])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_crop_and_stretch_is_the_crop_beside_the_stretched_rows(applied, with_lengths):
+def test_crop_and_stretch_is_the_crop_beside_the_stretched_rows(applied, with_lengths, monkeypatch):
     """``kernels.crop_and_stretch``: the unstretched rows are the reference's crop (starts before the clip, past its
     end and past ``lengths`` included), the stretched rows the vocoder's, the same bits each; and ``stretch_rows``
     (RandomSegment's positive) takes it on the CPU kernels and the reference's crop on the torch backend."""
@@ -592,13 +594,17 @@ def test_crop_and_stretch_is_the_crop_beside_the_stretched_rows(applied, with_le
                                                   lengths=None if lengths is None else lengths[rows])
     assert torch.equal(got, want)
     config = StretchConfig(p=0.5)
-    for backend in ("kernels", "torch"):
-        out = stretch_rows(x, rate, on, start, L, None, config, backend, lengths)
-        plain = AF.crop_segments(x, start, L, lengths=lengths)
-        if backend == "kernels":
-            assert torch.equal(out, got)
-        else:
-            assert torch.equal(out[~on], plain[~on])
+    calls = []
+    real = kernels.crop_and_stretch
+    monkeypatch.setattr(kernels, "crop_and_stretch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(stretch_rows(x, rate, on, start, L, None, config, "kernels", lengths), got) and calls
+    calls.clear()
+    out = stretch_rows(x, rate, on, start, L, None, config, "torch", lengths)  # the reference: crop, then stretch
+    assert not calls and torch.equal(out[~on], want[~on])
+    if len(rows):
+        ref = AF.time_stretch_segment(x, rate[rows], start[rows], L, max_rate=1.1, rows=rows,
+                                      lengths=None if lengths is None else lengths[rows])
+        assert torch.equal(out[rows], ref)
 
 
 def test_the_kernels_leave_torchs_thread_count_as_set():

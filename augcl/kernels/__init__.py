@@ -6,7 +6,7 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   instantaneous frequencies, the scan over frames, the peak search and the locking) is ~15 small tensor ops over
   ``(B, K, F)``. One Numba kernel on the CPU (:mod:`.vocoder_cpu`, parallel over examples; its float32 version's
   per-bin loops vectorise) and one CUDA kernel (:mod:`.vocoder_cuda`, one block per example, numba-cuda on torch's
-  memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~1536 frames that
+  memory and current stream) do it in one pass. On the CPU the whole vocoder runs in chunks of ~2048 frames that
   stay in the caches (:func:`time_stretch_segment`): windowed analysis frames and the overlap-add in Numba
   (:mod:`.frames_cpu`), the FFTs in torch (MKL).
 * The log-mel: framing, window, real FFT, power and mel projection in one Numba kernel (:func:`mel_at`,
@@ -363,10 +363,10 @@ def fill_masks(spec: Tensor, params: dict, fill: Tensor) -> Tensor:
     return spec
 
 
-#: frames of one chunk of the CPU vocoder: its spectra (4 x 1536 x 257 complex64, 13 MB) stay in the caches. 2048 was
-#: slower on an AVX-512 Xeon with 2 MB of L2 a core (an interleaved scratch A/B of the vocoder alone on ESC-50 clips),
-#: 1024 no faster: fewer frames a chunk means more FFT calls
-VOCODER_CHUNK_FRAMES = 1536
+#: frames of one chunk of the CPU vocoder: its spectra (4 x 2048 x 257 complex64, 17 MB) stay in the caches. 1024,
+#: 1536 and 2048 give `all` within 1 ms of each other (docs/benchmarks/vocoder_chunks.md: ``python -m
+#: benchmarks.throughput --presets all --vocoder-chunks 1024 1536 2048``)
+VOCODER_CHUNK_FRAMES = 2048
 
 
 def time_stretch_segment(wave: Tensor, rate: Tensor, start: Tensor, length: int, *, n_fft: int = 512,
@@ -429,8 +429,9 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     synthesis in the caches: windowed analysis frames (Numba), two real FFTs (torch), the phase kernel, the inverse
     FFT (torch) and the overlap-add (Numba). Rows are grouped by the frames their ``out_lengths`` need, so a chunk
     computes only as many frames as its longest row needs (same arithmetic as the reference, frame by frame); without
-    ``out_lengths`` a row needs the frames that reach its ``length`` samples (the last ``n_fft // hop - 1`` frames of
-    the reference's lie past them). The analysis frames of every chunk go into one buffer, allocated once.
+    ``out_lengths`` a row needs the frames that reach its ``length`` samples (the reference's last frames start past
+    them: 3 of 131 for n_fft 512, hop 128 and the presets' 15,600 samples). The analysis frames of every chunk go into
+    one buffer, allocated once.
     ``out`` (float32 ``(R, length)``, contiguous; with ``rows``): where to write the output, row ``rows[i]`` for the
     ``i``-th rate (returned); default: a new ``(len(rate), length)``."""
     _follow_torch_threads()

@@ -89,7 +89,7 @@ def phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest
                 z = spec0[b, k, f]
                 m = abs(z)  # hypot, as torch's abs: equal magnitudes (a flat spectrum) tie as in the reference
                 mag[b, f] = m
-                if m > mx:
+                if m > mx or m != m:  # a NaN magnitude is the maximum (the frame has no peak), as the reference's amax
                     mx = m
                 z1 = spec1[b, k, f]
                 c = z1 * z.conjugate() * rot_d[f]
@@ -249,16 +249,19 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             adv[0] = 0.0  # real bins advance at their bin frequency, as in the reference
             if nyquist >= 0:
                 adv[nyquist] = 0.0
-            if n_silent:  # a silent frame: angle(0) = 0 whatever the zeros' signs, as the reference's _angle
+            if n_silent:  # a silent frame: angle(0) = 0 whatever the zeros' signs, as the reference's _angle; the wrap
+                # is the reference's own (fmod): with both frames silent the advance is -omega d, an odd multiple of
+                # pi at every 4th bin (hop n_fft / 8), where a floor's rounding can pick the other side of +-pi
                 for f in range(1, nb):
                     if f != nyquist and silent[f]:
                         z, w = z0[f], z1[f]
-                        adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, False)
+                        adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, True)
             # the largest magnitude: an integer max of the bits (a float32 >= +0 orders as its bits), a reduction
-            # that vectorises, where a float max is a chain of dependent maxss, one a bin
+            # that vectorises, where a float max is a chain of dependent maxss, one a bin. The sign bit is masked
+            # off: a NaN magnitude (either sign) is the maximum, so the frame has no peak, as the reference's amax
             top[0] = 0
             for f in range(u0, unb):
-                top[0] = max(top[0], mag_bits[f])
+                top[0] = max(top[0], mag_bits[f] & 0x7FFFFFFF)
             mx = top_f[0]
             if k == 0:
                 for f in range(u0, unb):
@@ -276,7 +279,7 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             floor = mx * np.float32(1e-6)
             # peaks (_is_peak); the edges' missing neighbours count as lower, so the two bins at each edge are tested
             # apart and the interior's loop reads its neighbours unguarded (unsigned indices: no wraparound test)
-            for f in range(u2, unb - u2):
+            for f in range(u2, max(unb, u2) - u2):  # (unsigned: unb - u2 would wrap below 2 bins)
                 peak[f] = _is_peak(mag[f], mag[f - u1], mag[f - u2], mag[f + u1], mag[f + u2], floor)
             for f in (0, 1, nb - 2, nb - 1):
                 if 0 <= f < nb:
