@@ -435,6 +435,8 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     ``out`` (float32 ``(R, length)``, contiguous; with ``rows``): where to write the output, row ``rows[i]`` for the
     ``i``-th rate (returned); default: a new ``(len(rate), length)``."""
     _follow_torch_threads()
+    import numba
+
     from . import frames_cpu, vocoder_cpu
 
     x = wave.detach().to(torch.float32).contiguous()
@@ -464,7 +466,12 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
         return out
     xn, outn = x.numpy(), out.numpy()
     most = int(need.max())
-    per_chunk = max(1, VOCODER_CHUNK_FRAMES // most)  # rows a chunk takes (a host-side split: free on a CPU)
+    # rows a chunk takes (a host-side split: free on a CPU), a multiple of the kernels' threads where more than one
+    # fits: the Numba stages split a chunk's rows over the threads, and 3 rows on 2 threads leave one idle a third
+    per_chunk = max(1, VOCODER_CHUNK_FRAMES // most)
+    threads = numba.get_num_threads()
+    if per_chunk > threads:
+        per_chunk -= per_chunk % threads
     # every chunk's two analysis frames in one buffer (contiguous views of its start): allocated and mapped once, not
     # once a chunk
     frames = torch.empty(2 * min(per_chunk, B) * most * n_fft)
