@@ -174,6 +174,16 @@ def _gather_windows(wave: Tensor, start: Tensor, width: int, rows: Optional[Tens
     return _gather_samples(wave if rows is None else wave[rows], start, width, limit)
 
 
+def crop_segments(wave: Tensor, start: Tensor, length: int, lengths: Optional[Tensor] = None) -> Tensor:
+    """Per-example segments ``wave[b, start[b] : start[b] + length]`` as ``(B, length)``; zeros past the end.
+
+    ``lengths`` ``(B,)``: valid samples per row; samples at or past ``lengths[b]`` read as zeros (default: ``T``).
+    """
+    dev = wave.device
+    limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
+    return _gather_windows(wave, start.to(device=dev, dtype=torch.long), length, limit=limit)
+
+
 def _gather_samples(wave: Tensor, start: Tensor, width: int, limit: Optional[Tensor] = None) -> Tensor:
     """:func:`_gather_windows` by an index per sample (any device, any window); ``limit`` ``(B,)`` as there."""
     B, T = wave.shape
@@ -210,6 +220,18 @@ def _randint_below(high: Tensor, generator, device) -> Tensor:
 
 def _select(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(applied.reshape([-1] + [1] * (new.ndim - 1)), new, old.to(new.dtype))
+
+
+def _select_(applied: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """:func:`_select` into ``new`` (a tensor the caller owns and no gradient reads): on a CPU only the rows not
+    applied are written (a host-side selection, free there; none where every row is), elsewhere one ``where`` into
+    ``new`` (no sync). Returns ``new``."""
+    if cpu_branch(new.device):
+        keep = (~applied).nonzero().flatten()
+        if len(keep):
+            new[keep] = old[keep].to(new.dtype)
+        return new
+    return torch.where(applied.reshape([-1] + [1] * (new.ndim - 1)), new, old.to(new.dtype), out=new)
 
 
 #: what a call traced by ``torch.compile`` raises where it would draw parameters from a ``torch.Generator``

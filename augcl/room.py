@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import kernels
 from .banks import RIRBank, RoomSimConfig
-from .core import Params, Transform, _coin, _select, cpu_branch, draw_device, valid_mask, work_dtype
+from .core import Params, Transform, _coin, _select, _select_, draw_device, valid_mask, work_dtype
 
 
 def _fft_size(n: int) -> int:
@@ -148,12 +148,7 @@ class ApplyImpulseResponse(Transform):
                                  self.delays[index] if self.compensate else None, rows=index, backend=self.backend)
         applied = params["rir_applied"]
         if not wet.requires_grad and not torch.compiler.is_compiling():  # wet is ours: keep the dry rows in it
-            if cpu_branch(wet.device):  # only the dry rows are written (a host-side selection, free on a CPU)
-                dry = (~applied).nonzero().flatten()
-                if len(dry):
-                    wet[dry] = x[dry].to(wet.dtype)
-                return wet
-            return torch.where(applied.reshape([-1] + [1] * (wet.ndim - 1)), wet, x.to(wet.dtype), out=wet)
+            return _select_(applied, wet, x)
         return _select(applied, wet, x)
 
     def _bank_spectrum(self, n: int, dtype: torch.dtype) -> Tensor:

@@ -13,22 +13,12 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .core import Params, Transform, _coin, _gather_windows, _randint_below, draw_device
+from .core import Params, Transform, _coin, _randint_below, crop_segments, draw_device
 from .stretch import StretchConfig, check_config, draw_rates, stretch_rows
 from .vocoder import stretched_length
 
 if TYPE_CHECKING:
     from .mel import LogMel
-
-
-def crop_segments(wave: Tensor, start: Tensor, length: int, lengths: Optional[Tensor] = None) -> Tensor:
-    """Per-example segments ``wave[b, start[b] : start[b] + length]`` as ``(B, length)``; zeros past the end.
-
-    ``lengths`` ``(B,)``: valid samples per row; samples at or past ``lengths[b]`` read as zeros (default: ``T``).
-    """
-    dev = wave.device
-    limit = None if lengths is None else lengths.to(device=dev, dtype=torch.long)
-    return _gather_windows(wave, start.to(device=dev, dtype=torch.long), length, limit=limit)
 
 
 class RandomSegment(Transform):

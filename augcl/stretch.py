@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .core import (Params, Transform, _coin, _gather_windows, _select, _uniform, as_batch, cpu_branch, draw_device,
+from .core import (Params, Transform, _coin, _select, _uniform, as_batch, cpu_branch, crop_segments, draw_device,
                    pad_to_length, position_dtype, valid_mask)
 from .vocoder import stretched_length, time_stretch_segment
 
@@ -122,8 +122,7 @@ def stretch_rows(x: Tensor, rate: Tensor, applied: Tensor, start: Tensor, length
                 and not (x.requires_grad and torch.is_grad_enabled())):
             return kernels.crop_and_stretch(x, rate, applied, start, length, lengths=lengths, out_lengths=out_lengths,
                                             **kw)
-        limit = None if lengths is None else lengths.to(device=x.device, dtype=torch.long)
-        plain = _gather_windows(x, start.to(device=x.device, dtype=torch.long), length, limit=limit)
+        plain = crop_segments(x, start, length, lengths=lengths)
     if cpu_branch(x.device):
         rows = applied.nonzero().flatten()
         out = plain.clone()

@@ -229,13 +229,14 @@ def white_noise(seed: Tensor, length: int) -> Tensor:
     return torch.from_numpy(noise_cpu.run(seed.to(torch.long).contiguous().numpy(), length))
 
 
-def _follow_torch_threads() -> None:
+def _follow_torch_threads() -> int:
     """Run the CPU kernels on as many threads as torch's intra-op pool (``torch.set_num_threads``, the trainer's
     ``--threads``): one setting for the whole pipeline. Numba's count is per calling thread and cheap to set.
 
     The first call starts Numba's thread pool; with its OpenMP layer that resets the process's OpenMP thread count,
     which torch shares (torch.get_num_threads() went from 1 to 2 on this machine: a run's convolutions then used
-    another thread count than the user set, and two runs in one process differed), so torch's count is put back."""
+    another thread count than the user set, and two runs in one process differed), so torch's count is put back.
+    Returns the kernels' thread count."""
     import numba
 
     n_torch = torch.get_num_threads()
@@ -245,6 +246,7 @@ def _follow_torch_threads() -> None:
     n = min(n_torch, numba.config.NUMBA_NUM_THREADS)
     if current != n:
         numba.set_num_threads(n)
+    return n
 
 
 def _np(t: Tensor, dtype=None):
@@ -415,7 +417,7 @@ def crop_and_stretch(wave: Tensor, rate: Tensor, applied: Tensor, start: Tensor,
     limit = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.to(torch.long)
     rows, keep = applied.nonzero().flatten(), (~applied).nonzero().flatten()  # host-side selections: free on a CPU
     if len(keep):
-        frames_cpu.crop_rows(x.numpy(), _np(keep), _np(start[keep]), _np(limit[keep]), _np(keep), out.numpy())
+        frames_cpu.crop_rows(x.numpy(), _np(keep), _np(start[keep]), _np(limit[keep]), out.numpy())
     if len(rows):
         _time_stretch_cpu(x, rate[rows], start[rows], length, n_fft, hop_length, max_rate, rows, limit[rows],
                           None if out_lengths is None else out_lengths[rows], out=out)
@@ -434,9 +436,7 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     one buffer, allocated once.
     ``out`` (float32 ``(R, length)``, contiguous; with ``rows``): where to write the output, row ``rows[i]`` for the
     ``i``-th rate (returned); default: a new ``(len(rate), length)``."""
-    _follow_torch_threads()
-    import numba
-
+    threads = _follow_torch_threads()
     from . import frames_cpu, vocoder_cpu
 
     x = wave.detach().to(torch.float32).contiguous()
@@ -469,7 +469,6 @@ def _time_stretch_cpu(wave: Tensor, rate: Tensor, start: Tensor, length: int, n_
     # rows a chunk takes (a host-side split: free on a CPU), a multiple of the kernels' threads where more than one
     # fits: the Numba stages split a chunk's rows over the threads, and 3 rows on 2 threads leave one idle a third
     per_chunk = max(1, VOCODER_CHUNK_FRAMES // most)
-    threads = numba.get_num_threads()
     if per_chunk > threads:
         per_chunk -= per_chunk % threads
     # every chunk's two analysis frames in one buffer (contiguous views of its start): allocated and mapped once, not

@@ -10,7 +10,7 @@
   cache. :func:`noisy_frames` is the same with the segment's windowed frames as its output (for an ``n_fft`` the
   fused log-mel kernel, :mod:`.fft_cpu`, has no plan for).
 
-* :func:`crop_rows`: segments of chosen rows copied into chosen rows of an output (the unstretched rows of a
+* :func:`crop_rows`: segments of chosen rows copied into the same rows of an output (the unstretched rows of a
   stretched branch, beside the vocoder's rows: no crop of every row, copy and overwrite).
 
 Float sums are float64 here and float32 in the reference: energies agree to float32 rounding.
@@ -171,19 +171,19 @@ def _accumulate(src, window, acc):
 
 
 @njit(parallel=True, cache=True)
-def crop_rows(x, src_row, start, limit, dst_row, out):
-    """``out[dst_row[r], i] = x[src_row[r], start[r] + i]`` where ``0 <= start[r] + i < min(T, limit[r])``, else 0,
-    for ``i < out.shape[1]``: the reference's crop (:func:`augcl.segment.crop_segments`) of those rows, the same bits."""
+def crop_rows(x, rows, start, limit, out):
+    """``out[rows[r], i] = x[rows[r], start[r] + i]`` where ``0 <= start[r] + i < min(T, limit[r])``, else 0, for
+    ``i < out.shape[1]``: the reference's crop (:func:`augcl.segment.crop_segments`) of those rows, the same bits."""
     L = out.shape[1]
     T = x.shape[1]
-    for r in prange(src_row.shape[0]):
-        dst = out[dst_row[r]]
+    for r in prange(rows.shape[0]):
+        dst = out[rows[r]]
         s0 = start[r]
         end = min(limit[r], T)
         lo, hi = min(max(0, -s0), L), max(min(L, end - s0), 0)  # the segment's samples inside [0, end)
         hi = max(hi, lo)
         _zero(dst[:lo])
-        src, part = x[src_row[r], s0 + lo:s0 + hi], dst[lo:hi]
+        src, part = x[rows[r], s0 + lo:s0 + hi], dst[lo:hi]
         for i in range(U0, np.uint64(part.shape[0])):
             part[i] = src[i]
         _zero(dst[hi:])

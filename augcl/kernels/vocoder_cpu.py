@@ -278,8 +278,9 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                     omega_prev[f] = om
             floor = mx * np.float32(1e-6)
             # peaks (_is_peak); the edges' missing neighbours count as lower, so the two bins at each edge are tested
-            # apart and the interior's loop reads its neighbours unguarded (unsigned indices: no wraparound test)
-            for f in range(u2, max(unb, u2) - u2):  # (unsigned: unb - u2 would wrap below 2 bins)
+            # apart and the interior's loop reads its neighbours unguarded (unsigned indices: no wraparound test; the
+            # max keeps unb - u2 from wrapping below 2 bins)
+            for f in range(u2, max(unb, u2) - u2):
                 peak[f] = _is_peak(mag[f], mag[f - u1], mag[f - u2], mag[f + u1], mag[f + u2], floor)
             for f in (0, 1, nb - 2, nb - 1):
                 if 0 <= f < nb:
@@ -302,7 +303,7 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
             # each bin takes its nearest peak's rotation, ties to the left: the bins up to the midpoint of two
             # successive peaks take the left one's, those before the first peak (after the last) take its. The
             # first bin past each midpoint is marked, and a running count of the marks is the bin's peak (one pass
-            # over the bins; runs of ~6 bins, a loop each, cost more), then the product gathers its rotation
+            # over the bins; a loop a run of bins cost more), then the product gathers its rotation
             for f in range(u0, unb):
                 owner[f] = 0
             for j in range(n_peaks - 1):
