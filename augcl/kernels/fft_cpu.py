@@ -122,43 +122,52 @@ def _twiddled(sr, si, row, c, wr, wi):
 
 
 # --- one Stockham stage per radix: reads rows j + r * (N / R) of s, writes rows d0 + r * Ns of d ----------------
+# (j = blk * Ns + jm, jm the twiddle index: Ns divides NR, so two loops give both without an integer division per
+# butterfly, j % Ns; the twiddles are read once per jm, since the stores could alias them)
 
 @njit(cache=True, fastmath=FM)
 def _radix2(sr, si, dr, di, NR, Ns, twr, twi, toff):
-    for j in range(NR):
-        jm = j % Ns
-        d0 = (j - jm) * 2 + jm
+    NB = NR // Ns
+    for jm in range(Ns):
         t = toff + jm * 2
-        for c in range(0, TILE, V):
-            a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
-            a1r, a1i = _twiddled(sr, si, j + NR, c, twr[t + 1], twi[t + 1])
-            _st(dr, d0, c, _add(a0r, a1r))
-            _st(di, d0, c, _add(a0i, a1i))
-            _st(dr, d0 + Ns, c, _sub(a0r, a1r))
-            _st(di, d0 + Ns, c, _sub(a0i, a1i))
+        w1r, w1i = twr[t + 1], twi[t + 1]
+        for blk in range(NB):
+            j = blk * Ns + jm
+            d0 = blk * Ns * 2 + jm
+            for c in range(0, TILE, V):
+                a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
+                a1r, a1i = _twiddled(sr, si, j + NR, c, w1r, w1i)
+                _st(dr, d0, c, _add(a0r, a1r))
+                _st(di, d0, c, _add(a0i, a1i))
+                _st(dr, d0 + Ns, c, _sub(a0r, a1r))
+                _st(di, d0 + Ns, c, _sub(a0i, a1i))
 
 
 @njit(cache=True, fastmath=FM)
 def _radix3(sr, si, dr, di, NR, Ns, twr, twi, toff):
     h, s = np.float32(-0.5), np.float32(math.sqrt(3.0) / 2.0)
     one = np.float32(1.0)
-    for j in range(NR):
-        jm = j % Ns
-        d0 = (j - jm) * 3 + jm
+    NB = NR // Ns
+    for jm in range(Ns):
         t = toff + jm * 3
-        for c in range(0, TILE, V):
-            a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
-            a1r, a1i = _twiddled(sr, si, j + NR, c, twr[t + 1], twi[t + 1])
-            a2r, a2i = _twiddled(sr, si, j + 2 * NR, c, twr[t + 2], twi[t + 2])
-            pr, pi = _add(a1r, a2r), _add(a1i, a2i)
-            qr, qi = _lin(a1r, s, a2r, -s), _lin(a1i, s, a2i, -s)  # sqrt(3)/2 (a1 - a2)
-            mr, mi = _lin(a0r, one, pr, h), _lin(a0i, one, pi, h)  # a0 - (a1 + a2) / 2
-            _st(dr, d0, c, _add(a0r, pr))
-            _st(di, d0, c, _add(a0i, pi))
-            _st(dr, d0 + Ns, c, _add(mr, qi))  # m - i q
-            _st(di, d0 + Ns, c, _sub(mi, qr))
-            _st(dr, d0 + 2 * Ns, c, _sub(mr, qi))  # m + i q
-            _st(di, d0 + 2 * Ns, c, _add(mi, qr))
+        w1r, w1i = twr[t + 1], twi[t + 1]
+        w2r, w2i = twr[t + 2], twi[t + 2]
+        for blk in range(NB):
+            j = blk * Ns + jm
+            d0 = blk * Ns * 3 + jm
+            for c in range(0, TILE, V):
+                a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
+                a1r, a1i = _twiddled(sr, si, j + NR, c, w1r, w1i)
+                a2r, a2i = _twiddled(sr, si, j + 2 * NR, c, w2r, w2i)
+                pr, pi = _add(a1r, a2r), _add(a1i, a2i)
+                qr, qi = _lin(a1r, s, a2r, -s), _lin(a1i, s, a2i, -s)  # sqrt(3)/2 (a1 - a2)
+                mr, mi = _lin(a0r, one, pr, h), _lin(a0i, one, pi, h)  # a0 - (a1 + a2) / 2
+                _st(dr, d0, c, _add(a0r, pr))
+                _st(di, d0, c, _add(a0i, pi))
+                _st(dr, d0 + Ns, c, _add(mr, qi))  # m - i q
+                _st(di, d0 + Ns, c, _sub(mi, qr))
+                _st(dr, d0 + 2 * Ns, c, _sub(mr, qi))  # m + i q
+                _st(di, d0 + 2 * Ns, c, _add(mi, qr))
 
 
 @njit(inline="always", fastmath=FM)
@@ -186,50 +195,61 @@ def _radix4(sr, si, dr, di, NR, Ns, twr, twi, toff):
                                   _ld(si, j + NR, c), _ld(sr, j + 2 * NR, c), _ld(si, j + 2 * NR, c),
                                   _ld(sr, j + 3 * NR, c), _ld(si, j + 3 * NR, c))
         return
-    for j in range(NR):
-        jm = j % Ns
-        d0 = (j - jm) * 4 + jm
+    NB = NR // Ns
+    for jm in range(Ns):
         t = toff + jm * 4
-        for c in range(0, TILE, V):
-            a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
-            a1r, a1i = _twiddled(sr, si, j + NR, c, twr[t + 1], twi[t + 1])
-            a2r, a2i = _twiddled(sr, si, j + 2 * NR, c, twr[t + 2], twi[t + 2])
-            a3r, a3i = _twiddled(sr, si, j + 3 * NR, c, twr[t + 3], twi[t + 3])
-            _radix4_butterfly(dr, di, d0, Ns, c, a0r, a0i, a1r, a1i, a2r, a2i, a3r, a3i)
+        w1r, w1i = twr[t + 1], twi[t + 1]
+        w2r, w2i = twr[t + 2], twi[t + 2]
+        w3r, w3i = twr[t + 3], twi[t + 3]
+        for blk in range(NB):
+            j = blk * Ns + jm
+            d0 = blk * Ns * 4 + jm
+            for c in range(0, TILE, V):
+                a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
+                a1r, a1i = _twiddled(sr, si, j + NR, c, w1r, w1i)
+                a2r, a2i = _twiddled(sr, si, j + 2 * NR, c, w2r, w2i)
+                a3r, a3i = _twiddled(sr, si, j + 3 * NR, c, w3r, w3i)
+                _radix4_butterfly(dr, di, d0, Ns, c, a0r, a0i, a1r, a1i, a2r, a2i, a3r, a3i)
 
 
 @njit(cache=True, fastmath=FM)
 def _radix5(sr, si, dr, di, NR, Ns, twr, twi, toff):
     c1, c2 = np.float32(math.cos(2 * math.pi / 5)), np.float32(math.cos(4 * math.pi / 5))
     s1, s2 = np.float32(math.sin(2 * math.pi / 5)), np.float32(math.sin(4 * math.pi / 5))
-    for j in range(NR):
-        jm = j % Ns
-        d0 = (j - jm) * 5 + jm
+    NB = NR // Ns
+    for jm in range(Ns):
         t = toff + jm * 5
-        for c in range(0, TILE, V):
-            a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
-            x1r, x1i = _twiddled(sr, si, j + NR, c, twr[t + 1], twi[t + 1])
-            x2r, x2i = _twiddled(sr, si, j + 2 * NR, c, twr[t + 2], twi[t + 2])
-            x3r, x3i = _twiddled(sr, si, j + 3 * NR, c, twr[t + 3], twi[t + 3])
-            x4r, x4i = _twiddled(sr, si, j + 4 * NR, c, twr[t + 4], twi[t + 4])
-            t1r, t1i = _add(x1r, x4r), _add(x1i, x4i)
-            t2r, t2i = _add(x2r, x3r), _add(x2i, x3i)
-            t3r, t3i = _sub(x1r, x4r), _sub(x1i, x4i)
-            t4r, t4i = _sub(x2r, x3r), _sub(x2i, x3i)
-            m1r, m1i = _lin3(a0r, t1r, c1, t2r, c2), _lin3(a0i, t1i, c1, t2i, c2)
-            m2r, m2i = _lin3(a0r, t1r, c2, t2r, c1), _lin3(a0i, t1i, c2, t2i, c1)
-            n1r, n1i = _lin(t3r, s1, t4r, s2), _lin(t3i, s1, t4i, s2)
-            n2r, n2i = _lin(t3r, s2, t4r, -s1), _lin(t3i, s2, t4i, -s1)
-            _st(dr, d0, c, _add(a0r, _add(t1r, t2r)))
-            _st(di, d0, c, _add(a0i, _add(t1i, t2i)))
-            _st(dr, d0 + Ns, c, _add(m1r, n1i))  # m1 - i n1
-            _st(di, d0 + Ns, c, _sub(m1i, n1r))
-            _st(dr, d0 + 4 * Ns, c, _sub(m1r, n1i))  # m1 + i n1
-            _st(di, d0 + 4 * Ns, c, _add(m1i, n1r))
-            _st(dr, d0 + 2 * Ns, c, _add(m2r, n2i))  # m2 - i n2
-            _st(di, d0 + 2 * Ns, c, _sub(m2i, n2r))
-            _st(dr, d0 + 3 * Ns, c, _sub(m2r, n2i))  # m2 + i n2
-            _st(di, d0 + 3 * Ns, c, _add(m2i, n2r))
+        w1r, w1i = twr[t + 1], twi[t + 1]
+        w2r, w2i = twr[t + 2], twi[t + 2]
+        w3r, w3i = twr[t + 3], twi[t + 3]
+        w4r, w4i = twr[t + 4], twi[t + 4]
+        for blk in range(NB):
+            j = blk * Ns + jm
+            d0 = blk * Ns * 5 + jm
+            for c in range(0, TILE, V):
+                a0r, a0i = _ld(sr, j, c), _ld(si, j, c)
+                x1r, x1i = _twiddled(sr, si, j + NR, c, w1r, w1i)
+                x2r, x2i = _twiddled(sr, si, j + 2 * NR, c, w2r, w2i)
+                x3r, x3i = _twiddled(sr, si, j + 3 * NR, c, w3r, w3i)
+                x4r, x4i = _twiddled(sr, si, j + 4 * NR, c, w4r, w4i)
+                t1r, t1i = _add(x1r, x4r), _add(x1i, x4i)
+                t2r, t2i = _add(x2r, x3r), _add(x2i, x3i)
+                t3r, t3i = _sub(x1r, x4r), _sub(x1i, x4i)
+                t4r, t4i = _sub(x2r, x3r), _sub(x2i, x3i)
+                m1r, m1i = _lin3(a0r, t1r, c1, t2r, c2), _lin3(a0i, t1i, c1, t2i, c2)
+                m2r, m2i = _lin3(a0r, t1r, c2, t2r, c1), _lin3(a0i, t1i, c2, t2i, c1)
+                n1r, n1i = _lin(t3r, s1, t4r, s2), _lin(t3i, s1, t4i, s2)
+                n2r, n2i = _lin(t3r, s2, t4r, -s1), _lin(t3i, s2, t4i, -s1)
+                _st(dr, d0, c, _add(a0r, _add(t1r, t2r)))
+                _st(di, d0, c, _add(a0i, _add(t1i, t2i)))
+                _st(dr, d0 + Ns, c, _add(m1r, n1i))  # m1 - i n1
+                _st(di, d0 + Ns, c, _sub(m1i, n1r))
+                _st(dr, d0 + 4 * Ns, c, _sub(m1r, n1i))  # m1 + i n1
+                _st(di, d0 + 4 * Ns, c, _add(m1i, n1r))
+                _st(dr, d0 + 2 * Ns, c, _add(m2r, n2i))  # m2 - i n2
+                _st(di, d0 + 2 * Ns, c, _sub(m2i, n2r))
+                _st(dr, d0 + 3 * Ns, c, _sub(m2r, n2i))  # m2 + i n2
+                _st(di, d0 + 3 * Ns, c, _add(m2i, n2r))
 
 
 @njit(cache=True, fastmath=FM)
@@ -267,7 +287,8 @@ def _real_power(zr, zi, post_r, post_i, lo_bin, hi_bin, power, pw):
         pair = k2 != k and lo_bin <= k2 < hi_bin
         if pair and k2 < k:  # done with its partner
             continue
-        k1, kq = k % H, k2 % H
+        k1 = k - H if k >= H else k  # k % H and k2 % H (both in [0, H]) without a division
+        kq = k2 - H if k2 >= H else k2
         wr, wi = post_r[k] * half, post_i[k] * half
         for c in range(0, TILE, V):
             pr, pi, qr, qi = _ld(zr, k1, c), _ld(zi, k1, c), _ld(zr, kq, c), _ld(zi, kq, c)

@@ -16,7 +16,8 @@ from numba import njit, prange
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
-BLOCK = 512  # values per scratch block: a few KB, in L1
+U0 = np.uint64(0)
+BLOCK = 512  # values per scratch block: a few KB, in L1; even (a block starts at an even value: noise_row)
 LN2 = np.float32(0.6931471805599453)
 SQRT2 = np.float32(1.4142135623730951)
 SQRT2_BITS = 0x3FB504F3  # the float32 sqrt(2): a mantissa above it is halved (the series then converges fast)
@@ -47,15 +48,21 @@ def noise_row(key, out, x, arg, expo):
     bits = arg.view(np.int32)
     for j0 in range(0, n, BLOCK):
         m = min(BLOCK, n - j0)
-        for t in range(m):  # 2 u - 1 in (-1, 1), exact in float32, and (1 - x)(1 + x)
-            j = j0 + t
-            z = key + np.uint64(j // 2 + 1) * GOLDEN
+        # 2 u - 1 in (-1, 1), exact in float32 (|integer| < 2 ** 24): values j0 + 2 p and j0 + 2 p + 1 are the high
+        # and low 24 bits of output j0 / 2 + p (j0 is even), one hash for both (a partner past m, when m is odd,
+        # lands in x[m] < BLOCK and is not used)
+        base = key + np.uint64(j0 // 2 + 1) * GOLDEN
+        for p in range(U0, np.uint64((m + 1) // 2)):
+            z = base + p * GOLDEN
             z = (z ^ (z >> np.uint64(30))) * MIX1
             z = (z ^ (z >> np.uint64(27))) * MIX2
             z = z ^ (z >> np.uint64(31))
-            v = (z >> np.uint64(40)) if j % 2 == 0 else (z >> np.uint64(8)) & np.uint64(0xFFFFFF)
-            xv = np.float32(np.int32(v) * 2 + 1 - 16777216) * np.float32(2.0 ** -24)  # exact: |integer| < 2 ** 24
-            x[t] = xv
+            hi = np.int32(z >> np.uint64(40))
+            lo = np.int32((z >> np.uint64(8)) & np.uint64(0xFFFFFF))
+            x[np.uint64(2) * p] = np.float32(hi * 2 + 1 - 16777216) * np.float32(2.0 ** -24)
+            x[np.uint64(2) * p + np.uint64(1)] = np.float32(lo * 2 + 1 - 16777216) * np.float32(2.0 ** -24)
+        for t in range(m):  # (1 - x)(1 + x)
+            xv = x[t]
             arg[t] = (one - xv) * (one + xv)
         split_exponent(bits, expo, m)  # (1 - x)(1 + x) = mantissa * 2 ** exponent, the mantissa in [0.71, 1.41)
         for t in range(m):
