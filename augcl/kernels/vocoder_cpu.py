@@ -215,6 +215,11 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     nyquist = n_fft // 2 if n_fft % 2 == 0 else -1
     u0, u1, u2, unb = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(nb)
     two_pi = 2.0 * math.pi
+    # the advance of a bin silent in both frames (z0 = z1 = 0: digital silence, common in real clips), the reference's
+    # wrap(angle(0) - angle(0) - omega d), once: in such frames every bin took libm's fmod and two atan2
+    both_silent = np.empty(nb, np.float32)
+    for f in range(nb):
+        both_silent[f] = _wrap(0.0 - 0.0 - omega_bin[f] * d, True)
     for b in prange(B):
         mag = np.empty(nb, np.float32)
         adv = np.empty(nb, np.float32)
@@ -255,7 +260,10 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                 for f in range(1, nb):
                     if f != nyquist and silent[f]:
                         z, w = z0[f], z1[f]
-                        adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, True)
+                        if z.real == 0.0 and z.imag == 0.0 and w.real == 0.0 and w.imag == 0.0:
+                            adv[f] = both_silent[f]
+                        else:
+                            adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, True)
             # the largest magnitude: an integer max of the bits (a float32 >= +0 orders as its bits), a reduction
             # that vectorises, where a float max is a chain of dependent maxss, one a bin. The sign bit is masked
             # off: a NaN magnitude (either sign) is the maximum, so the frame has no peak, as the reference's amax
