@@ -490,19 +490,6 @@ def check(kind, rate, start, length, seed):
         worst[key] = max(worst[key], e)
 
 check()
-
-# rows that start in silence at hop n_fft / 8: a bin silent in both frames advances by -w d, an odd multiple of pi
-# at every 4th bin, which the float32 kernel wraps with fmod as the reference does (a floor could take the other side
-# of +-pi on a GPU; the simulator's Python-float arithmetic does not reproduce that rounding, pytest -m cuda does):
-# the kernel follows the float32 reference, whose own error of the float64 truth is of order 1 in such frames
-x = torch.randn(2, 3000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.1
-x[:, 1000:1800] = 0
-s0, s1 = AF._vocoder_analysis(x, torch.tensor([1.0, 0.9], dtype=torch.float64), torch.full((2,), -300), 600, 128,
-                              16, None)
-c0, c1 = s0.to(torch.complex64), s1.to(torch.complex64)
-out = torch.from_numpy(vocoder_cuda.run(c0.numpy(), c1.numpy(), 128, 16, threads=8))
-err = float(_frame_errors(out, AF._vocoder_phase(c0, c1, 128, 16).double(), s0).max())
-assert err <= 1e-3, err
 print("simulated CUDA kernel OK", worst)
 """
 
@@ -553,26 +540,6 @@ def test_cuda_kernel_equals_the_reference_in_float64(kind, batch, n_fft, hop_div
     assert out.dtype == torch.complex128
     err = _frame_errors(out, truth, s0)
     assert not bool(((err > 1e-10) & ~_tie_frames(s0)).any()), err.max()
-
-
-@pytest.mark.cuda
-@needs_cuda
-@pytest.mark.parametrize("seed", range(4))
-def test_cuda_kernel_follows_the_float32_reference_on_silence_at_hop_n_fft_8(seed):
-    """Rows that start in silence and have a silent stretch, at hop n_fft / 8: a bin silent in both frames advances
-    by -w d, an odd multiple of pi at every 4th bin, and a floor's rounding could take the other side of +-pi than
-    the reference's fmod (the synthesis phases of later frames then off by pi, as the CPU float32 kernel was). The
-    float32 reference is itself of order 1 off the float64 truth in such frames, so the kernel is held to it."""
-    x = torch.randn(4, 6000, generator=cpu_generator(seed), dtype=torch.float64) * 0.1
-    x[:, 2000:3600] = 0
-    r = torch.tensor([1.0, 0.9, 1.1, 0.8], dtype=torch.float64)
-    for n_fft in (128, 512):
-        s0, s1 = AF._vocoder_analysis(x, r, torch.full((4,), -300), 1200, n_fft, n_fft // 8, None)
-        c0, c1 = s0.to(torch.complex64).cuda(), s1.to(torch.complex64).cuda()
-        out = kernels.vocoder_phase(c0, c1, n_fft, n_fft // 8)
-        ref = AF._vocoder_phase(c0, c1, n_fft, n_fft // 8)
-        err = _frame_errors(out, ref.cpu().double(), s0).masked_fill(_tie_frames(s0), 0)
-        assert float(err.max()) <= 1e-3, float(err.max())
 
 
 @pytest.mark.cuda

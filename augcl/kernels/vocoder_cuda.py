@@ -65,16 +65,6 @@ def _phase_lock_for(real):
         return m - PI
 
     @cuda.jit(device=True, inline="always")
-    def wrap_fmod(x):
-        """:func:`wrap` with fmod in either type, as torch computes the reference's wrap: for a bin silent in both
-        frames, whose advance ``-w d`` is an odd multiple of pi at every 4th bin (hop ``n_fft / 8``), where a floor's
-        rounding can take the other side of +-pi (the synthesis phases of later frames are then off by pi)."""
-        m = math.fmod(x + PI, TWO_PI)
-        if m < ZERO:
-            m += TWO_PI
-        return m - PI
-
-    @cuda.jit(device=True, inline="always")
     def angle(y, x):
         """``atan2(y, x)``, but 0 at ``x = y = 0`` whatever the zeros' signs (the reference's ``_angle``)."""
         if x == ZERO and y == ZERO:
@@ -116,12 +106,7 @@ def _phase_lock_for(real):
                 if f == 0 or 2 * f == n_fft:  # real bins (DC, Nyquist) advance at their bin frequency, as the reference
                     om = w
                 else:
-                    x1, y1 = spec1[b, k, f, 0], spec1[b, k, f, 1]
-                    arg = angle(y1, x1) - pa - w * rd
-                    if x == ZERO and y == ZERO and x1 == ZERO and y1 == ZERO:  # silent in both frames
-                        om = w + wrap_fmod(arg) / rd
-                    else:
-                        om = w + wrap(arg) / rd
+                    om = w + wrap(angle(spec1[b, k, f, 1], spec1[b, k, f, 0]) - pa - w * rd) / rd
                 if k == 0:
                     ph_s[f] = pa
                 else:
