@@ -287,6 +287,26 @@ def test_the_signs_of_a_silent_frames_zeros_change_no_phase(dtype):
 
 
 @needs_numba
+@pytest.mark.parametrize("n_fft", [200, 400, 512])
+def test_float32_kernel_follows_the_truth_through_digital_silence_at_hop_n_fft_8(n_fft):
+    """Rows that start in silence and have a silent stretch (exact zeros), at hop n_fft / 8: a bin silent in both
+    frames advances by -omega d, an odd multiple of pi at every 4th bin, so its wrap must round as the float64
+    reference's (omega d, then + pi, then fmod) or later frames come out off by pi (errors of 2). The float32 kernel
+    reads those advances from a table (vocoder_cpu._both_silent); made inside the kernel, its contract flag fused
+    pi - omega d into one multiply-add and took the other side at n_fft 200 and 400, where omega d is inexact."""
+    hop = n_fft // 8
+    x = torch.randn(4, 8000, generator=cpu_generator(0), dtype=torch.float64) * 0.1
+    x[:, 2000:4000] = 0
+    r = torch.tensor([1.0, 0.9, 1.1, 0.8], dtype=torch.float64)
+    s0, s1 = AF._vocoder_analysis(x, r, torch.full((4,), -300), 1500, n_fft, hop, None)
+    assert bool((s0 == 0).all(-1).any())  # some frames are digital silence
+    truth = AF._vocoder_phase(s0, s1, n_fft, hop)
+    out = kernels.vocoder_phase(s0.to(torch.complex64), s1.to(torch.complex64), n_fft, hop)
+    err = _frame_errors(out, truth, s0).masked_fill(_tie_frames(s0), 0)
+    assert float(err.max()) < 1e-3, float(err.max())
+
+
+@needs_numba
 @given(y=st.floats(-1e30, 1e30, allow_subnormal=True), x=st.floats(-1e30, 1e30, allow_subnormal=True))
 def test_float32_kernel_atan2_is_within_4e8_rad_of_libm(y, x):
     """The float32 kernel's polynomial atan2 against numpy's, every octant; +-pi count as one angle."""

@@ -146,11 +146,22 @@ def run(spec0: np.ndarray, spec1: np.ndarray, n_fft: int, hop: int) -> np.ndarra
     mag, omega_prev, pa0 = (np.empty((B, nb), real) for _ in range(3))
     acc, nearest, rot = np.empty((B, nb), np.float64), np.empty((B, nb), np.int64), np.empty((B, nb), spec0.dtype)
     if spec0.dtype == np.complex64:
-        phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d)
+        phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d, _both_silent(omega_bin, d))
         return out
     phase_lock(spec0, spec1, n_fft, hop, out, mag, omega_prev, acc, pa0, nearest, omega_bin, rot_d, rot,
                spec0.dtype == np.complex128)
     return out
+
+
+def _both_silent(omega_bin: np.ndarray, d: int) -> np.ndarray:
+    """The advance of a bin silent in both frames (digital silence, common in real recordings), float32 ``(F,)``: the
+    reference's ``wrap(angle(0) - angle(0) - omega d)``, rounded as the kernel's silent bins are (``omega d``, then
+    ``+ pi``, then fmod, in float64), which the float32 kernel reads instead of libm's fmod and two atan2 per such bin. Made here,
+    not in the kernel, whose contract flag may fuse ``pi - omega d`` into one multiply-add (another rounding where
+    ``omega d`` is inexact: ``n_fft`` not a power of two)."""
+    m = np.fmod(-(omega_bin * d) + math.pi, 2.0 * math.pi)
+    m[m < 0] += 2.0 * math.pi
+    return (m - math.pi).astype(np.float32)
 
 
 @njit(cache=True, inline="always", fastmath={"contract", "arcp", "nsz"})
@@ -196,7 +207,7 @@ def _is_peak(m, left1, left2, right1, right2, floor):
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz"})
-def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
+def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d, both_silent):
     """:func:`phase_lock` for complex64 spectra, its per-bin work in loops that vectorise: magnitudes and the phase
     advance for every bin of a frame at once (the polynomial atan2, no branch; silent cross-spectra flagged in an
     array: counting them in that loop kept it scalar), then the accumulation and the peaks; the rare bins the
@@ -215,11 +226,6 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
     nyquist = n_fft // 2 if n_fft % 2 == 0 else -1
     u0, u1, u2, unb = np.uint64(0), np.uint64(1), np.uint64(2), np.uint64(nb)
     two_pi = 2.0 * math.pi
-    # the advance of a bin silent in both frames (z0 = z1 = 0: digital silence, common in real clips), the reference's
-    # wrap(angle(0) - angle(0) - omega d), once: in such frames every bin took libm's fmod and two atan2
-    both_silent = np.empty(nb, np.float32)
-    for f in range(nb):
-        both_silent[f] = _wrap(0.0 - 0.0 - omega_bin[f] * d, True)
     for b in prange(B):
         mag = np.empty(nb, np.float32)
         adv = np.empty(nb, np.float32)
@@ -260,7 +266,7 @@ def phase_lock_f32(spec0, spec1, n_fft, hop, out, omega_bin, rot_d):
                 for f in range(1, nb):
                     if f != nyquist and silent[f]:
                         z, w = z0[f], z1[f]
-                        if z.real == 0.0 and z.imag == 0.0 and w.real == 0.0 and w.imag == 0.0:
+                        if z.real == 0.0 and z.imag == 0.0 and w.real == 0.0 and w.imag == 0.0:  # both silent
                             adv[f] = both_silent[f]
                         else:
                             adv[f] = _wrap(_angle(w.imag, w.real) - _angle(z.imag, z.real) - omega_bin[f] * d, True)
