@@ -682,3 +682,51 @@ def test_rir_kernel_product_equals_the_reference_and_keeps_the_dry_rows(compensa
     out = ker.apply(xg, params)
     out.sum().backward()
     assert torch.equal(out.detach(), want) and xg.grad is not None
+
+
+_STALE_CHECK = """
+import sys, torch
+from augcl import kernels
+x = torch.linspace(-0.5, 0.5, 4000).reshape(2, 2000)
+seg = kernels.noisy_segments(x, torch.tensor([0, 100]), 1000, torch.tensor([7, 8]), torch.tensor([0.0, 10.0]),
+                             torch.tensor([True, True]))
+import augcl
+print(augcl.__file__)
+print(repr(float(seg.abs().sum())))
+"""
+
+
+@pytest.mark.slow
+def test_a_kernel_recompiles_when_a_kernel_file_it_calls_into_changes(tmp_path):
+    """Numba keys a cached function on its own file only: ``frames_cpu._noisy_segment`` inlines ``noise_cpu``'s
+    ``noise_row``, so an edit of noise_cpu.py alone (a pull, an upgrade that leaves __pycache__ behind) left the cached
+    segment kernel running the old noise. On a copy of the package: run, change noise_row's scale in noise_cpu.py
+    only, run again in a new process: the new noise (kernels._numba_cache keys every kernel on all their sources)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import REPO
+
+    pkg = tmp_path / "augcl"
+    shutil.copytree(Path(REPO) / "augcl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def run() -> float:
+        res = subprocess.run([sys.executable, "-c", _STALE_CHECK], cwd=tmp_path, capture_output=True, text=True,
+                             env=dict(__import__("os").environ, PYTHONPATH=str(tmp_path)), timeout=600)
+        assert res.returncode == 0, res.stderr
+        *_, where, total = res.stdout.strip().splitlines()
+        assert Path(where).is_relative_to(pkg), where  # the copy, not the checkout
+        return float(total)
+
+    before = run()
+    noise = pkg / "kernels" / "noise_cpu.py"
+    old = "out[j0 + t] = SQRT2 * (p if w < np.float32(5.0) else q) * x[t]"
+    assert old in noise.read_text()
+    noise.write_text(noise.read_text().replace(old, old.replace("SQRT2 *", "np.float32(0.0) * SQRT2 *")))
+    assert any((pkg / "kernels" / "__pycache__").glob("frames_cpu._noisy_segment*.nbi"))  # it was cached
+    after = run()
+    x = torch.linspace(-0.5, 0.5, 4000).reshape(2, 2000)
+    clean = float(x[0, 0:1000].abs().sum() + x[1, 100:1100].abs().sum())  # the segments without their noise
+    assert before != clean and after == pytest.approx(clean, rel=1e-6)

@@ -10,9 +10,9 @@ What the profiles (``python -m benchmarks.profile``) showed, and what is here:
   stay in the caches (:func:`time_stretch_segment`): windowed analysis frames and the overlap-add in Numba
   (:mod:`.frames_cpu`), the FFTs in torch (MKL).
 * The log-mel: framing, window, real FFT, power and mel projection in one Numba kernel (:func:`mel_at`,
-  :mod:`.fft_cpu`: its own FFT across a tile of 16 frames held in the L1/L2 cache, and each band summed over its
-  nonzero span only, ~6 bins a band, not 201): the frames and the complex spectrum, two ~40 MB round trips through
-  memory per B=128 batch with MKL's rfft between them, are never written.
+  :mod:`.fft_cpu`: its own FFT across a tile of 8 frames held in the L1 cache, and each band summed over its
+  nonzero span only, 378 products a frame instead of 12,864): the frames and the complex spectrum, two ~40 MB round
+  trips through memory per B=128 batch with MKL's rfft between them, are never written.
   Where the kernel has no plan (an ``n_fft`` whose half has a prime factor above 5, or float64), the FFTs stay in
   torch and the power and mel projection are :mod:`.mel_cpu`.
 * The anchor: crop and white noise at an SNR over the valid samples (the noise from each row's seed:

@@ -30,6 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (first: every kernel's cache keyed on all kernel sources)
 from .frames_cpu import _noisy_segment
 from .noise_cpu import split_exponent
 

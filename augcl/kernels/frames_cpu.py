@@ -22,6 +22,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (first: every kernel's cache keyed on all kernel sources)
 from .noise_cpu import BLOCK, noise_row
 
 

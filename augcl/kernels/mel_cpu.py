@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (first: every kernel's cache keyed on all kernel sources)
+
 
 def sparse_filterbank(filterbank: np.ndarray) -> tuple:
     """``(first, offsets, weights)`` of a dense filterbank ``(F, M)``: band ``m`` covers bins ``first[m] ...

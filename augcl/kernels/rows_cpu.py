@@ -18,6 +18,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (first: every kernel's cache keyed on all kernel sources)
+
 U0 = np.uint64(0)
 
 

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_cache  # noqa: F401  (first: every kernel's cache keyed on all kernel sources)
+
 
 @njit(cache=True, inline="always")
 def _wrap(x, exact=True):
