@@ -167,8 +167,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     r = analyse(augcl_time(args.batch, args.seconds, device, args.repeats), device, args.batch, args.quick)
     r["machine"] = report.machine_info(device)
-    command = (f"python -m benchmarks.roofline --batch {args.batch} --seconds {args.seconds:g} --device {args.device}"
-               + (f" --threads {args.threads}" if args.threads else ""))
+    command = (f"python -m benchmarks.roofline --batch {args.batch} --seconds {args.seconds:g} --repeats {args.repeats} "
+               f"--device {args.device}" + (f" --threads {args.threads}" if args.threads else ""))
     body = page(r, command)
     print(body)
     if not args.quick:
