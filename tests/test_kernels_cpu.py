@@ -684,6 +684,29 @@ def test_rir_kernel_product_equals_the_reference_and_keeps_the_dry_rows(compensa
     assert torch.equal(out.detach(), want) and xg.grad is not None
 
 
+
+def test_kernel_caches_are_stamped_with_every_kernel_source_and_only_kernels(tmp_path):
+    """Every function of augcl/kernels carries one stamp of all the folder's sources (kernels._numba_cache); a
+    function elsewhere keeps Numba's own locator; the stamp changes with any file of the folder."""
+    from numba.core import caching
+
+    from augcl.kernels import _numba_cache, frames_cpu, noise_cpu
+
+    for kernel in (frames_cpu._noisy_segment, noise_cpu.white_noise, fft_cpu.mel_at):
+        locator = kernel._cache._impl._locator
+        assert isinstance(locator, _numba_cache.LOCATORS)
+        assert locator.get_source_stamp() == _numba_cache.STAMP == _numba_cache.sources_stamp()
+
+    def elsewhere():
+        return 1
+
+    assert not isinstance(caching.CompileResultCacheImpl(elsewhere)._locator, _numba_cache.LOCATORS)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 1\n")
+    before = _numba_cache.sources_stamp(str(tmp_path))
+    (tmp_path / "b.py").write_text("y = 2\n")
+    assert _numba_cache.sources_stamp(str(tmp_path)) != before
+
 _STALE_CHECK = """
 import sys, torch
 from augcl import kernels
@@ -702,6 +725,7 @@ def test_a_kernel_recompiles_when_a_kernel_file_it_calls_into_changes(tmp_path):
     ``noise_row``, so an edit of noise_cpu.py alone (a pull, an upgrade that leaves __pycache__ behind) left the cached
     segment kernel running the old noise. On a copy of the package: run, change noise_row's scale in noise_cpu.py
     only, run again in a new process: the new noise (kernels._numba_cache keys every kernel on all their sources)."""
+    import os
     import shutil
     import subprocess
     import sys
@@ -712,9 +736,14 @@ def test_a_kernel_recompiles_when_a_kernel_file_it_calls_into_changes(tmp_path):
     pkg = tmp_path / "augcl"
     shutil.copytree(Path(REPO) / "augcl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
 
+    # the copy's own __pycache__ and locators, whatever this process's Numba settings
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "NUMBA_CACHE_LOCATOR_CLASSES", "NUMBA_DISABLE_JIT")}
+    env["PYTHONPATH"] = str(tmp_path)
+
     def run() -> float:
         res = subprocess.run([sys.executable, "-c", _STALE_CHECK], cwd=tmp_path, capture_output=True, text=True,
-                             env=dict(__import__("os").environ, PYTHONPATH=str(tmp_path)), timeout=600)
+                             env=env, timeout=600)
         assert res.returncode == 0, res.stderr
         *_, where, total = res.stdout.strip().splitlines()
         assert Path(where).is_relative_to(pkg), where  # the copy, not the checkout

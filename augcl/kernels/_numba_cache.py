@@ -15,7 +15,6 @@ replaces the list, as it does for Numba's own locators.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import warnings
@@ -28,26 +27,24 @@ _DIR = os.path.dirname(os.path.abspath(__file__))
 
 def sources_stamp(folder: str = _DIR) -> str:
     """sha256 of the names and contents of the ``.py`` files in ``folder``, in name order."""
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
-    return _stamp(folder, tuple((n, os.stat(os.path.join(folder, n)).st_mtime_ns,
-                                 os.stat(os.path.join(folder, n)).st_size) for n in names))
-
-
-@functools.lru_cache(maxsize=None)
-def _stamp(folder: str, files: tuple) -> str:
-    # memoised on the files' names, times and sizes: a file changed while the process runs is hashed again
     h = hashlib.sha256()
-    for name, _, _ in files:
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
         with open(os.path.join(folder, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()
 
 
+#: the stamp of every kernel, taken once, when the first kernel module is imported: the sources this process compiles
+#: from (a file edited while it runs, before a later kernel module's import, must not stamp code compiled from the
+#: modules already imported)
+STAMP = sources_stamp()
+
+
 class _KernelSources:
-    """Mixin for a Numba source-file locator: only functions of this package, stamped with :func:`sources_stamp`."""
+    """Mixin for a Numba source-file locator: only functions of this package, stamped with :data:`STAMP`."""
 
     def get_source_stamp(self):
-        return sources_stamp()
+        return STAMP
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -56,19 +53,22 @@ class _KernelSources:
         return super().from_function(py_func, py_file)
 
 
-class UserDirLocator(_KernelSources, caching.UserProvidedCacheLocator):
-    """Under ``NUMBA_CACHE_DIR``, where it is set."""
+def _numba_locator(name: str):
+    """Numba's locator class ``name`` (``_name`` in older Numbas), or None."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name, None)
 
 
-class InTreeLocator(_KernelSources, caching.InTreeCacheLocator):
-    """In the package's ``__pycache__``, where it is writable."""
+def _ours(base):
+    """Numba's locator ``base`` for this package's functions only, stamped with :data:`STAMP`."""
+    name = base.__name__.lstrip("_").replace("CacheLocator", "Locator")
+    return type(name, (_KernelSources, base), {"__doc__": f"{base.__name__} for augcl's kernels (:func:`_ours`).",
+                                                   "__module__": __name__})
 
 
-class UserWideLocator(_KernelSources, caching.UserWideCacheLocator):
-    """In the user's cache folder otherwise."""
-
-
-LOCATORS = (UserDirLocator, InTreeLocator, UserWideLocator)
+_BASES = [_numba_locator(n) for n in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
+#: one per Numba source-file locator, in Numba's order: under ``NUMBA_CACHE_DIR`` where it is set, in the package's
+#: ``__pycache__`` where it is writable, else in the user's cache folder (empty where a Numba lacks one of them)
+LOCATORS = tuple(_ours(base) for base in _BASES) if all(_BASES) else ()
 
 
 def install() -> None:
@@ -77,8 +77,8 @@ def install() -> None:
     the kernels' caches are keyed on their own files only."""
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     classes = getattr(impl, "_locator_classes", None)
-    if not isinstance(classes, list):
-        warnings.warn(f"numba {numba.__version__} has no CacheImpl._locator_classes: augcl's kernel caches are keyed "
+    if not isinstance(classes, list) or not LOCATORS:
+        warnings.warn(f"numba {numba.__version__} lacks the cache locators augcl extends: its kernel caches are keyed "
                       "on each kernel's own file, so after a change to another kernel file clear them (delete "
                       "augcl/kernels/__pycache__/*.nbi)", RuntimeWarning, stacklevel=2)
         return
