@@ -467,7 +467,7 @@ def noisy_mel(x, start, limit, seeds, snr_db, applied, hop, window, radices, off
     n = (K - 1) * hop + window.shape[0]
     starts = np.arange(K) * hop
     for b in prange(out.shape[0]):
-        seg = np.zeros(n, np.float32)
+        seg = np.empty(n, np.float32)
         _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
         _mel_row(seg, starts, n, window, radices, offsets, twr, twi, post_r, post_i, band_first, band_offsets, weights,
                  power, log_mode, log_eps, out[b])

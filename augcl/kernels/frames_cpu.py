@@ -70,6 +70,21 @@ def windows(x, first, limit, window, out):
             _window_at(row, first[b, k], end, window, out[b, k])
 
 
+@njit(cache=True, inline="always")
+def _crop_into(row, s0, end, dst):
+    """``dst[i] = row[s0 + i]`` where ``0 <= s0 + i < end``, else 0 (the reference's crop,
+    :func:`augcl.segment.crop_segments`, of one row); returns ``(lo, hi)``, the copied samples of ``dst``."""
+    n = dst.shape[0]
+    lo, hi = min(max(0, -s0), n), max(min(n, end - s0), 0)  # the segment's samples inside [0, end)
+    hi = max(hi, lo)
+    _zero(dst[:lo])
+    src, part = row[s0 + lo:s0 + hi], dst[lo:hi]
+    for i in range(U0, np.uint64(part.shape[0])):
+        part[i] = src[i]
+    _zero(dst[hi:])
+    return lo, hi
+
+
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"})  # not inlined: reassociation is for this sum alone
 def _energy(v):
     e = 0.0
@@ -80,19 +95,12 @@ def _energy(v):
 
 @njit(cache=True, fastmath={"contract", "nsz"})
 def _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg):
-    """``seg`` (zeroed, ``n`` samples) := segment ``x[b, start[b] : start[b] + n]`` (zeros outside ``[0, min(T,
+    """``seg`` (``n`` samples) := segment ``x[b, start[b] : start[b] + n]`` (zeros outside ``[0, min(T,
     limit[b]))``) plus, where ``applied[b]``, white noise of stream ``seeds[b]`` masked to the same valid samples at
     ``snr_db[b]`` over them."""
     n = seg.shape[0]
-    T = x.shape[1]
-    end = min(limit[b], T)
-    s0 = start[b]
-    lo, hi = min(max(0, -s0), n), max(min(n, end - s0), 0)  # the segment's valid samples: [lo, hi)
-    hi = max(hi, lo)
+    lo, hi = _crop_into(x[b], start[b], min(limit[b], x.shape[1]), seg)
     valid = seg[lo:hi]
-    src = x[b, s0 + lo:s0 + hi]
-    for i in range(U0, np.uint64(valid.shape[0])):
-        valid[i] = src[i]
     if applied[b] and hi > lo:
         noise = np.empty(n, np.float32)
         noise_row(seeds[b], noise, np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32),
@@ -112,7 +120,7 @@ def noisy_frames(x, start, limit, seeds, snr_db, applied, window, hop, out):
     B, K, W = out.shape
     n = (K - 1) * hop + W
     for b in prange(B):
-        seg = np.zeros(n, np.float32)
+        seg = np.empty(n, np.float32)
         _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
         for k in range(K):
             _windowed(seg[k * hop:k * hop + W], window, out[b, k])
@@ -124,10 +132,7 @@ def noisy_segments(x, start, limit, seeds, snr_db, applied, out):
     plus, where ``applied[b]``, white noise of stream ``seeds[b]`` masked to the same valid samples at ``snr_db[b]``
     over them."""
     for b in prange(out.shape[0]):
-        seg = out[b]
-        for i in range(U0, np.uint64(seg.shape[0])):
-            seg[i] = 0.0
-        _noisy_segment(x, b, start, limit, seeds, snr_db, applied, seg)
+        _noisy_segment(x, b, start, limit, seeds, snr_db, applied, out[b])
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
@@ -175,16 +180,6 @@ def _accumulate(src, window, acc):
 def crop_rows(x, rows, start, limit, out):
     """``out[rows[r], i] = x[rows[r], start[r] + i]`` where ``0 <= start[r] + i < min(T, limit[r])``, else 0, for
     ``i < out.shape[1]``: the reference's crop (:func:`augcl.segment.crop_segments`) of those rows, the same bits."""
-    L = out.shape[1]
     T = x.shape[1]
     for r in prange(rows.shape[0]):
-        dst = out[rows[r]]
-        s0 = start[r]
-        end = min(limit[r], T)
-        lo, hi = min(max(0, -s0), L), max(min(L, end - s0), 0)  # the segment's samples inside [0, end)
-        hi = max(hi, lo)
-        _zero(dst[:lo])
-        src, part = x[rows[r], s0 + lo:s0 + hi], dst[lo:hi]
-        for i in range(U0, np.uint64(part.shape[0])):
-            part[i] = src[i]
-        _zero(dst[hi:])
+        _crop_into(x[rows[r]], start[r], min(limit[r], T), out[rows[r]])
